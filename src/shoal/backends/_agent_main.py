@@ -1,0 +1,143 @@
+"""Entry point of an agent process: warm up once, then serve calls one at a time.
+
+Started as ``python _agent_main.py CMD_FD RESULT_FD LIFELINE_FD PARENT_PID`` by the process
+backend. It deliberately imports nothing of shoal (only ``_wire``, beside it) so that a cold start
+costs the interpreter, the user's imports and the user's setup, and nothing more.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+from typing import Any
+
+import _wire  # type: ignore[import-not-found]  # beside this file: sys.path[0] when run by path
+
+EXIT_PARENT_GONE = 70
+_loop: Any = None
+
+
+def _die_with_parent(lifeline_fd: int, parent_pid: int) -> None:
+    """Exit as soon as the pool's process is gone, even if it was SIGKILLed mid-call."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(EXIT_PARENT_GONE)
+
+    def watch() -> None:
+        # The parent holds the only write end: a read returns (EOF) only when it is gone.
+        try:
+            os.read(lifeline_fd, 1)
+        finally:
+            os._exit(EXIT_PARENT_GONE)
+
+    threading.Thread(target=watch, name="shoal-lifeline", daemon=True).start()
+
+
+def _dumps(obj: Any) -> bytes:
+    try:
+        return pickle.dumps(obj, _wire.PROTOCOL)
+    except Exception:
+        import cloudpickle
+
+        return cloudpickle.dumps(obj, _wire.PROTOCOL)  # type: ignore[no-any-return]
+
+
+def _exception_message(kind: int, exc: BaseException) -> bytes:
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        blob: bytes | None = pickle.dumps(exc, _wire.PROTOCOL)
+        pickle.loads(blob)  # an exception that cannot be rebuilt travels as text only
+    except Exception:
+        blob = None
+    return _dumps((kind, blob, type(exc).__qualname__, str(exc), tb))
+
+
+def _await(result: Any) -> Any:
+    """Run a coroutine returned by a call on this agent's own long-lived event loop."""
+    global _loop
+    if _loop is None:
+        import asyncio
+
+        _loop = asyncio.new_event_loop()
+    return _loop.run_until_complete(result)
+
+
+def _call(fn: Any, args: Any, kwargs: Any) -> Any:
+    result = fn(*args, **kwargs)
+    if hasattr(type(result), "__await__"):
+        result = _await(result)
+    return result
+
+
+def main() -> None:
+    cmd_fd, res_fd, lifeline_fd, parent_pid = (int(a) for a in sys.argv[1:5])
+    # Ctrl-C in a terminal reaches the whole process group; the pool decides what happens to
+    # in-flight calls, so an agent never dies of the user's interrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(lifeline_fd, parent_pid)
+    send = _wire.send
+
+    init = _wire.recv(cmd_fd)
+    if init is None:
+        return
+    _, sys_path, setup_blob = init
+    sys.path[:] = sys_path
+    try:
+        setup = pickle.loads(setup_blob)
+        if setup is not None:
+            _call(setup, (), {})
+    except BaseException as exc:
+        send(res_fd, _exception_message(_wire.START_FAILED, exc))
+        return
+    send(res_fd, _dumps((_wire.READY, os.getpid())))
+
+    functions: dict[int, Any] = {}
+    while True:
+        header = _wire.read_exact(cmd_fd, _wire.HEADER.size)
+        if header is None:
+            return
+        body = _wire.read_exact(cmd_fd, _wire.HEADER.unpack(header)[0])
+        if body is None:
+            return
+        try:
+            msg = pickle.loads(body)
+        except Exception as exc:
+            out = _dumps((_wire.UNPICKLABLE, "the call", f"{type(exc).__name__}: {exc}"))
+            send(res_fd, out)
+            continue
+        kind = msg[0]
+        if kind == _wire.CALL:
+            _, key, fn_blob, args, kwargs = msg
+            try:
+                fn = functions.get(key) if fn_blob is None else None
+                if fn is None:
+                    fn = pickle.loads(fn_blob)
+                    if key is not None:
+                        functions[key] = fn
+                result = _call(fn, args, kwargs)
+            except BaseException as exc:
+                out = _exception_message(_wire.RAISED, exc)
+            else:
+                try:
+                    out = _dumps((_wire.OK, result))
+                except Exception as exc:
+                    detail = f"{type(result).__qualname__} object: {exc}"
+                    out = _dumps((_wire.UNPICKLABLE, "the result", detail))
+            send(res_fd, out)
+        elif kind == _wire.PING:
+            send(res_fd, _dumps((_wire.PONG,)))
+        elif kind == _wire.STOP:
+            return
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Shipping calls to agents and their outcomes back, for backends that talk over a byte pipe.
+
+Functions go by import reference when the agent can import them, and by value (cloudpickle) when
+not: lambdas, closures, and anything defined in the user's ``__main__`` script. A function is
+pickled once; each agent receives its bytes once and afterwards only a small integer key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import cloudpickle
+
+from shoal.backends import _wire
+from shoal.errors import RemoteError, RemoteTraceback, SerializationError
+
+_keys = itertools.count(1)
+_fn_cache: weakref.WeakKeyDictionary[Any, tuple[int, bytes]] = weakref.WeakKeyDictionary()
+
+
+def _needs_value(blob: bytes) -> bool:
+    # An agent's __main__ is shoal's agent script, so anything pickled by reference to the
+    # user's __main__ must travel by value instead.
+    return b"__main__" in blob
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj``, by reference where the other side can import it and by value if not."""
+    try:
+        blob = pickle.dumps(obj, _wire.PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps(obj, _wire.PROTOCOL)
+    if _needs_value(blob):
+        return cloudpickle.dumps(obj, _wire.PROTOCOL)
+    return blob
+
+
+def function_token(fn: Callable[..., Any]) -> tuple[int | None, bytes]:
+    """``(key, pickled fn)``; the key is None for callables that cannot be cached (bound methods)."""
+    try:
+        cached = _fn_cache.get(fn)
+    except TypeError:
+        cached = None
+    if cached is not None:
+        return cached
+    try:
+        blob = dumps(fn)
+    except Exception as exc:
+        raise SerializationError(
+            f"function {_name(fn)} cannot be sent to an agent: {exc}. "
+            "Use a module-level function, or one that cloudpickle can serialise."
+        ) from exc
+    try:
+        token: tuple[int | None, bytes] = (next(_keys), blob)
+        _fn_cache[fn] = token  # type: ignore[assignment]
+    except TypeError:
+        token = (None, blob)
+    return token
+
+
+def encode_call(
+    sent: set[int], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> bytes:
+    """The CALL message for one agent; ``sent`` holds the function keys it already has."""
+    key, fn_blob = function_token(fn)
+    msg = (_wire.CALL, key, None if key in sent else fn_blob, args, kwargs)
+    try:
+        payload = dumps(msg)
+    except Exception as exc:
+        raise SerializationError(_which_argument(fn, args, kwargs, exc)) from exc
+    if key is not None:
+        sent.add(key)
+    return payload
+
+
+def _which_argument(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any], exc: Exception
+) -> str:
+    labelled = [(f"argument {i}", a) for i, a in enumerate(args)]
+    labelled += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in labelled:
+        try:
+            dumps(value)
+        except Exception as inner:
+            return (
+                f"{label} of {_name(fn)} ({type(value).__qualname__}) cannot be sent to an "
+                f"agent: {inner}. Arguments cross a process boundary: pass data (or something "
+                "that pickles), not live objects such as locks, sockets or open files."
+            )
+    return f"the call to {_name(fn)} cannot be sent to an agent: {exc}"
+
+
+def rebuild_exception(msg: tuple[Any, ...]) -> BaseException:
+    """Turn a RAISED or START_FAILED message into an exception with its remote traceback."""
+    _, blob, type_name, message, tb = msg
+    exc: BaseException | None = None
+    if blob is not None:
+        try:
+            exc = pickle.loads(blob)
+        except Exception:
+            exc = None
+    if exc is None:
+        exc = RemoteError(type_name, message)
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+def unpicklable(msg: tuple[Any, ...], fn: Callable[..., Any]) -> SerializationError:
+    _, what, detail = msg
+    return SerializationError(
+        f"{what} of {_name(fn)} could not cross the process boundary: {detail}. "
+        "Return plain data (lists, dicts, dataclasses), not generators, locks or open handles."
+    )
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return repr(getattr(fn, "__qualname__", None) or fn)

@@ -1,0 +1,322 @@
+"""Agents as long-lived local Python processes: the embedded default backend.
+
+Each agent is a child interpreter that warms up once (imports, the pool's ``setup``) and then
+serves calls one at a time over a pair of inherited pipes; nothing listens on a port. The parent's
+event loop reads results without threads, and learns of a child's death from a pidfd (Linux) or by
+polling. A child never outlives its parent: it has ``PR_SET_PDEATHSIG`` on Linux and, everywhere,
+a lifeline pipe whose end-of-file means the parent is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from shoal.backends import _ship, _wire
+from shoal.backends.base import AgentHandle, AgentSpec
+from shoal.errors import AgentLost, AgentStartError, SerializationError
+
+AGENT_MAIN = str(Path(__file__).with_name("_agent_main.py"))
+_READ_SIZE = 1 << 18
+
+
+class ProcessAgent(AgentHandle):
+    """One child process and the descriptors that reach it."""
+
+    __slots__ = (
+        "_exit_watch",
+        "cmd_fd",
+        "exited",
+        "out_buf",
+        "pending",
+        "popen",
+        "reader",
+        "res_fd",
+        "lifeline_fd",
+        "sent_keys",
+        "spec",
+        "stopping",
+    )
+
+    def __init__(self, spec: AgentSpec, popen: subprocess.Popen[bytes], fds: tuple[int, int, int]):
+        super().__init__(spec.agent_id, popen.pid)
+        self.spec = spec
+        self.popen = popen
+        self.cmd_fd, self.res_fd, self.lifeline_fd = fds
+        self.reader = _wire.FrameReader()
+        self.pending: asyncio.Future[tuple[Any, ...]] | None = None
+        self.out_buf = bytearray()
+        self.sent_keys: set[int] = set()
+        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.stopping = False
+        self._exit_watch: int | None = None
+
+
+class ProcessBackend:
+    """Start agents as child processes of this interpreter.
+
+    ``python`` is the interpreter to run (this one by default); ``env`` is added to the
+    inherited environment of every agent.
+    """
+
+    name = "process"
+
+    def __init__(self, *, python: str | None = None, env: Mapping[str, str] | None = None):
+        self._python = python or sys.executable
+        self._env = dict(env or {})
+
+    def __repr__(self) -> str:
+        return f"ProcessBackend(python={self._python!r})"
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    async def start(self, spec: AgentSpec) -> ProcessAgent:
+        try:
+            setup_blob = _ship.dumps(spec.setup)
+        except Exception as exc:
+            raise SerializationError(
+                f"pool {spec.pool!r}: setup {spec.setup!r} cannot be sent to an agent: {exc}"
+            ) from exc
+        agent = self._spawn(spec)
+        try:
+            init = pickle.dumps((_wire.INIT, list(sys.path), setup_blob), _wire.PROTOCOL)
+            reply = await self._request(agent, init)
+        except AgentLost as exc:
+            await self.kill(agent)
+            raise AgentStartError(
+                f"pool {spec.pool!r}: agent {spec.agent_id} exited with code {exc.exit_code} "
+                "while warming up (see its output above)",
+                spec.agent_id,
+            ) from exc
+        except BaseException:
+            await self.kill(agent)
+            raise
+        if reply[0] == _wire.READY:
+            return agent
+        await self.kill(agent)
+        cause = _ship.rebuild_exception(reply)
+        raise AgentStartError(
+            f"pool {spec.pool!r}: setup failed in agent {spec.agent_id}: "
+            f"{type(cause).__name__}: {cause}",
+            spec.agent_id,
+        ) from cause
+
+    async def call(
+        self,
+        handle: ProcessAgent,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> Any:
+        payload = _ship.encode_call(handle.sent_keys, fn, args, kwargs)
+        reply = await self._request(handle, payload)
+        kind = reply[0]
+        if kind == _wire.OK:
+            return reply[1]
+        if kind == _wire.RAISED:
+            raise _ship.rebuild_exception(reply)
+        if kind == _wire.UNPICKLABLE:
+            raise _ship.unpicklable(reply, fn)
+        raise AgentLost(f"agent {handle.agent_id} sent an unexpected reply {kind!r}")
+
+    async def check_health(self, handle: ProcessAgent) -> bool:
+        if not handle.alive or handle.stopping:
+            return False
+        try:
+            reply = await self._request(handle, pickle.dumps((_wire.PING,)))
+        except AgentLost:
+            return False
+        return bool(reply[0] == _wire.PONG)
+
+    async def stop(self, handle: ProcessAgent, grace: float) -> None:
+        if handle.alive and not handle.stopping:
+            handle.stopping = True
+            try:
+                self._send(handle, pickle.dumps((_wire.STOP,)))
+            except AgentLost:
+                pass
+        try:
+            await asyncio.wait_for(asyncio.shield(handle.exited), grace)
+        except TimeoutError:
+            await self.kill(handle)
+
+    async def kill(self, handle: ProcessAgent) -> None:
+        handle.stopping = True
+        if handle.alive:
+            with contextlib.suppress(ProcessLookupError):
+                handle.popen.send_signal(signal.SIGKILL)
+        await asyncio.shield(handle.exited)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _spawn(self, spec: AgentSpec) -> ProcessAgent:
+        cmd_r, cmd_w = os.pipe()
+        res_r, res_w = os.pipe()
+        life_r, life_w = os.pipe()
+        child_fds = (cmd_r, res_w, life_r)
+        env = None
+        if self._env or spec.env:
+            env = {**os.environ, **self._env, **spec.env}
+        try:
+            popen = subprocess.Popen(
+                [self._python, AGENT_MAIN, str(cmd_r), str(res_w), str(life_r), str(os.getpid())],
+                pass_fds=child_fds,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        except BaseException:
+            for fd in (cmd_r, cmd_w, res_r, res_w, life_r, life_w):
+                os.close(fd)
+            raise
+        for fd in child_fds:
+            os.close(fd)
+        os.set_blocking(cmd_w, False)
+        os.set_blocking(res_r, False)
+        agent = ProcessAgent(spec, popen, (cmd_w, res_r, life_w))
+        loop = asyncio.get_running_loop()
+        loop.add_reader(res_r, self._on_readable, agent)
+        self._watch_exit(agent, loop)
+        return agent
+
+    async def _request(self, agent: ProcessAgent, payload: bytes) -> tuple[Any, ...]:
+        if agent.pending is not None:
+            raise RuntimeError(f"agent {agent.agent_id} is already running a call")
+        fut: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+        self._send(agent, payload)
+        agent.pending = fut
+        try:
+            return await fut
+        finally:
+            agent.pending = None
+
+    def _send(self, agent: ProcessAgent, payload: bytes) -> None:
+        if not agent.alive or agent.cmd_fd < 0:
+            raise AgentLost(
+                f"agent {agent.agent_id} is gone (exit code {agent.exit_code})",
+                agent.agent_id,
+                exit_code=agent.exit_code,
+                delivered=False,
+            )
+        header = _wire.HEADER.pack(len(payload))
+        if agent.out_buf:
+            agent.out_buf += header + payload
+            return
+        try:
+            n = os.writev(agent.cmd_fd, [header, payload])
+        except BlockingIOError:
+            n = 0
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise AgentLost(
+                f"agent {agent.agent_id} is gone; the call was not delivered",
+                agent.agent_id,
+                delivered=False,
+            ) from exc
+        total = len(header) + len(payload)
+        if n < total:
+            agent.out_buf += (header + payload)[n:]
+            asyncio.get_running_loop().add_writer(agent.cmd_fd, self._on_writable, agent)
+
+    def _on_writable(self, agent: ProcessAgent) -> None:
+        try:
+            n = os.write(agent.cmd_fd, agent.out_buf)
+        except BlockingIOError:
+            return
+        except OSError:
+            n = len(agent.out_buf)  # the exit watcher reports the loss
+        del agent.out_buf[:n]
+        if not agent.out_buf:
+            asyncio.get_running_loop().remove_writer(agent.cmd_fd)
+
+    def _on_readable(self, agent: ProcessAgent) -> None:
+        try:
+            data = os.read(agent.res_fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            # End of file: the process is exiting; its exit watcher fails any pending call.
+            asyncio.get_running_loop().remove_reader(agent.res_fd)
+            return
+        for payload in agent.reader.feed(data):
+            self._deliver(agent, payload)
+
+    def _deliver(self, agent: ProcessAgent, payload: bytes) -> None:
+        fut = agent.pending
+        if fut is None or fut.done():
+            return  # the reply to a call whose caller was cancelled; the pool kills this agent
+        try:
+            fut.set_result(pickle.loads(payload))
+        except Exception as exc:
+            fut.set_exception(
+                SerializationError(
+                    f"the reply from agent {agent.agent_id} could not be unpickled here: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+            )
+
+    def _watch_exit(self, agent: ProcessAgent, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            pidfd = os.pidfd_open(agent.popen.pid)
+        except (AttributeError, OSError):
+            loop.create_task(self._poll_exit(agent))
+            return
+        agent._exit_watch = pidfd
+        loop.add_reader(pidfd, self._on_exit, agent)
+
+    async def _poll_exit(self, agent: ProcessAgent) -> None:
+        delay = 0.001
+        while agent.popen.poll() is None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        self._on_exit(agent)
+
+    def _on_exit(self, agent: ProcessAgent) -> None:
+        loop = asyncio.get_running_loop()
+        if agent._exit_watch is not None:
+            loop.remove_reader(agent._exit_watch)
+            os.close(agent._exit_watch)
+            agent._exit_watch = None
+        code = agent.popen.wait()
+        # A reply written just before the exit may still sit in the pipe: take it first.
+        if agent.res_fd >= 0:
+            loop.remove_reader(agent.res_fd)
+            with contextlib.suppress(OSError):
+                while data := os.read(agent.res_fd, _READ_SIZE):
+                    for payload in agent.reader.feed(data):
+                        self._deliver(agent, payload)
+        agent.exit_code = code
+        if agent.out_buf:
+            loop.remove_writer(agent.cmd_fd)
+            agent.out_buf.clear()
+        for fd in (agent.cmd_fd, agent.res_fd, agent.lifeline_fd):
+            os.close(fd)
+        agent.cmd_fd = agent.res_fd = agent.lifeline_fd = -1
+        fut = agent.pending
+        if fut is not None and not fut.done():
+            fut.set_exception(
+                AgentLost(
+                    f"agent {agent.agent_id} (pid {agent.pid}) died with exit code {code} "
+                    f"{_signal_name(code)}while running a call",
+                    agent.agent_id,
+                    exit_code=code,
+                )
+            )
+        agent.exited.set_result(code)
+        if not agent.stopping and agent.spec.on_exit is not None:
+            agent.spec.on_exit(agent)
+
+
+def _signal_name(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"({signal.Signals(-code).name}) "
+    return ""

@@ -1,0 +1,111 @@
+"""Time, in one place.
+
+Nothing else in shoal reads ``time.time()`` or ``time.monotonic()``: components read the running
+event loop's clock through :class:`LoopClock`, so the same code runs in real time or on
+:class:`VirtualTimeLoop`, where a ten-second sleep takes no real time at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+import time
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class Clock(Protocol):
+    """What a component needs of time: the current instant, in float seconds."""
+
+    def now(self) -> float: ...
+
+
+class LoopClock:
+    """The running event loop's clock (monotonic in real time, virtual on a virtual loop)."""
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+
+def wall_time() -> float:
+    """Seconds since the epoch, for timestamps shown to people (never for measuring)."""
+    return time.time()
+
+
+def perf_counter() -> float:
+    """A high-resolution real-time counter, for benchmarks and cold-start measurements."""
+    return time.perf_counter()
+
+
+class VirtualTimeDeadlock(RuntimeError):
+    """Every task on a virtual-time loop is waiting and nothing is scheduled to wake any."""
+
+
+class _VirtualSelector(selectors.BaseSelector):
+    """Wraps a real selector; instead of blocking for ``timeout`` it advances virtual time."""
+
+    def __init__(self, loop: VirtualTimeLoop, inner: selectors.BaseSelector) -> None:
+        self._loop = loop
+        self._inner = inner
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = self._inner.select(0)
+        if ready:
+            return ready
+        if timeout is None:
+            if self._loop.block_on_deadlock:
+                return self._inner.select(None)
+            raise VirtualTimeDeadlock(
+                "every task is waiting and no timer is scheduled: nothing can ever wake up"
+            )
+        if timeout > 0:
+            self._loop.advance(timeout)
+        return []
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._inner.register(fileobj, events, data)
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._inner.unregister(fileobj)
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        return self._inner.modify(fileobj, events, data)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._inner.get_key(fileobj)
+
+    def get_map(self) -> Any:
+        return self._inner.get_map()
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop whose clock jumps to the next timer whenever every task is waiting.
+
+    Real file descriptors still work (they are polled without blocking), so virtual time only
+    suits code whose waiting is all timers: the fake and simulated backends, policies, pools.
+    """
+
+    def __init__(self, start: float = 0.0, *, block_on_deadlock: bool = False) -> None:
+        self._virtual_now = start
+        self.block_on_deadlock = block_on_deadlock
+        super().__init__(_VirtualSelector(self, selectors.DefaultSelector()))
+
+    def time(self) -> float:
+        return self._virtual_now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward; timers due by then run on the next loop iteration."""
+        if seconds < 0:
+            raise ValueError(f"cannot move virtual time backwards (by {seconds} s)")
+        self._virtual_now += seconds
+
+
+def run_virtual(main: Coroutine[Any, Any, T], *, start: float = 0.0) -> T:
+    """Run ``main`` to completion on a fresh :class:`VirtualTimeLoop`."""
+    with asyncio.Runner(loop_factory=lambda: VirtualTimeLoop(start)) as runner:
+        return runner.run(main)

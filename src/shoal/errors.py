@@ -1,0 +1,100 @@
+"""The exception tree: every error shoal raises is a :class:`ShoalError`.
+
+Errors are named by who must react: the caller (``ConfigError``, ``SerializationError``), the
+capacity planner (``PoolAtCapacity``, ``PoolTimeout``), or the pool itself (``AgentLost``,
+``AgentStartError``). Messages say what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class ShoalError(Exception):
+    """Root of every error shoal raises."""
+
+
+class ConfigError(ShoalError, ValueError):
+    """A configuration key or value is invalid; the message names the key and what is allowed."""
+
+
+class SerializationError(ShoalError, TypeError):
+    """Arguments, a result or a function could not cross the process boundary."""
+
+
+class BackendError(ShoalError):
+    """A backend could not be used (missing extra, unreachable cluster, ...)."""
+
+
+class PoolError(ShoalError):
+    """A pool could not serve a call; carries the pool's state when it was raised."""
+
+    def __init__(self, message: str, state: str = "") -> None:
+        super().__init__(f"{message} {state}".strip())
+        self.state = state
+
+
+class PoolAtCapacity(PoolError):
+    """The pool is at ``max_size`` and its wait queue holds ``max_queue`` callers already."""
+
+
+class PoolTimeout(PoolError, TimeoutError):
+    """No agent became free within the caller's timeout."""
+
+
+class PoolClosed(PoolError):
+    """The pool is closing or closed and takes no more calls."""
+
+
+class AgentError(ShoalError):
+    """Something happened to one agent; the pool lives on and replaces it."""
+
+    def __init__(self, message: str, agent_id: str | None = None) -> None:
+        super().__init__(message)
+        self.agent_id = agent_id
+
+
+class AgentStartError(AgentError):
+    """An agent failed to start or warm up; the remote cause is chained as ``__cause__``."""
+
+
+class AgentLost(AgentError):
+    """The agent died before answering the call.
+
+    ``delivered`` is False when the call never reached the agent, so it is always safe to retry;
+    ``exit_code`` is the process's exit status (negative: killed by that signal).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        agent_id: str | None = None,
+        *,
+        exit_code: int | None = None,
+        delivered: bool = True,
+    ) -> None:
+        super().__init__(message, agent_id)
+        self.exit_code = exit_code
+        self.delivered = delivered
+
+
+class CallTimeout(AgentError, TimeoutError):
+    """A call ran past its timeout; the agent running it was killed and is replaced."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised inside an agent, chained as ``__cause__``."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+class RemoteError(ShoalError):
+    """An exception raised in an agent that could not be rebuilt here (it was not picklable)."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.remote_message = message
