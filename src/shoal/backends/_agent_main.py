@@ -48,13 +48,15 @@ def _dumps(obj: Any) -> bytes:
     except Exception:
         import cloudpickle
 
-        return cloudpickle.dumps(obj, _wire.PROTOCOL)  # type: ignore[no-any-return]
+        by_value: bytes = cloudpickle.dumps(obj, _wire.PROTOCOL)
+        return by_value
 
 
 def _exception_message(kind: int, exc: BaseException) -> bytes:
     tb = "".join(traceback.format_exception(exc))
+    blob: bytes | None
     try:
-        blob: bytes | None = pickle.dumps(exc, _wire.PROTOCOL)
+        blob = pickle.dumps(exc, _wire.PROTOCOL)
         pickle.loads(blob)  # an exception that cannot be rebuilt travels as text only
     except Exception:
         blob = None

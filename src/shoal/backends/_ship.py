@@ -33,14 +33,15 @@ def dumps(obj: Any) -> bytes:
     try:
         blob = pickle.dumps(obj, _wire.PROTOCOL)
     except Exception:
-        return cloudpickle.dumps(obj, _wire.PROTOCOL)
+        blob = b"__main__"
     if _needs_value(blob):
-        return cloudpickle.dumps(obj, _wire.PROTOCOL)
+        by_value: bytes = cloudpickle.dumps(obj, _wire.PROTOCOL)
+        return by_value
     return blob
 
 
 def function_token(fn: Callable[..., Any]) -> tuple[int | None, bytes]:
-    """``(key, pickled fn)``; the key is None for callables that cannot be cached (bound methods)."""
+    """``(key, pickled fn)``; the key is None for what cannot be cached (bound methods)."""
     try:
         cached = _fn_cache.get(fn)
     except TypeError:

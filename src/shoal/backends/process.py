@@ -35,12 +35,12 @@ class ProcessAgent(AgentHandle):
         "_exit_watch",
         "cmd_fd",
         "exited",
+        "lifeline_fd",
         "out_buf",
         "pending",
         "popen",
         "reader",
         "res_fd",
-        "lifeline_fd",
         "sent_keys",
         "spec",
         "stopping",
@@ -139,10 +139,8 @@ class ProcessBackend:
     async def stop(self, handle: ProcessAgent, grace: float) -> None:
         if handle.alive and not handle.stopping:
             handle.stopping = True
-            try:
+            with contextlib.suppress(AgentLost):
                 self._send(handle, pickle.dumps((_wire.STOP,)))
-            except AgentLost:
-                pass
         try:
             await asyncio.wait_for(asyncio.shield(handle.exited), grace)
         except TimeoutError:

@@ -54,9 +54,7 @@ class PoolManager:
 
     async def start_all(self) -> None:
         """Start every pool that is not started yet, concurrently."""
-        await asyncio.gather(
-            *(p.start() for p in self._pools.values() if not p.started)
-        )
+        await asyncio.gather(*(p.start() for p in self._pools.values() if not p.started))
 
     async def aclose(self) -> None:
         """Close every pool concurrently."""

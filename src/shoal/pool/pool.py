@@ -146,7 +146,12 @@ class AgentPool:
         clock: Clock | None = None,
     ) -> AgentPool:
         """Build a pool from a seed-style ``pool_config`` dict, e.g. ``{"min_size": 2}``."""
-        config = PoolConfig.build(f"pool {name!r} pool_config", {"name": name, **(pool_config or {})})
+        where = f"pool {name!r} pool_config"
+        if pool_config is not None and not isinstance(pool_config, Mapping):
+            raise ConfigError(
+                f"{where}: expected a mapping of options, got {type(pool_config).__name__}"
+            )
+        config = PoolConfig.build(where, {"name": name, **(pool_config or {})})
         options = config.model_dump()
         del options["name"]
         return cls(name, backend=backend, clock=clock, **options)
@@ -531,10 +536,10 @@ class AgentPool:
         cfg = self.config
         while idle:
             agent = idle.pop() if self._lifo else idle.popleft()
-            if cfg.max_lifetime is not None and now - agent.created_at >= cfg.max_lifetime:
+            if cfg.max_lifetime is not None and agent.created_at + cfg.max_lifetime <= now:
                 self._retire(agent, f"reached max_lifetime={cfg.max_lifetime} s", now)
                 continue
-            if now - agent.last_used >= cfg.idle_timeout and self.size > self._target:
+            if agent.last_used + cfg.idle_timeout <= now and self.size > self._target:
                 self._retire(agent, f"idle past idle_timeout={cfg.idle_timeout} s", now)
                 continue
             self._set_state(agent, _BUSY)
@@ -560,9 +565,9 @@ class AgentPool:
             if agent is None:
                 break
             waiter = self._next_waiter()
-            if waiter is None:
+            if waiter is None:  # cannot happen: _n_waiting counts live waiters
                 self._set_state(agent, _IDLE)
-                self._push_idle(agent)
+                self._reinsert_idle(agent)
                 break
             waiter.fut.set_result(agent)
         while self._shrink and self._idle and not self._n_waiting and self.size > self._target:
@@ -644,7 +649,7 @@ class AgentPool:
             return "pool closing"
         if cfg.max_uses is not None and agent.usage_count >= cfg.max_uses:
             return f"served max_uses={cfg.max_uses} calls"
-        if cfg.max_lifetime is not None and now - agent.created_at >= cfg.max_lifetime:
+        if cfg.max_lifetime is not None and agent.created_at + cfg.max_lifetime <= now:
             return f"reached max_lifetime={cfg.max_lifetime} s"
         if self._shrink and not self._n_waiting and self.size > self._target:
             self._shrink -= 1
@@ -808,17 +813,17 @@ class AgentPool:
     def _reap(self, now: float) -> None:
         cfg = self.config
         idle = self._idle
-        while idle and self.size > self._target and now - idle[0].last_used >= cfg.idle_timeout:
+        while idle and self.size > self._target and idle[0].last_used + cfg.idle_timeout <= now:
             agent = idle.popleft()
             self._retire(agent, f"idle for {now - agent.last_used:.1f} s (idle_timeout)", now)
         if cfg.max_lifetime is not None:
-            for agent in [a for a in idle if now - a.created_at >= cfg.max_lifetime]:
+            for agent in [a for a in idle if a.created_at + cfg.max_lifetime <= now]:
                 idle.remove(agent)
                 self._retire(agent, f"reached max_lifetime={cfg.max_lifetime} s", now)
 
     async def _health_check(self, now: float) -> None:
         interval = self.config.health_check_interval
-        due = [a for a in self._idle if now - a.last_checked >= interval]
+        due = [a for a in self._idle if a.last_checked + interval <= now]
         if not due:
             return
         for agent in due:

@@ -1,0 +1,36 @@
+"""``shoal.__all__`` is honest: every name exists, and every public name is listed."""
+
+from __future__ import annotations
+
+import types
+
+import shoal
+
+
+def test_all_names_exist() -> None:
+    missing = [name for name in shoal.__all__ if not hasattr(shoal, name)]
+    assert missing == []
+
+
+def test_every_public_attribute_is_in_all() -> None:
+    public = {
+        name
+        for name, value in vars(shoal).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public - set(shoal.__all__) == set()
+
+
+def test_seed_names_are_kept() -> None:
+    for name in ("AgentPool", "PooledAgent", "PoolMetrics", "PoolManager"):
+        assert name in shoal.__all__
+    fields = shoal.PoolMetrics.__dataclass_fields__
+    for field in (
+        "requests_total",
+        "requests_active",
+        "queue_depth",
+        "avg_wait_time",
+        "avg_execution_time",
+        "utilization_rate",
+    ):
+        assert field in fields
