@@ -19,6 +19,7 @@ from shoal import (
     AgentPool,
     AgentStartError,
     CallTimeout,
+    ConfigError,
     ProcessBackend,
     RemoteError,
     RemoteTraceback,
@@ -200,3 +201,26 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+async def test_closing_while_agents_start_leaves_no_process() -> None:
+    async with AgentPool("slow", min_size=0, max_size=3, setup=workers.slow_setup) as p:
+        calls = [asyncio.create_task(p.run(workers.pid)) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        assert p.metrics.starting == 3
+    for call in calls:
+        with pytest.raises(Exception, match="closed"):
+            await call
+
+
+@pytest.mark.parametrize("spin", [0.0, 1e-3])
+async def test_agents_work_with_and_without_spinning(spin: float) -> None:
+    backend = ProcessBackend(spin=spin)
+    async with AgentPool("spin", min_size=2, max_size=2, backend=backend) as p:
+        results = await asyncio.gather(*(p.run(workers.add, i, 1) for i in range(200)))
+        assert results == [i + 1 for i in range(200)]
+
+
+def test_negative_spin_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="spin=-1"):
+        ProcessBackend(spin=-1)

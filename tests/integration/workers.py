@@ -71,3 +71,7 @@ def raise_unrebuildable() -> None:
 
 def broken_setup() -> None:
     raise RuntimeError("cannot load the model file")
+
+
+def slow_setup() -> None:
+    time.sleep(1.0)

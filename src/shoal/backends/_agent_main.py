@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -80,6 +82,19 @@ def _call(fn: Any, args: Any, kwargs: Any) -> Any:
     return result
 
 
+def _spin_for_command(poller: select.poll, spin_s: float) -> None:
+    """Poll for the next command for a moment before blocking on it.
+
+    Under load the next call arrives within microseconds of the last reply; an agent that is
+    still awake then saves the parent a cross-core wake-up on every call, which halves the round
+    trip and nearly doubles throughput. Yielding between polls hands the core to anyone runnable.
+    """
+    clock = time.perf_counter
+    deadline = clock() + spin_s
+    while not poller.poll(0) and clock() < deadline:
+        os.sched_yield()
+
+
 def main() -> None:
     cmd_fd, res_fd, lifeline_fd, parent_pid = (int(a) for a in sys.argv[1:5])
     # Ctrl-C in a terminal reaches the whole process group; the pool decides what happens to
@@ -91,7 +106,7 @@ def main() -> None:
     init = _wire.recv(cmd_fd)
     if init is None:
         return
-    _, sys_path, setup_blob = init
+    _, sys_path, setup_blob, spin_s = init
     sys.path[:] = sys_path
     try:
         setup = pickle.loads(setup_blob)
@@ -103,7 +118,11 @@ def main() -> None:
     send(res_fd, _dumps((_wire.READY, os.getpid())))
 
     functions: dict[int, Any] = {}
+    poller = select.poll()
+    poller.register(cmd_fd, select.POLLIN)
     while True:
+        if spin_s:
+            _spin_for_command(poller, spin_s)
         header = _wire.read_exact(cmd_fd, _wire.HEADER.size)
         if header is None:
             return

@@ -16,7 +16,7 @@ HEADER = struct.Struct("!Q")
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 # Parent -> agent
-INIT = 0  # (INIT, sys_path, setup_fn_token)
+INIT = 0  # (INIT, sys_path, pickled_setup, spin_seconds)
 CALL = 1  # (CALL, fn_or_None, by_value_key, by_value_blob, args, kwargs)
 PING = 2  # (PING,)
 STOP = 3  # (STOP,)

@@ -115,6 +115,7 @@ class AgentPool:
             backend = ProcessBackend()
         self._backend = backend
         self._clock = clock or LoopClock()
+        self._now: Callable[[], float] = self._clock.now
         self._agents: dict[str, PooledAgent] = {}
         self._idle: deque[PooledAgent] = deque()
         self._lifo = self.config.assignment == "mru"
@@ -213,8 +214,11 @@ class AgentPool:
         if self._status != "new":
             raise PoolError(f"pool {self.name!r} was already started")
         self._status = "running"
+        loop = asyncio.get_running_loop()
+        if isinstance(self._clock, LoopClock):
+            self._now = loop.time  # the same clock, without a lookup on every call
         self._drained = asyncio.Event()
-        self._maintenance = asyncio.get_running_loop().create_task(
+        self._maintenance = loop.create_task(
             self._maintain(), name=f"shoal-pool-{self.name}-maintenance"
         )
         failures = self._m.start_failures
@@ -265,7 +269,7 @@ class AgentPool:
         if self._status != "running":
             raise self._not_running()
         m = self._m
-        now = self._clock.now()
+        now = self._now()
         m.requests_total += 1
         m.arrivals.add(now)
         if not self._n_waiting and self._idle:
@@ -308,7 +312,7 @@ class AgentPool:
         self._target = size
         excess = self.size - size
         self._shrink = max(0, excess)
-        now = self._clock.now()
+        now = self._now()
         while self._shrink and self._idle and not self._n_waiting:
             self._shrink -= 1
             self._retire(self._pop_idle_lru(), why, now)
@@ -323,7 +327,7 @@ class AgentPool:
         return self.snapshot()
 
     def snapshot(self) -> PoolMetrics:
-        now = self._clock.now()
+        now = self._now()
         m, c = self._m, self._counts
         size = self.size
         return PoolMetrics(
@@ -391,7 +395,7 @@ class AgentPool:
             waiter.fut.set_exception(closed)
         if self._maintenance is not None:
             self._maintenance.cancel()
-        now = self._clock.now()
+        now = self._now()
         while self._idle:
             self._retire(self._idle.popleft(), "pool closing", now)
         for agent in list(self._agents.values()):
@@ -430,9 +434,8 @@ class AgentPool:
                 f"(it is {agent.state.value}); take one with get_agent() or acquire()"
             )
         m = self._m
-        clock = self._clock
         m.requests_active += 1
-        started = clock.now()
+        started = self._now()
         try:
             if timeout is None:
                 result: T = await self._backend.call(agent.handle, fn, args, kwargs)
@@ -465,7 +468,7 @@ class AgentPool:
             raise
         finally:
             m.requests_active -= 1
-            now = clock.now()
+            now = self._now()
             m.exec_times.append(now - started)
             m.completions.add(now)
         return result
@@ -487,7 +490,8 @@ class AgentPool:
         waiter = _Waiter(fut, now)
         self._waiters.append(waiter)
         self._n_waiting += 1
-        self._pump()
+        if self._idle or c[_STARTING] + c[_IDLE] + c[_BUSY] + c[_STOPPING] < self.config.max_size:
+            self._pump()
         try:
             if timeout is None:
                 agent = await fut
@@ -504,7 +508,7 @@ class AgentPool:
             self._abandon(waiter)
             raise
         m = self._m
-        done = self._clock.now()
+        done = self._now()
         m.wait_times.append(done - now)
         if agent.ready_at is not None and agent.ready_at >= now and agent.usage_count == 0:
             m.cold_starts += 1
@@ -559,7 +563,7 @@ class AgentPool:
 
     def _pump(self) -> None:
         """Hand idle agents to waiting callers, then start what demand and the floor ask for."""
-        now = self._clock.now()
+        now = self._now()
         while self._n_waiting and self._idle:
             agent = self._checkout(now)
             if agent is None:
@@ -583,7 +587,7 @@ class AgentPool:
         room = self.config.max_size - size - c[_STOPPING]
         if room <= 0:
             return []
-        now = self._clock.now()
+        now = self._now()
         if now < self._backoff_until:
             return []
         demand = self._n_waiting - c[_STARTING]
@@ -621,7 +625,7 @@ class AgentPool:
             if agent.state in (_STOPPING, _STOPPED):
                 return  # retired while held (pool closing, agent lost)
             raise PoolError(f"agent {agent.agent_id} is not held (it is {agent.state.value})")
-        now = self._clock.now()
+        now = self._now()
         agent.usage_count += 1
         agent.last_used = now
         agent.acquired_at = None
@@ -677,7 +681,7 @@ class AgentPool:
         if agent.state is _IDLE:
             with contextlib.suppress(ValueError):
                 self._idle.remove(agent)
-            now = self._clock.now()
+            now = self._now()
             self._retire(agent, f"agent died while idle (exit code {handle.exit_code})", now)
             self._pump()
         # A busy agent's call fails with AgentLost and the caller's release retires it; a
@@ -724,7 +728,7 @@ class AgentPool:
         except BaseException as exc:
             self._start_failed(agent, exc)
             return
-        now = self._clock.now()
+        now = self._now()
         self._m.agents_started += 1
         self._backoff = 0.0
         self.last_start_error = None
@@ -737,7 +741,7 @@ class AgentPool:
         self._pump()
 
     def _start_failed(self, agent: PooledAgent, exc: BaseException | None) -> None:
-        now = self._clock.now()
+        now = self._now()
         before = self.size
         self._remove(agent)
         if exc is None:
@@ -791,11 +795,11 @@ class AgentPool:
         loop = asyncio.get_running_loop()
         cfg = self.config
         while True:
-            now = self._clock.now()
+            now = self._now()
             self._reap(now)
             await self._health_check(now)
             self._pump()
-            now = self._clock.now()
+            now = self._now()
             deadline = now + cfg.health_check_interval
             if self._idle and self.size > self._target:
                 deadline = min(deadline, self._idle[0].last_used + cfg.idle_timeout)
@@ -830,7 +834,7 @@ class AgentPool:
             self._idle.remove(agent)
             agent.reserved = True
         results = await asyncio.gather(*(self._check(a) for a in due), return_exceptions=True)
-        now = self._clock.now()
+        now = self._now()
         for agent, ok in zip(due, results, strict=True):
             agent.reserved = False
             agent.last_checked = now
