@@ -34,7 +34,8 @@ unit: $(VENV)/.dev-installed
 test: lint typecheck unit
 
 bench: $(VENV)/.dev-installed
-	$(PY) bench/pool_bench.py
+	mkdir -p bench/out
+	$(PY) bench/pool_bench.py --json bench/out/pool_bench.json
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache

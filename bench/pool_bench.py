@@ -6,6 +6,8 @@ Contenders, each with the same number of workers (``--workers``, default: the CP
 may run on):
 
 * **shoal** — ``AgentPool(min_size=N, max_size=N)``, driven from an asyncio event loop;
+* **shoal, spin=0** — the same with ``ProcessBackend(spin=0)``: agents go to sleep right after
+  each reply instead of polling for the next call for 100 µs, so this row shows what that buys;
 * **PPE** — ``concurrent.futures.ProcessPoolExecutor(N)`` with the platform's default start
   method (``fork`` on Linux before Python 3.14), driven synchronously;
 * **loky** — ``loky.get_reusable_executor(N)`` (loky's own fork+exec start), driven synchronously.
@@ -76,7 +78,7 @@ import _work  # noqa: E402
 import loky  # noqa: E402
 from loky.backend import resource_tracker as loky_resource_tracker  # noqa: E402
 
-from shoal import AgentPool  # noqa: E402
+from shoal import AgentPool, ProcessBackend  # noqa: E402
 
 T = TypeVar("T")
 
@@ -158,10 +160,13 @@ class ContenderResults:
     rounds: list[RoundResult] = field(default_factory=list)
 
 
-async def _shoal_round(plan: Plan) -> RoundResult:
+async def _shoal_round(plan: Plan, spin: float | None = None) -> RoundResult:
     noop, busy = _work.noop, _work.busy
+    backend = ProcessBackend() if spin is None else ProcessBackend(spin=spin)
     t0 = time.perf_counter()
-    async with AgentPool("bench", min_size=plan.workers, max_size=plan.workers) as pool:
+    async with AgentPool(
+        "bench", min_size=plan.workers, max_size=plan.workers, backend=backend
+    ) as pool:
         for _ in range(plan.warmup_calls):
             await pool.run(noop)
         await asyncio.gather(*(pool.run(noop) for _ in range(plan.warmup_calls)))
@@ -196,6 +201,11 @@ async def _shoal_round(plan: Plan) -> RoundResult:
 
 def shoal_round(plan: Plan) -> RoundResult:
     return asyncio.run(_shoal_round(plan))
+
+
+def shoal_nospin_round(plan: Plan) -> RoundResult:
+    """shoal with agents that sleep at once after each reply (what the spin buys, in one row)."""
+    return asyncio.run(_shoal_round(plan, spin=0.0))
 
 
 def _results(futures: Sequence[cf.Future[T]]) -> list[T]:
@@ -440,6 +450,7 @@ class CpuMeter:
 
 CONTENDERS: list[tuple[str, str, Callable[[Plan], RoundResult]]] = [
     ("shoal", "shoal AgentPool", shoal_round),
+    ("shoal_nospin", "shoal, spin=0", shoal_nospin_round),
     ("ppe", "ProcessPoolExecutor", ppe_round),
     ("loky", "loky reusable executor", loky_round),
 ]
