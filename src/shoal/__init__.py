@@ -1,27 +1,65 @@
-"""shoal: warm, reusable agents in auto-scaling pools for async Python workflows."""
+"""shoal: warm, reusable agents in auto-scaling pools for async Python workflows.
 
-from shoal.backends import AgentHandle, AgentSpec, Backend, FakeBackend, ProcessBackend
-from shoal.clock import Clock, LoopClock, VirtualTimeLoop, run_virtual
-from shoal.config import PoolConfig
-from shoal.errors import (
-    AgentError,
-    AgentLost,
-    AgentStartError,
-    BackendError,
-    CallTimeout,
-    ConfigError,
-    PoolAtCapacity,
-    PoolClosed,
-    PoolError,
-    PoolTimeout,
-    RemoteError,
-    RemoteTraceback,
-    SerializationError,
-    ShoalError,
-)
-from shoal.pool import AgentPool, AgentState, PooledAgent, PoolEvent, PoolManager, PoolMetrics
+Names are imported on first use, so ``import shoal`` is cheap — it matters inside agents, which
+import a little of shoal for every workflow step they run.
+"""
+
+import importlib as _importlib
+import typing as _typing
+
+if _typing.TYPE_CHECKING:
+    from shoal.backends import AgentHandle, AgentSpec, Backend, FakeBackend, ProcessBackend
+    from shoal.clock import Clock, LoopClock, VirtualTimeLoop, run_virtual
+    from shoal.config import PoolConfig
+    from shoal.context import Context
+    from shoal.errors import (
+        AgentError,
+        AgentLost,
+        AgentStartError,
+        BackendError,
+        CallTimeout,
+        ConfigError,
+        PoolAtCapacity,
+        PoolClosed,
+        PoolError,
+        PoolTimeout,
+        RemoteError,
+        RemoteTraceback,
+        SerializationError,
+        ShoalError,
+        StepFailed,
+        WorkflowError,
+    )
+    from shoal.pool import (
+        AgentPool,
+        AgentState,
+        PooledAgent,
+        PoolEvent,
+        PoolManager,
+        PoolMetrics,
+    )
+    from shoal.runtime import RunHandle, Runtime, run
+
+# Bound eagerly, and cheaply (the decorators import only the standard library until they are
+# used): the subpackage shoal.workflow would otherwise shadow the decorator of the same name.
+from shoal.workflow import mapreduce, step, workflow
 
 __version__ = "0.1.0"
+
+_WHERE = {
+    "shoal.backends": "AgentHandle AgentSpec Backend FakeBackend ProcessBackend",
+    "shoal.clock": "Clock LoopClock VirtualTimeLoop run_virtual",
+    "shoal.config": "PoolConfig",
+    "shoal.context": "Context",
+    "shoal.errors": (
+        "AgentError AgentLost AgentStartError BackendError CallTimeout ConfigError PoolAtCapacity "
+        "PoolClosed PoolError PoolTimeout RemoteError RemoteTraceback SerializationError "
+        "ShoalError StepFailed WorkflowError"
+    ),
+    "shoal.pool": "AgentPool AgentState PooledAgent PoolEvent PoolManager PoolMetrics",
+    "shoal.runtime": "RunHandle Runtime run",
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names.split()}
 
 __all__ = [
     "AgentError",
@@ -36,6 +74,7 @@ __all__ = [
     "CallTimeout",
     "Clock",
     "ConfigError",
+    "Context",
     "FakeBackend",
     "LoopClock",
     "PoolAtCapacity",
@@ -50,9 +89,30 @@ __all__ = [
     "ProcessBackend",
     "RemoteError",
     "RemoteTraceback",
+    "RunHandle",
+    "Runtime",
     "SerializationError",
     "ShoalError",
+    "StepFailed",
     "VirtualTimeLoop",
+    "WorkflowError",
     "__version__",
+    "mapreduce",
+    "run",
     "run_virtual",
+    "step",
+    "workflow",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_MODULE_OF])

@@ -98,3 +98,29 @@ class RemoteError(ShoalError):
         super().__init__(f"{type_name}: {message}")
         self.type_name = type_name
         self.remote_message = message
+
+
+class WorkflowError(ConfigError):
+    """A workflow, step or mapreduce is defined or invoked wrongly; raised before anything runs."""
+
+
+class StepFailed(ShoalError):
+    """A step of a run failed; names the workflow, the step and, for parallel steps, the item.
+
+    The step's own exception is chained as ``__cause__`` (and its remote traceback under that).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        workflow: str,
+        step: str,
+        item_index: int | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.workflow = workflow
+        self.step = step
+        self.item_index = item_index
+        self.attempts = attempts

@@ -34,3 +34,14 @@ def test_seed_names_are_kept() -> None:
         "utilization_rate",
     ):
         assert field in fields
+
+
+def test_lazy_names_match_all() -> None:
+    eager = ["__version__", "mapreduce", "step", "workflow"]
+    assert sorted([*shoal._MODULE_OF, *eager]) == sorted(shoal.__all__)
+
+
+def test_decorators_are_not_shadowed_by_their_subpackage() -> None:
+    import shoal.workflow.runner
+
+    assert callable(shoal.workflow) and callable(shoal.step) and callable(shoal.mapreduce)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -67,6 +67,17 @@ class PooledAgent:
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` on this agent, which the caller must hold."""
         return await self.pool._call(self, fn, args, kwargs)
+
+    async def call(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> T:
+        """:meth:`run` with a ``timeout`` for the call (the agent is killed when it expires)."""
+        return await self.pool._call(self, fn, args, kwargs or {}, timeout)
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,244 @@
+"""The runtime: one object that owns the pools and runs of a process.
+
+``async with Runtime() as rt:`` — local worker processes by default. ``await rt.run(Workflow,
+input)`` returns a run's result; ``await rt.submit(...)`` returns a :class:`RunHandle` at once.
+Pools are created the first time a run needs them, warmed up concurrently at the start of that
+run, and kept warm across runs until the runtime closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from shoal.backends.base import Backend
+from shoal.clock import Clock, LoopClock
+from shoal.errors import BackendError, PoolClosed, ShoalError, WorkflowError
+from shoal.pool import AgentPool, PoolManager
+from shoal.workflow.runner import Runner, RunProgress, plan_progress, pool_requests
+from shoal.workflow.spec import PoolRequest, WorkflowSpec, spec_of
+
+RunStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+
+
+class RunHandle:
+    """One submitted run: its status, its progress, and (awaited) its result."""
+
+    def __init__(self, run_id: str, workflow: str, progress: RunProgress) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self.progress = progress
+        self.status: RunStatus = "pending"
+        self.started: float | None = None
+        self.finished: float | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    async def result(self) -> Any:
+        """Wait for the run and return its result (or raise its error).
+
+        Cancelling the caller does not cancel the run; :meth:`cancel` does.
+        """
+        assert self._task is not None
+        return await asyncio.shield(self._task)
+
+    def cancel(self) -> bool:
+        """Cancel the run: its waiting calls are withdrawn and its running calls' agents killed."""
+        return self._task is not None and self._task.cancel()
+
+    @property
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    @property
+    def wall_s(self) -> float | None:
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.run_id} {self.workflow!r} {self.status}>"
+
+
+class Runtime:
+    """Owns pools (by name, in :attr:`pools`) and the runs submitted to them.
+
+    ``backend`` is ``"process"`` (local worker processes, the default) or any
+    :class:`~shoal.backends.Backend` instance; every pool of this runtime uses it.
+    """
+
+    def __init__(self, backend: Backend | str | None = None, *, clock: Clock | None = None):
+        self.backend = _make_backend(backend)
+        self._clock: Clock = clock or LoopClock()
+        self.pools = PoolManager()
+        self._pool_options: dict[str, Mapping[str, Any]] = {}
+        self._pool_ready: dict[str, asyncio.Future[AgentPool]] = {}
+        self._runs: dict[str, RunHandle] = {}
+        self._ids = itertools.count(1)
+        self._starters: set[asyncio.Task[None]] = set()
+        self._open = False
+        self.default_parallelism = os.cpu_count() or 1
+
+    async def __aenter__(self) -> Runtime:
+        self._open = True
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def pool(self, name: str) -> AgentPool:
+        """The pool named ``name`` (a ``KeyError`` lists the pools there are)."""
+        return self.pools.get(name)
+
+    @property
+    def runs(self) -> list[RunHandle]:
+        return list(self._runs.values())
+
+    async def run(self, target: Any, input: Any = None) -> Any:
+        """Run a ``@workflow`` class or ``@mapreduce`` function on ``input``; return the result."""
+        handle = await self.submit(target, input)
+        return await handle.result()
+
+    async def submit(self, target: Any, input: Any = None) -> RunHandle:
+        """Start a run and return its handle at once."""
+        if not self._open:
+            raise ShoalError("the runtime is not open: use 'async with Runtime() as rt:'")
+        spec = spec_of(target)
+        run_id = f"run-{next(self._ids)}"
+        handle = RunHandle(run_id, spec.name, plan_progress(spec))
+        for request in pool_requests(spec):
+            setup = spec.setup() if isinstance(spec, WorkflowSpec) else None
+            self._start_pool(request, setup)  # warm every pool of the run up front
+        runner = Runner(self, spec, input, run_id, handle.progress)
+        handle._task = asyncio.get_running_loop().create_task(
+            self._drive(handle, runner), name=f"shoal-{run_id}"
+        )
+        self._runs[run_id] = handle
+        return handle
+
+    async def aclose(self) -> None:
+        """Cancel unfinished runs, then close every pool."""
+        self._open = False
+        tasks = [h._task for h in self._runs.values() if h._task is not None and not h.done]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for starter in self._starters:
+            starter.cancel()
+        await asyncio.gather(*self._starters, return_exceptions=True)
+        await self.pools.aclose()
+
+    async def _drive(self, handle: RunHandle, runner: Runner) -> Any:
+        handle.status = "running"
+        handle.started = self._clock.now()
+        try:
+            result = await runner.run()
+        except asyncio.CancelledError:
+            handle.status = "cancelled"
+            raise
+        except BaseException:
+            handle.status = "failed"
+            raise
+        finally:
+            handle.finished = self._clock.now()
+        handle.status = "succeeded"
+        return result
+
+    # -- for the runner -----------------------------------------------------------------------
+
+    def _start_pool(
+        self, request: PoolRequest, setup: Callable[[], object] | None
+    ) -> asyncio.Future[AgentPool]:
+        known = self._pool_options.get(request.name)
+        if known is not None:
+            if request.options and dict(request.options) != dict(known):
+                raise WorkflowError(
+                    f"pool {request.name!r} is already configured as {dict(known)}; a step asks "
+                    f"for it as {dict(request.options)}. Give one of them another pool name."
+                )
+            return self._pool_ready[request.name]
+        pool = AgentPool(
+            request.name,
+            backend=self.backend,
+            clock=None if isinstance(self._clock, LoopClock) else self._clock,
+            setup=setup,
+            **dict(request.options),
+        )
+        self.pools.register_pool(pool)
+        self._pool_options[request.name] = dict(request.options)
+        ready: asyncio.Future[AgentPool] = asyncio.get_running_loop().create_future()
+        self._pool_ready[request.name] = ready
+
+        async def start() -> None:
+            try:
+                await pool.start()
+            except BaseException as exc:
+                if not ready.done():
+                    ready.set_exception(exc)
+                # A pool that cannot start is forgotten, so a later run may try again.
+                self.pools.unregister_pool(request.name)
+                del self._pool_options[request.name]
+                del self._pool_ready[request.name]
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            else:
+                if not ready.done():
+                    ready.set_result(pool)
+
+        self._starters.add(
+            asyncio.get_running_loop().create_task(start(), name=f"shoal-start-{pool.name}")
+        )
+        # A start error is delivered to whichever run awaits the pool; if none does, it is
+        # still retrieved here so asyncio does not report it as never retrieved.
+        ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return ready
+
+    async def _pool(self, request: PoolRequest, setup: Callable[[], object] | None) -> AgentPool:
+        if not self._open:
+            raise PoolClosed("the runtime is closed")
+        return await asyncio.shield(self._start_pool(request, setup))
+
+    async def _dedicated(
+        self,
+        request: PoolRequest,
+        setup: Callable[[], object] | None,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        timeout: float | None,
+    ) -> Any:
+        """The cold path: a fresh agent for one call, stopped after it."""
+        options = {k: v for k, v in request.options.items() if k not in ("min_size", "max_size")}
+        async with AgentPool(
+            f"{request.name}.dedicated",
+            min_size=1,
+            max_size=1,
+            backend=self.backend,
+            setup=setup,
+            **options,
+        ) as pool:
+            return await pool.call(fn, args, timeout=timeout)
+
+
+def _make_backend(backend: Backend | str | None) -> Backend:
+    if backend is None or backend == "process":
+        from shoal.backends.process import ProcessBackend
+
+        return ProcessBackend()
+    if isinstance(backend, str):
+        raise BackendError(
+            f"unknown backend {backend!r}; available here: 'process' (local worker processes), "
+            "or pass a Backend instance"
+        )
+    return backend
+
+
+def run(target: Any, input: Any = None, *, backend: Backend | str | None = None) -> Any:
+    """Run a workflow or mapreduce to completion from synchronous code and return its result."""
+
+    async def main() -> Any:
+        async with Runtime(backend) as rt:
+            return await rt.run(target, input)
+
+    return asyncio.run(main())

@@ -1,0 +1,297 @@
+"""The runner: turns one run of a workflow or mapreduce into calls on pools.
+
+Steps run in definition order; each receives the previous step's result. A parallel step fans
+out over the items of its input, at most ``max_parallel`` in flight, and hands the list of its
+results, in input order, to the next step. A failing item stops new items from starting; the
+items already running finish (their agents stay warm) and the run fails with :class:`StepFailed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from shoal.context import Context
+from shoal.errors import AgentLost, CallTimeout, StepFailed, WorkflowError
+from shoal.pool import AgentPool, PooledAgent
+from shoal.workflow.spec import MapReduceSpec, PoolRequest, StepSpec, WorkflowSpec
+
+if TYPE_CHECKING:
+    from shoal.runtime import Runtime
+
+_RETRYABLE = (AgentLost, CallTimeout)
+
+
+@dataclass
+class StepProgress:
+    """How far one step of a run has come (read by ``shoal run`` to draw its bars)."""
+
+    name: str
+    pool: str | None
+    parallel: bool
+    mode: str
+    status: str = "pending"  # pending, running, done, failed
+    total: int | None = None
+    done: int = 0
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        if self.started is None:
+            return None
+        return (self.finished if self.finished is not None else self.started) - self.started
+
+
+@dataclass
+class RunProgress:
+    steps: list[StepProgress] = field(default_factory=list)
+
+    def step(self, name: str) -> StepProgress:
+        return next(s for s in self.steps if s.name == name)
+
+
+def plan_progress(spec: WorkflowSpec | MapReduceSpec) -> RunProgress:
+    if isinstance(spec, MapReduceSpec):
+        return RunProgress([StepProgress(spec.name, spec.name, True, "pooled")])
+    steps = []
+    for s in spec.steps:
+        pool = spec.pool_for(s).name if s.execution_mode == "pooled" else None
+        steps.append(StepProgress(s.name, pool, s.parallel, s.execution_mode))
+    return RunProgress(steps)
+
+
+class Runner:
+    """Runs one workflow or mapreduce to its result on a runtime's pools."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        spec: WorkflowSpec | MapReduceSpec,
+        input: Any,
+        run_id: str,
+        progress: RunProgress,
+    ) -> None:
+        self.rt = rt
+        self.spec = spec
+        self.input = input
+        self.ctx = Context(run_id=run_id, workflow=spec.name, input=input)
+        self.progress = progress
+        self._held: PooledAgent | None = None  # the run's instance, for instance-pool workflows
+
+    async def run(self) -> Any:
+        if isinstance(self.spec, MapReduceSpec):
+            return await self._run_mapreduce(self.spec)
+        spec = self.spec
+        if not spec.instance_pool:
+            return await self._run_steps(spec)
+        pool = await self.rt._pool(spec.workflow_pool(), spec.setup())
+        self._held = await pool.get_agent()
+        try:
+            return await self._run_steps(spec)
+        finally:
+            if self._held is not None:
+                await pool.release_agent(self._held)
+
+    async def _run_steps(self, spec: WorkflowSpec) -> Any:
+        clock = self.rt._clock
+        value = self.input
+        for step in spec.steps:
+            prog = self.progress.step(step.name)
+            prog.status, prog.started = "running", clock.now()
+            try:
+                if step.parallel:
+                    value = await self._fan_out(step, value, prog)
+                else:
+                    args = (value,) if step.takes_input else ()
+                    value = await self._call_step(step, args, None)
+                    prog.done = 1
+            except BaseException:
+                prog.status = "failed"
+                raise
+            finally:
+                prog.finished = clock.now()
+            prog.status = "done"
+        return value
+
+    async def _fan_out(self, step: StepSpec, value: Any, prog: StepProgress) -> list[Any]:
+        items = _as_items(self.spec.name, step.name, value)
+        prog.total = len(items)
+        limit = step.max_parallel
+        if limit is None:
+            limit = await self._natural_parallelism(step)
+        return await self._map(
+            items, limit, lambda i, item: self._call_step(step, (item,), i), prog
+        )
+
+    async def _natural_parallelism(self, step: StepSpec) -> int:
+        assert isinstance(self.spec, WorkflowSpec)
+        if step.execution_mode != "pooled":
+            return 1 if step.execution_mode == "inline" else self.rt.default_parallelism
+        request = self.spec.pool_for(step)
+        if self._held is not None and request.name == self.spec.name:
+            return 1  # the run's own instance serves one call at a time
+        pool = await self.rt._pool(request, self.spec.setup())
+        return pool.max_size
+
+    async def _map(
+        self,
+        items: list[Any],
+        limit: int,
+        call: Callable[[int, Any], Any],
+        prog: StepProgress,
+    ) -> list[Any]:
+        results: list[Any] = [None] * len(items)
+        pending = iter(enumerate(items))
+        failure: list[BaseException] = []
+
+        async def worker() -> None:
+            for i, item in pending:
+                if failure:
+                    return
+                try:
+                    results[i] = await call(i, item)
+                except StepFailed as exc:
+                    failure.append(exc)
+                    return
+                prog.done += 1
+
+        await asyncio.gather(*(worker() for _ in range(min(limit, len(items)))))
+        if failure:
+            raise failure[0]
+        return results
+
+    async def _call_step(self, step: StepSpec, args: tuple[Any, ...], item: int | None) -> Any:
+        spec = self.spec
+        assert isinstance(spec, WorkflowSpec) and step.invoker is not None
+        invoker = step.invoker
+        if step.execution_mode == "inline":
+            return await self._attempt(step.name, item, 0, lambda ctx: invoker(ctx, *args))
+        request = spec.pool_for(step)
+        if step.execution_mode == "dedicated":
+            return await self._attempt(
+                step.name,
+                item,
+                step.retries,
+                lambda ctx: self.rt._dedicated(
+                    request, spec.setup(), invoker, (ctx, *args), step.timeout
+                ),
+            )
+        if self._held is not None and request.name == spec.name:
+            return await self._attempt(
+                step.name,
+                item,
+                step.retries,
+                lambda ctx: self._call_held(invoker, (ctx, *args), step.timeout),
+            )
+        pool = await self.rt._pool(request, spec.setup())
+        return await self._attempt(
+            step.name,
+            item,
+            step.retries,
+            lambda ctx: pool.call(invoker, (ctx, *args), timeout=step.timeout),
+        )
+
+    async def _call_held(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | None
+    ) -> Any:
+        assert self._held is not None and isinstance(self.spec, WorkflowSpec)
+        agent = self._held
+        try:
+            return await agent.call(fn, args, timeout=timeout)
+        except _RETRYABLE:
+            # The run's instance is gone: give it back (the pool retires it) and take another.
+            pool = agent.pool
+            self._held = None
+            await pool.release_agent(agent)
+            self._held = await pool.get_agent()
+            raise
+
+    async def _attempt(
+        self,
+        step: str,
+        item: int | None,
+        retries: int,
+        call: Callable[[Context], Any],
+    ) -> Any:
+        where = f"workflow {self.spec.name!r} step {step!r}" + (
+            f" item {item}" if item is not None else ""
+        )
+        for attempt in itertools.count(1):
+            ctx = self.ctx.for_step(step, item_index=item, attempt=attempt)
+            try:
+                return await call(ctx)
+            except _RETRYABLE as exc:
+                if attempt > retries:
+                    raise StepFailed(
+                        f"{where} failed after {attempt} attempt(s): {type(exc).__name__}: {exc}",
+                        workflow=self.spec.name,
+                        step=step,
+                        item_index=item,
+                        attempts=attempt,
+                    ) from exc
+            except StepFailed:
+                raise
+            except Exception as exc:
+                raise StepFailed(
+                    f"{where} raised {type(exc).__name__}: {exc}",
+                    workflow=self.spec.name,
+                    step=step,
+                    item_index=item,
+                    attempts=attempt,
+                ) from exc
+        raise AssertionError("unreachable")
+
+    async def _run_mapreduce(self, spec: MapReduceSpec) -> Any:
+        clock = self.rt._clock
+        prog = self.progress.steps[0]
+        prog.status, prog.started = "running", clock.now()
+        try:
+            items = _as_items(spec.name, spec.name, self.input)
+            prog.total = len(items)
+            pool: AgentPool = await self.rt._pool(spec.pool(), None)
+            limit = spec.max_parallel or pool.max_size
+
+            def call(i: int, item: Any) -> Any:
+                return self._attempt(
+                    spec.name,
+                    i,
+                    spec.retries,
+                    lambda ctx: pool.call(spec.fn, (ctx, item), timeout=spec.timeout),
+                )
+
+            results = await self._map(items, limit, call, prog)
+            out = spec.reduce(results) if spec.reduce is not None else results
+        except BaseException:
+            prog.status = "failed"
+            raise
+        finally:
+            prog.finished = clock.now()
+        prog.status = "done"
+        return out
+
+
+def _as_items(workflow: str, step: str, value: Any) -> list[Any]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise WorkflowError(
+            f"workflow {workflow!r} step {step!r} is parallel, so its input must be an iterable "
+            f"of items (a list, a generator, ...), got {type(value).__name__}"
+        )
+    return list(value)
+
+
+def pool_requests(spec: WorkflowSpec | MapReduceSpec) -> list[PoolRequest]:
+    """Every pool a run of ``spec`` may use, so the runtime can warm them up front."""
+    if isinstance(spec, MapReduceSpec):
+        return [spec.pool()]
+    requests = {}
+    if spec.instance_pool:
+        requests[spec.name] = spec.workflow_pool()
+    for step in spec.steps:
+        if step.execution_mode == "pooled":
+            req = spec.pool_for(step)
+            requests.setdefault(req.name, req)
+    return list(requests.values())
