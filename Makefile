@@ -19,7 +19,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(PY)
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed
-	$(PY) examples/pool_demo.py
+	$(PY) examples/demo.py
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check src tests bench examples

@@ -18,6 +18,30 @@ from typing import Any
 from shoal import Context, Runtime, step, workflow
 
 
+def make_batch(np: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """One record per sensor: its name, the seed of its readings and its drift."""
+    n = int(request.get("n", 100))
+    rng = np.random.default_rng(int(request.get("seed", 7)))
+    seeds, drifts = rng.integers(0, 2**31, n), rng.normal(0, 0.01, n)
+    return [
+        {"sensor": f"s{i:04d}", "seed": int(s), "drift": float(d)}
+        for i, (s, d) in enumerate(zip(seeds, drifts, strict=True))
+    ]
+
+
+def summarise_sensor(np: Any, item: dict[str, Any]) -> dict[str, Any]:
+    """A day of one-per-second readings for one sensor, summarised."""
+    rng = np.random.default_rng(item["seed"])
+    readings = np.cumsum(rng.normal(item["drift"], 1.0, 86_400))
+    hourly = readings.reshape(24, 3600).mean(axis=1)
+    return {
+        "sensor": item["sensor"],
+        "mean": float(readings.mean()),
+        "p99": float(np.percentile(readings, 99)),
+        "peak_hour": int(hourly.argmax()),
+    }
+
+
 @workflow(name="data_pipeline")
 class DataPipeline:
     def setup(self) -> None:
@@ -28,28 +52,11 @@ class DataPipeline:
 
     @step(scaling_policy={"min": 1, "max": 5})
     async def fetch_data_list(self, ctx: Context, request: dict[str, Any]) -> list[dict[str, Any]]:
-        n = int(request.get("n", 100))
-        seed = int(request.get("seed", 7))
-        rng = self.np.random.default_rng(seed)
-        return [
-            {"sensor": f"s{i:04d}", "seed": int(s), "drift": float(d)}
-            for i, (s, d) in enumerate(
-                zip(rng.integers(0, 2**31, n), rng.normal(0, 0.01, n), strict=True)
-            )
-        ]
+        return make_batch(self.np, request)
 
     @step(parallel=True, pool_size=10, max_parallel=100)
     async def process_item(self, ctx: Context, item: dict[str, Any]) -> dict[str, Any]:
-        np = self.np
-        rng = np.random.default_rng(item["seed"])
-        readings = np.cumsum(rng.normal(item["drift"], 1.0, 86_400))  # one per second
-        hourly = readings.reshape(24, 3600).mean(axis=1)
-        return {
-            "sensor": item["sensor"],
-            "mean": float(readings.mean()),
-            "p99": float(np.percentile(readings, 99)),
-            "peak_hour": int(hourly.argmax()),
-        }
+        return summarise_sensor(self.np, item)
 
     @step()
     async def aggregate(self, ctx: Context, results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -27,10 +27,13 @@ RunStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 class RunHandle:
     """One submitted run: its status, its progress, and (awaited) its result."""
 
-    def __init__(self, run_id: str, workflow: str, progress: RunProgress) -> None:
+    def __init__(
+        self, run_id: str, workflow: str, progress: RunProgress, pools: list[str]
+    ) -> None:
         self.run_id = run_id
         self.workflow = workflow
         self.progress = progress
+        self.pools = pools  # the names of the pools this run uses
         self.status: RunStatus = "pending"
         self.started: float | None = None
         self.finished: float | None = None
@@ -107,8 +110,9 @@ class Runtime:
             raise ShoalError("the runtime is not open: use 'async with Runtime() as rt:'")
         spec = spec_of(target)
         run_id = f"run-{next(self._ids)}"
-        handle = RunHandle(run_id, spec.name, plan_progress(spec))
-        for request in pool_requests(spec):
+        requests = pool_requests(spec)
+        handle = RunHandle(run_id, spec.name, plan_progress(spec), [r.name for r in requests])
+        for request in requests:
             setup = spec.setup() if isinstance(spec, WorkflowSpec) else None
             self._start_pool(request, setup)  # warm every pool of the run up front
         runner = Runner(self, spec, input, run_id, handle.progress)

@@ -344,7 +344,10 @@ def _scaling(where: str, policy: Mapping[str, Any] | None) -> ScalingPolicyConfi
         return None
     from shoal.scaling.config import parse_scaling_policy
 
-    return parse_scaling_policy(where, policy)
+    try:
+        return parse_scaling_policy(where, policy)
+    except ConfigError as exc:
+        raise WorkflowError(str(exc)) from None
 
 
 def _step_pool_options(workflow: str, step: StepSpec) -> dict[str, Any]:

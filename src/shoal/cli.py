@@ -1,0 +1,317 @@
+"""The ``shoal`` command: ``shoal run path/to/file.py[:Name] --input JSON``.
+
+On a terminal ``run`` draws live progress — a bar per step and, per pool, its agents by state
+and its queue — then prints the result, the wall time, the time per step and warm hits against
+cold starts. ``--json`` prints one JSON object and nothing else. Ctrl-C stops cleanly: in-flight
+calls are cancelled, every agent is stopped, and the exit status is 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+from shoal import _render
+from shoal.errors import RemoteTraceback, ShoalError, StepFailed
+from shoal.runtime import RunHandle, Runtime
+from shoal.workflow.spec import spec_of
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message says what was wrong and how to fix it."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        if args.command == "run":
+            return _run_command(args)
+    except UsageError as exc:
+        print(f"shoal {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    raise AssertionError(args.command)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shoal", description="Warm, reusable agents in auto-scaling pools."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        help="run a workflow or mapreduce from a Python file",
+        description="Run a @workflow class or @mapreduce function defined in a Python file.",
+    )
+    run.add_argument(
+        "target", metavar="FILE[:NAME]", help="the file, and the name if it has several"
+    )
+    run.add_argument(
+        "--input",
+        default=None,
+        metavar="JSON|@FILE",
+        help="the run's input as JSON, or @path to a JSON file (default: none)",
+    )
+    run.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
+    run.add_argument(
+        "--backend", default="process", help="where agents run (default: process, local workers)"
+    )
+    return parser
+
+
+# -- shoal run ------------------------------------------------------------------------------------
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    target = load_target(args.target)
+    payload = parse_input(args.input)
+    live = not args.json and sys.stdout.isatty()
+    try:
+        outcome = asyncio.run(_execute(target, payload, args.backend, live))
+    except KeyboardInterrupt:
+        print(
+            "\nshoal run: interrupted — in-flight calls were cancelled and every agent stopped",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    handle, result, error, pools = outcome
+    report = _report(handle, result, error, pools)
+    if args.json:
+        print(json.dumps(report, default=repr))
+    else:
+        _print_summary(report, error, sys.stdout)
+    return EXIT_ERROR if error is not None else 0
+
+
+async def _execute(
+    target: Any, payload: Any, backend: str, live: bool
+) -> tuple[RunHandle, Any, BaseException | None, dict[str, dict[str, Any]]]:
+    async with Runtime(backend) as rt:
+        handle, result, error = await run_with_progress(rt, target, payload, live=live)
+        pools = {p.name: _pool_report(p) for p in rt.pools}
+        return handle, result, error, pools
+
+
+async def run_with_progress(
+    rt: Runtime, target: Any, payload: Any, *, live: bool, out: TextIO | None = None
+) -> tuple[RunHandle, Any, ShoalError | None]:
+    """Run ``target`` on ``rt``, redrawing its progress on ``out`` (a terminal) while it runs."""
+    out = out or sys.stdout
+    handle = await rt.submit(target, payload)
+    painter = asyncio.get_running_loop().create_task(_paint(rt, handle, out)) if live else None
+    result, error = None, None
+    try:
+        result = await handle.result()
+    except ShoalError as exc:
+        error = exc
+    finally:
+        if painter is not None:
+            painter.cancel()
+            await asyncio.gather(painter, return_exceptions=True)
+    return handle, result, error
+
+
+async def _paint(rt: Runtime, handle: RunHandle, out: TextIO) -> None:
+    drawn = 0
+    try:
+        while True:
+            drawn = _render.redraw(out, _render.frame(rt, handle), drawn)
+            await asyncio.sleep(0.1)
+    finally:
+        _render.redraw(out, _render.frame(rt, handle), drawn)
+
+
+def load_target(spec: str) -> Any:
+    """Import ``FILE[:NAME]`` and return the workflow or mapreduce it names (or its only one)."""
+    path_text, _, name = spec.partition(":")
+    if not path_text.endswith(".py") and ":" not in spec and "/" not in spec:
+        raise UsageError(f"{spec!r} is not a Python file; give a path such as pipeline.py[:Name]")
+    path = Path(path_text)
+    if not path.is_file():
+        raise UsageError(f"no such file: {path_text}")
+    module = _import_file(path)
+    if name:
+        target = getattr(module, name, None)
+        if target is None:
+            raise UsageError(f"{path_text} has no attribute {name!r}; {_found(module)}")
+        try:
+            spec_of(target)
+        except ShoalError as exc:
+            raise UsageError(str(exc)) from None
+        return target
+    found = _targets(module)
+    if len(found) != 1:
+        raise UsageError(
+            f"{path_text} defines {len(found)} workflows or mapreduces; "
+            + ("name one as FILE:NAME — " + _found(module) if found else "decorate one first")
+        )
+    return found[0]
+
+
+def _import_file(path: Path) -> ModuleType:
+    # Imported under its own name with its folder on sys.path, so agents (which share this
+    # sys.path) import the same module by reference.
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    name = path.stem
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        tb = "".join(traceback.format_exception(exc)[1:])
+        raise UsageError(f"{path} failed to import: {type(exc).__name__}: {exc}\n{tb}") from None
+    return module
+
+
+def _targets(module: ModuleType) -> list[Any]:
+    found = []
+    for value in vars(module).values():
+        if getattr(value, "__module__", None) != module.__name__:
+            continue
+        try:
+            spec_of(value)
+        except ShoalError:
+            continue
+        found.append(value)
+    return found
+
+
+def _found(module: ModuleType) -> str:
+    names = [getattr(t, "__name__", repr(t)) for t in _targets(module)]
+    return "it defines: " + (", ".join(names) if names else "no workflow or mapreduce")
+
+
+def parse_input(text: str | None) -> Any:
+    """The run's input from ``--input``: JSON text, or ``@path`` to a JSON file."""
+    if text is None:
+        return None
+    source = "--input"
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read the input file {path}: {exc.strerror}") from None
+        source = str(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+
+
+def _pool_report(pool: Any) -> dict[str, Any]:
+    m = pool.metrics
+    last = None
+    if pool.events:
+        e = pool.events[-1]
+        last = {
+            "kind": e.kind,
+            "agent_id": e.agent_id,
+            "from_size": e.from_size,
+            "to_size": e.to_size,
+            "reason": e.reason,
+            "age_s": m.time - e.time,
+        }
+    return {
+        "size": m.size,
+        "idle": m.idle,
+        "busy": m.busy,
+        "starting": m.starting,
+        "requests": m.requests_total,
+        "warm_hits": m.warm_hits,
+        "cold_starts": m.cold_starts,
+        "agents_started": m.agents_started,
+        "wait_p50_s": m.wait_p50,
+        "wait_p99_s": m.wait_p99,
+        "last_event": last,
+    }
+
+
+def _report(
+    handle: RunHandle,
+    result: Any,
+    error: BaseException | None,
+    pools: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    steps = [
+        {
+            "name": s.name,
+            "status": s.status,
+            "mode": s.mode,
+            "pool": s.pool,
+            "items": s.total,
+            "done": s.done,
+            "seconds": s.seconds,
+        }
+        for s in handle.progress.steps
+    ]
+    report: dict[str, Any] = {
+        "workflow": handle.workflow,
+        "run_id": handle.run_id,
+        "status": handle.status,
+        "result": result,
+        "wall_s": handle.wall_s,
+        "steps": steps,
+        "pools": pools,
+    }
+    if error is not None:
+        report["error"] = {
+            "type": type(error).__name__,
+            "message": str(error),
+            "step": getattr(error, "step", None),
+            "item_index": getattr(error, "item_index", None),
+            "traceback": _remote_traceback(error),
+        }
+    return report
+
+
+def _remote_traceback(error: BaseException) -> str | None:
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, RemoteTraceback):
+            return cause.tb
+        cause = cause.__cause__
+    return None
+
+
+def _print_summary(report: dict[str, Any], error: BaseException | None, out: TextIO) -> None:
+    if error is not None:
+        print(f"\nerror: {error}", file=sys.stderr)
+        tb = report["error"]["traceback"]
+        if tb:
+            print("in the agent:\n" + tb.rstrip(), file=sys.stderr)
+        if isinstance(error, StepFailed) and error.__cause__ is not None and not tb:
+            print(
+                f"caused by: {type(error.__cause__).__name__}: {error.__cause__}", file=sys.stderr
+            )
+    else:
+        print("\nresult:", file=out)
+        print(_render.pretty(report["result"]), file=out)
+    print(_render.summary(report), file=out)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

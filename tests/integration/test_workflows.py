@@ -1,0 +1,151 @@
+"""Workflows and `shoal run` on real agent processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shoal import Runtime, StepFailed, cli
+from tests.integration import flows
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.usefixtures("no_leaked_children")
+
+
+@pytest.mark.real_time
+async def test_setup_runs_once_per_agent_and_items_keep_their_order() -> None:
+    async with Runtime() as rt:
+        out = await rt.run(flows.Warm, 40)
+        again = await rt.run(flows.Warm, 10)
+    assert out["items"] == list(range(40))
+    assert len(out["pids"]) == 2 and os.getpid() not in out["pids"]
+    assert out["setups"] == [1]  # every agent built its instance once, for all its items
+    assert again["pids"] == out["pids"]  # the second run found the same warm agents
+    assert out["parent"] == os.getpid()
+
+
+@pytest.mark.real_time
+async def test_a_failing_step_carries_the_remote_traceback() -> None:
+    async with Runtime() as rt:
+        with pytest.raises(StepFailed, match="step 'each' item 2 raised KeyError") as info:
+            await rt.run(flows.Boom, [0, 1, 2, 3])
+        remote = info.value.__cause__
+        assert isinstance(remote, KeyError)
+        assert "raise KeyError" in str(remote.__cause__)
+        assert rt.pool("boom.each").metrics.size == 2
+
+
+@pytest.mark.real_time
+async def test_mapreduce_on_processes() -> None:
+    async with Runtime() as rt:
+        assert await rt.run(flows.char_count, ["ab", "cde", ""]) == 5
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shoal.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def test_shoal_run_json_prints_one_object() -> None:
+    done = run_cli("run", "examples/data_pipeline.py", "--input", '{"n": 12}', "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert {"result", "wall_s", "steps", "pools"} <= set(report)
+    assert report["result"]["sensors"] == 12
+    assert [s["name"] for s in report["steps"]] == ["fetch_data_list", "process_item", "aggregate"]
+    assert report["steps"][1]["items"] == 12
+    assert report["pools"]["data_pipeline.process_item"]["agents_started"] == 10
+
+
+def test_shoal_run_prints_result_and_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["run", "tests/integration/flows.py:char_count", "--input", '["a", "bb"]'])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "result:\n3" in out and "char_count succeeded in" in out
+    assert "warm hits / cold starts" in out
+
+
+def test_shoal_run_step_failure_exits_1_and_names_the_item(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = cli.main(["run", "tests/integration/flows.py:Boom", "--input", "[0, 1, 2]"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "step 'each' item 2 raised KeyError" in err and "in the agent:" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope.py"], "no such file: nope.py"),
+        (["tests/integration/flows.py"], "defines 4 workflows or mapreduces; name one"),
+        (["tests/integration/flows.py:Missing"], "has no attribute 'Missing'"),
+        (["tests/integration/flows.py:SETUPS"], "is not a workflow or mapreduce"),
+        (["examples/data_pipeline.py", "--input", "{n: 1}"], "--input is not valid JSON"),
+        (["examples/data_pipeline.py", "--input", "@missing.json"], "cannot read the input file"),
+    ],
+)
+def test_shoal_run_bad_input_is_a_usage_error(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["run", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_shoal_run_file_that_does_not_import(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "broken_flow.py"
+    bad.write_text("import not_a_module_anywhere\n")
+    assert cli.main(["run", str(bad)]) == 2
+    assert "failed to import: ModuleNotFoundError" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_shoal_run_cleanly(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shoal.cli",
+            "run",
+            "tests/integration/flows.py:Slow",
+            "--input",
+            json.dumps([str(marker), str(marker)]),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("*.pid"))) < 2:  # both items are running in their agents
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    agents = [int(p.stem) for p in tmp_path.glob("*.pid")]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "every agent stopped" in err
+    assert not [pid for pid in agents if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
