@@ -149,3 +149,29 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@pytest.mark.real_time
+async def test_cancelling_a_run_kills_its_running_calls_and_replaces_the_agents(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    async with Runtime() as rt:
+        handle = await rt.submit(flows.Slow, [str(tmp_path / "m"), str(tmp_path / "m")])
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("*.pid"))) < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        running = {int(p.stem) for p in tmp_path.glob("*.pid")}
+        handle.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handle.result()
+        assert handle.status == "cancelled"
+        pool = rt.pool("slow.wait")
+        while pool.metrics.idle < 2:  # the killed agents are replaced to keep the pool warm
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        live = {a.handle.pid for a in pool.agents}
+        assert not live & running
+        assert not [pid for pid in running if _alive(pid)]
