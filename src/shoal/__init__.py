@@ -34,9 +34,9 @@ if _typing.TYPE_CHECKING:
         AgentPool,
         AgentState,
         PooledAgent,
-        PoolEvent,
         PoolManager,
         PoolMetrics,
+        ScalingEvent,
     )
     from shoal.runtime import RunHandle, Runtime, run
 
@@ -56,7 +56,7 @@ _WHERE = {
         "PoolClosed PoolError PoolTimeout RemoteError RemoteTraceback SerializationError "
         "ShoalError StepFailed WorkflowError"
     ),
-    "shoal.pool": "AgentPool AgentState PooledAgent PoolEvent PoolManager PoolMetrics",
+    "shoal.pool": "AgentPool AgentState PooledAgent ScalingEvent PoolManager PoolMetrics",
     "shoal.runtime": "RunHandle Runtime run",
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names.split()}
@@ -81,7 +81,6 @@ __all__ = [
     "PoolClosed",
     "PoolConfig",
     "PoolError",
-    "PoolEvent",
     "PoolManager",
     "PoolMetrics",
     "PoolTimeout",
@@ -91,6 +90,7 @@ __all__ = [
     "RemoteTraceback",
     "RunHandle",
     "Runtime",
+    "ScalingEvent",
     "SerializationError",
     "ShoalError",
     "StepFailed",

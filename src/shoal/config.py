@@ -47,6 +47,7 @@ class PoolConfig(BaseModel):
     start_timeout: float = Field(default=120.0, gt=0)
     stop_grace: float = Field(default=10.0, ge=0)
     setup: Callable[[], object] | None = None
+    price_per_hour: float | None = Field(default=None, ge=0)  # $ per agent-hour, for cost caps
 
     @model_validator(mode="after")
     def _sizes_in_order(self) -> Self:

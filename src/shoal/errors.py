@@ -76,6 +76,14 @@ class AgentLost(AgentError):
         self.delivered = delivered
 
 
+def agent_failed(exc: BaseException) -> bool:
+    """True when ``exc`` is the loss of an agent (or a call timeout) seen here, which is worth a
+    retry on another agent — not such an error raised by the user's code inside the agent."""
+    return isinstance(exc, AgentLost | CallTimeout) and not isinstance(
+        exc.__cause__, RemoteTraceback
+    )
+
+
 class CallTimeout(AgentError, TimeoutError):
     """A call ran past its timeout; the agent running it was killed and is replaced."""
 

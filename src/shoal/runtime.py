@@ -27,9 +27,7 @@ RunStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 class RunHandle:
     """One submitted run: its status, its progress, and (awaited) its result."""
 
-    def __init__(
-        self, run_id: str, workflow: str, progress: RunProgress, pools: list[str]
-    ) -> None:
+    def __init__(self, run_id: str, workflow: str, progress: RunProgress, pools: list[str]) -> None:
         self.run_id = run_id
         self.workflow = workflow
         self.progress = progress

@@ -15,11 +15,13 @@ import sys
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from typing import Any
 
 import _wire  # type: ignore[import-not-found]  # beside this file: sys.path[0] when run by path
 
 EXIT_PARENT_GONE = 70
+_FUNCTION_CACHE = 256  # functions kept by key; an evicted one is simply sent again
 _loop: Any = None
 
 
@@ -55,14 +57,23 @@ def _dumps(obj: Any) -> bytes:
 
 
 def _exception_message(kind: int, exc: BaseException) -> bytes:
-    tb = "".join(traceback.format_exception(exc))
+    try:
+        tb = "".join(traceback.format_exception(exc))
+    except Exception:
+        tb = f"{type(exc).__qualname__} (its traceback could not be formatted)\n"
+    try:
+        text = str(exc)
+    except Exception:
+        text = f"<{type(exc).__qualname__} that cannot be printed>"
     blob: bytes | None
     try:
-        blob = pickle.dumps(exc, _wire.PROTOCOL)
+        # cloudpickle when needed: an exception class from the user's script goes back by
+        # value, and cloudpickle maps it onto the caller's own class again.
+        blob = _dumps(exc)
         pickle.loads(blob)  # an exception that cannot be rebuilt travels as text only
     except Exception:
         blob = None
-    return _dumps((kind, blob, type(exc).__qualname__, str(exc), tb))
+    return _dumps((kind, blob, type(exc).__qualname__, text, tb))
 
 
 def _await(result: Any) -> Any:
@@ -117,7 +128,7 @@ def main() -> None:
         return
     send(res_fd, _dumps((_wire.READY, os.getpid())))
 
-    functions: dict[int, Any] = {}
+    functions: OrderedDict[int, Any] = OrderedDict()  # most recently used last
     poller = select.poll()
     poller.register(cmd_fd, select.POLLIN)
     while True:
@@ -138,12 +149,19 @@ def main() -> None:
         kind = msg[0]
         if kind == _wire.CALL:
             _, key, fn_blob, args, kwargs = msg
+            if fn_blob is None and key not in functions:
+                send(res_fd, _dumps((_wire.UNKNOWN_FN, key)))
+                continue
             try:
-                fn = functions.get(key) if fn_blob is None else None
-                if fn is None:
+                if fn_blob is None:
+                    fn = functions[key]
+                    functions.move_to_end(key)
+                else:
                     fn = pickle.loads(fn_blob)
                     if key is not None:
                         functions[key] = fn
+                        if len(functions) > _FUNCTION_CACHE:
+                            functions.popitem(last=False)
                 result = _call(fn, args, kwargs)
             except BaseException as exc:
                 out = _exception_message(_wire.RAISED, exc)

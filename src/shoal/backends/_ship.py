@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import types
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,6 +20,7 @@ from shoal.backends import _wire
 from shoal.errors import RemoteError, RemoteTraceback, SerializationError
 
 _keys = itertools.count(1)
+_SENT_KEYS = 1024
 _fn_cache: weakref.WeakKeyDictionary[Any, tuple[int, bytes]] = weakref.WeakKeyDictionary()
 
 
@@ -41,11 +43,11 @@ def dumps(obj: Any) -> bytes:
 
 
 def function_token(fn: Callable[..., Any]) -> tuple[int | None, bytes]:
-    """``(key, pickled fn)``; the key is None for what cannot be cached (bound methods)."""
-    try:
-        cached = _fn_cache.get(fn)
-    except TypeError:
-        cached = None
+    """``(key, pickled fn)``. Plain functions get a key and are pickled once; anything that
+    carries data of its own (a partial, a bound method, a callable object) is pickled afresh
+    for every call (key None), so the agent always sees its current state."""
+    cacheable = isinstance(fn, types.FunctionType)
+    cached = _fn_cache.get(fn) if cacheable else None
     if cached is not None:
         return cached
     try:
@@ -55,11 +57,10 @@ def function_token(fn: Callable[..., Any]) -> tuple[int | None, bytes]:
             f"function {_name(fn)} cannot be sent to an agent: {exc}. "
             "Use a module-level function, or one that cloudpickle can serialise."
         ) from exc
-    try:
-        token: tuple[int | None, bytes] = (next(_keys), blob)
-        _fn_cache[fn] = token  # type: ignore[assignment]
-    except TypeError:
-        token = (None, blob)
+    if not cacheable:
+        return (None, blob)
+    token = (next(_keys), blob)
+    _fn_cache[fn] = token
     return token
 
 
@@ -74,6 +75,8 @@ def encode_call(
     except Exception as exc:
         raise SerializationError(_which_argument(fn, args, kwargs, exc)) from exc
     if key is not None:
+        if len(sent) >= _SENT_KEYS:
+            sent.clear()  # the agent keeps a bounded cache too; it asks again for what it lost
         sent.add(key)
     return payload
 
@@ -95,16 +98,18 @@ def _which_argument(
     return f"the call to {_name(fn)} cannot be sent to an agent: {exc}"
 
 
-def rebuild_exception(msg: tuple[Any, ...]) -> BaseException:
+def rebuild_exception(msg: tuple[Any, ...]) -> Exception:
     """Turn a RAISED or START_FAILED message into an exception with its remote traceback."""
     _, blob, type_name, message, tb = msg
-    exc: BaseException | None = None
+    exc: object = None
     if blob is not None:
         try:
             exc = pickle.loads(blob)
         except Exception:
             exc = None
-    if exc is None:
+    if exc is None or not isinstance(exc, Exception):
+        # SystemExit, KeyboardInterrupt or CancelledError in an agent must not end the
+        # caller's program or task: they arrive as an ordinary error naming them.
         exc = RemoteError(type_name, message)
     exc.__cause__ = RemoteTraceback(tb)
     return exc
@@ -112,9 +117,15 @@ def rebuild_exception(msg: tuple[Any, ...]) -> BaseException:
 
 def unpicklable(msg: tuple[Any, ...], fn: Callable[..., Any]) -> SerializationError:
     _, what, detail = msg
+    if what == "the result":
+        hint = "Return plain data (lists, dicts, dataclasses), not generators, locks or handles."
+    else:
+        hint = (
+            "The agent imports what the call refers to from this process's sys.path: keep the "
+            "function's module and the arguments' classes importable there."
+        )
     return SerializationError(
-        f"{what} of {_name(fn)} could not cross the process boundary: {detail}. "
-        "Return plain data (lists, dicts, dataclasses), not generators, locks or open handles."
+        f"{what} of {_name(fn)} could not cross the process boundary: {detail}. {hint}"
     )
 
 

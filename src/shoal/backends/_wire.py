@@ -28,6 +28,7 @@ OK = 12  # (OK, result)
 RAISED = 13  # (RAISED, exc_blob_or_None, type_name, message, traceback_text)
 UNPICKLABLE = 14  # (UNPICKLABLE, what, detail)
 PONG = 15  # (PONG,)
+UNKNOWN_FN = 16  # (UNKNOWN_FN, key): the agent no longer has that function; send it again
 
 
 def frame(payload: bytes) -> bytes:

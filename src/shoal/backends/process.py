@@ -131,12 +131,18 @@ class ProcessBackend:
     ) -> Any:
         payload = _ship.encode_call(handle.sent_keys, fn, args, kwargs)
         reply = await self._request(handle, payload)
+        if reply[0] == _wire.UNKNOWN_FN:  # the agent dropped it from its cache: send it whole
+            handle.sent_keys.discard(reply[1])
+            payload = _ship.encode_call(handle.sent_keys, fn, args, kwargs)
+            reply = await self._request(handle, payload)
         kind = reply[0]
         if kind == _wire.OK:
             return reply[1]
         if kind == _wire.RAISED:
             raise _ship.rebuild_exception(reply)
         if kind == _wire.UNPICKLABLE:
+            if reply[1] == "the call":  # the function may not have been kept: resend next time
+                handle.sent_keys.clear()
             raise _ship.unpicklable(reply, fn)
         raise AgentLost(f"agent {handle.agent_id} sent an unexpected reply {kind!r}")
 
@@ -169,9 +175,15 @@ class ProcessBackend:
     # -- plumbing -----------------------------------------------------------------------------
 
     def _spawn(self, spec: AgentSpec) -> ProcessAgent:
-        cmd_r, cmd_w = os.pipe()
-        res_r, res_w = os.pipe()
-        life_r, life_w = os.pipe()
+        fds: list[int] = []
+        try:
+            for _ in range(3):
+                fds.extend(os.pipe())
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        cmd_r, cmd_w, res_r, res_w, life_r, life_w = fds
         child_fds = (cmd_r, res_w, life_r)
         env = None
         if self._env or spec.env:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shoal.pool.metrics import PoolMetrics
 
 
 @dataclass(frozen=True, slots=True)
-class PoolEvent:
-    """One change of a pool's size (``starting + idle + busy``), on the pool's clock.
+class ScalingEvent:
+    """One change of a pool's size or target, on the pool's clock.
 
-    ``kind`` is one of ``start`` (an agent was asked for), ``start_failed``, ``retire`` (the pool
-    let an agent go) and ``lost`` (an agent died on its own).
+    ``kind`` is ``scale`` (the warm target moved: an autoscaler decision or a resize; sizes are
+    targets), ``start`` (an agent was asked for: on demand, to reach the target, or to replace
+    one), ``start_failed``, ``retire`` (the pool let an agent go) or ``lost`` (an agent died on
+    its own); for the last four the sizes are the pool's live agents before and after.
+    ``metrics`` is the snapshot the decision was taken on, for ``scale`` events.
     """
 
     time: float
@@ -19,9 +26,9 @@ class PoolEvent:
     from_size: int
     to_size: int
     reason: str
+    metrics: PoolMetrics | None = None
 
     def __str__(self) -> str:
-        return (
-            f"t={self.time:.3f} {self.kind} {self.agent_id}: "
-            f"{self.from_size} -> {self.to_size} ({self.reason})"
-        )
+        who = f" {self.agent_id}" if self.agent_id else ""
+        sizes = f"{self.from_size} -> {self.to_size}"
+        return f"t={self.time:.3f} {self.kind}{who}: {sizes} ({self.reason})"

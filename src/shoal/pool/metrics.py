@@ -32,6 +32,7 @@ class PoolMetrics:
     requests_active: int
     requests_failed: int
     queue_depth: int
+    oldest_wait: float  # how long the caller at the head of the queue has waited
     avg_wait_time: float
     avg_execution_time: float
     wait_p50: float

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Literal, TypeVar
@@ -32,9 +33,10 @@ from shoal.errors import (
     PoolClosed,
     PoolError,
     PoolTimeout,
+    agent_failed,
 )
 from shoal.pool.agent import AgentState, PooledAgent
-from shoal.pool.events import PoolEvent
+from shoal.pool.events import ScalingEvent
 from shoal.pool.metrics import MetricsRecorder, PoolMetrics, mean, percentile
 
 T = TypeVar("T")
@@ -86,6 +88,7 @@ class AgentPool:
         health_check_timeout: float = 5.0,
         start_timeout: float = 120.0,
         stop_grace: float = 10.0,
+        price_per_hour: float | None = None,
         setup: Callable[[], object] | None = None,
         backend: Backend | None = None,
         clock: Clock | None = None,
@@ -104,6 +107,7 @@ class AgentPool:
             "health_check_timeout": health_check_timeout,
             "start_timeout": start_timeout,
             "stop_grace": stop_grace,
+            "price_per_hour": price_per_hour,
             "setup": setup,
         }
         if max_size is not None:
@@ -121,6 +125,7 @@ class AgentPool:
         self._lifo = self.config.assignment == "mru"
         self._waiters: deque[_Waiter] = deque()
         self._n_waiting = 0
+        self._n_dead = 0  # abandoned waiters still in the deque, dropped lazily
         self._counts = dict.fromkeys(AgentState, 0)
         self._target = self.config.min_size
         self._shrink = 0
@@ -129,13 +134,15 @@ class AgentPool:
         self._status: Literal["new", "running", "closing", "closed"] = "new"
         self._maintenance: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
+        self._wake_at = math.inf
         self._drained: asyncio.Event | None = None
-        self._closed: asyncio.Event | None = None
+        self._closing: asyncio.Task[None] | None = None
         self._backoff = 0.0
         self._backoff_until = 0.0
         self.last_start_error: BaseException | None = None
+        self._start_errors: list[BaseException] = []
         self._m = MetricsRecorder()
-        self.events: deque[PoolEvent] = deque(maxlen=max_events)
+        self.events: deque[ScalingEvent] = deque(maxlen=max_events)
 
     @classmethod
     def from_config(
@@ -221,10 +228,16 @@ class AgentPool:
         self._maintenance = loop.create_task(
             self._maintain(), name=f"shoal-pool-{self.name}-maintenance"
         )
-        failures = self._m.start_failures
-        await asyncio.gather(*self._start_needed(), return_exceptions=True)
-        if self._m.start_failures > failures and self.last_start_error is not None:
-            err = self.last_start_error
+        self._start_errors = []
+        try:
+            starts = self._start_needed()
+            if starts:
+                await asyncio.wait(starts)
+        except BaseException:
+            await asyncio.shield(self.aclose())
+            raise
+        if self._start_errors:
+            err = self._start_errors[0]
             await self.aclose()
             raise err
 
@@ -253,7 +266,7 @@ class AgentPool:
             try:
                 return await self._call(agent, fn, args, kw, timeout)
             except AgentLost as exc:
-                if exc.delivered or attempt >= _UNDELIVERED_RETRIES:
+                if exc.delivered or attempt >= _UNDELIVERED_RETRIES or not agent_failed(exc):
                     raise
             finally:
                 self._release(agent)
@@ -300,6 +313,18 @@ class AgentPool:
         Shrinking retires idle agents, least recently used first; busy agents are never
         interrupted — the excess is retired as calls finish.
         """
+        starts = self.set_target(size, reason or f"resize to {size}")
+        if wait and starts:
+            await asyncio.wait(starts)  # a cancelled caller leaves the starts running
+
+    def set_target(
+        self, size: int, reason: str, metrics: PoolMetrics | None = None
+    ) -> list[asyncio.Task[None]]:
+        """:meth:`resize` without waiting (the autoscaler's way in); returns the starts begun.
+
+        The change is recorded in :attr:`events` as a ``scale`` event with ``reason`` and the
+        ``metrics`` it was decided on.
+        """
         lo, hi = self.config.min_size, self.config.max_size
         if isinstance(size, bool) or not isinstance(size, int) or not lo <= size <= hi:
             raise ConfigError(
@@ -308,18 +333,17 @@ class AgentPool:
             )
         if self._status != "running":
             raise self._not_running()
-        why = reason or f"resize to {size}"
-        self._target = size
-        excess = self.size - size
-        self._shrink = max(0, excess)
         now = self._now()
+        if size != self._target:
+            self.events.append(ScalingEvent(now, "scale", "", self._target, size, reason, metrics))
+        self._target = size
+        self._shrink = max(0, self.size - size)
         while self._shrink and self._idle and not self._n_waiting:
             self._shrink -= 1
-            self._retire(self._pop_idle_lru(), why, now)
-        starts = self._start_needed(why)
+            self._retire(self._pop_idle_lru(), reason, now)
+        starts = self._start_needed(reason)
         self._poke()
-        if wait and starts:
-            await asyncio.gather(*starts, return_exceptions=True)
+        return starts
 
     @property
     def metrics(self) -> PoolMetrics:
@@ -344,6 +368,7 @@ class AgentPool:
             requests_active=m.requests_active,
             requests_failed=m.requests_failed,
             queue_depth=self._n_waiting,
+            oldest_wait=self._oldest_wait(now),
             avg_wait_time=mean(m.wait_times),
             avg_execution_time=mean(m.exec_times),
             wait_p50=percentile(m.wait_times, 0.50),
@@ -358,6 +383,13 @@ class AgentPool:
             start_failures=m.start_failures,
             time=now,
         )
+
+    def _oldest_wait(self, now: float) -> float:
+        waiters = self._waiters
+        while waiters and not waiters[0].live:
+            waiters.popleft()
+            self._n_dead -= 1
+        return now - waiters[0].enqueued_at if waiters else 0.0
 
     def state_line(self) -> str:
         """The pool's state in one line, as carried by its errors."""
@@ -378,18 +410,22 @@ class AgentPool:
 
     async def aclose(self) -> None:
         """Close in stages: refuse new calls, fail waiting ones, stop idle agents, give busy
-        ones ``stop_grace`` seconds to finish their calls, then kill what is left."""
-        if self._status == "closed":
-            return
+        ones ``stop_grace`` seconds to finish their calls, then kill what is left.
+
+        The closing runs in a task of the pool's own: cancelling ``aclose()`` does not stop it,
+        and a second ``aclose()`` waits for the same one.
+        """
         if self._status == "new":
             self._status = "closed"
             return
-        if self._status == "closing":
-            assert self._closed is not None
-            await self._closed.wait()
-            return
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(
+                self._close(), name=f"shoal-pool-{self.name}-close"
+            )
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         self._status = "closing"
-        self._closed = asyncio.Event()
         closed = PoolClosed(f"pool {self.name!r} closed while the call waited for an agent")
         while (waiter := self._next_waiter()) is not None:
             waiter.fut.set_exception(closed)
@@ -410,13 +446,12 @@ class AgentPool:
         while self._tasks:
             tasks = list(self._tasks)
             for t in tasks:
-                if not t.get_name().startswith("shoal-stop"):
+                if t.get_name().startswith("shoal-start"):
                     t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._maintenance is not None:
             await asyncio.gather(self._maintenance, return_exceptions=True)
         self._status = "closed"
-        self._closed.set()
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -432,6 +467,13 @@ class AgentPool:
             raise PoolError(
                 f"agent {agent.agent_id} is not held from pool {self.name!r} "
                 f"(it is {agent.state.value}); take one with get_agent() or acquire()"
+            )
+        if agent.retire_reason is not None:
+            raise AgentLost(
+                f"agent {agent.agent_id} cannot take another call: {agent.retire_reason}; "
+                "release it and take another",
+                agent.agent_id,
+                delivered=False,
             )
         m = self._m
         m.requests_active += 1
@@ -463,8 +505,9 @@ class AgentPool:
             raise
         except BaseException:
             # Cancelled mid-call: the agent is still running the abandoned call, so it
-            # cannot be trusted with the next one.
+            # cannot be trusted with the next one. Kill it now, not at release.
             agent.retire_reason = "its call was cancelled"
+            self._spawn(self._backend.kill(agent.handle), f"shoal-kill-{agent.agent_id}")
             raise
         finally:
             m.requests_active -= 1
@@ -522,9 +565,14 @@ class AgentPool:
         if waiter.live:
             waiter.live = False
             self._n_waiting -= 1
+            self._n_dead += 1
             fut.cancel()
+            if self._n_dead > 1024 and self._n_dead * 2 > len(self._waiters):
+                # Many callers gave up while nobody was served: keep the queue's memory bounded.
+                self._waiters = deque(w for w in self._waiters if w.live)
+                self._n_dead = 0
         elif fut.done() and not fut.cancelled() and fut.exception() is None:
-            self._release(fut.result())
+            self._release(fut.result(), used=False)
 
     # -- bookkeeping (synchronous: no awaits below this line until the tasks) --------------------
 
@@ -552,13 +600,17 @@ class AgentPool:
         return None
 
     def _next_waiter(self) -> _Waiter | None:
+        """The oldest caller still waiting; skips (and uncounts) any already cancelled."""
         waiters = self._waiters
         while waiters:
             w = waiters.popleft()
             if w.live:
                 w.live = False
                 self._n_waiting -= 1
-                return w
+                if not w.fut.done():  # cancelled, its task not yet told: not a taker
+                    return w
+            else:
+                self._n_dead -= 1
         return None
 
     def _pump(self) -> None:
@@ -611,14 +663,15 @@ class AgentPool:
         return self._spawn(self._start(agent), f"shoal-start-{agent.agent_id}")
 
     def _push_idle(self, agent: PooledAgent) -> None:
-        if not self._idle:
-            self._poke()
+        lifetime = self.config.max_lifetime
+        if not self._idle or (lifetime is not None and agent.created_at + lifetime < self._wake_at):
+            self._poke()  # a deadline earlier than the one maintenance sleeps until
         self._idle.append(agent)
 
     def _pop_idle_lru(self) -> PooledAgent:
         return self._idle.popleft()
 
-    def _release(self, agent: PooledAgent) -> None:
+    def _release(self, agent: PooledAgent, *, used: bool = True) -> None:
         if agent.pool is not self:
             raise PoolError(f"agent {agent.agent_id} belongs to pool {agent.pool.name!r}")
         if agent.state is not _BUSY:
@@ -626,8 +679,10 @@ class AgentPool:
                 return  # retired while held (pool closing, agent lost)
             raise PoolError(f"agent {agent.agent_id} is not held (it is {agent.state.value})")
         now = self._now()
-        agent.usage_count += 1
-        agent.last_used = now
+        if used:
+            agent.usage_count += 1
+            agent.last_used = now
+            agent.last_checked = now  # it just answered: as good as a health check
         agent.acquired_at = None
         reason = self._retire_reason(agent, now)
         if reason is not None:
@@ -688,7 +743,7 @@ class AgentPool:
         # starting agent's start fails.
 
     def _event(self, kind: str, agent: PooledAgent, before: int, reason: str, now: float) -> None:
-        self.events.append(PoolEvent(now, kind, agent.agent_id, before, self.size, reason))
+        self.events.append(ScalingEvent(now, kind, agent.agent_id, before, self.size, reason))
 
     def _not_running(self) -> PoolError:
         if self._status == "new":
@@ -764,6 +819,7 @@ class AgentPool:
             err.__cause__ = exc
         self._m.start_failures += 1
         self.last_start_error = err
+        self._start_errors.append(err)
         self._event("start_failed", agent, before, str(err), now)
         self._backoff = min(max(self._backoff * 2, 0.1), _MAX_START_BACKOFF_S)
         self._backoff_until = now + self._backoff
@@ -791,28 +847,38 @@ class AgentPool:
             self._pump()
 
     async def _maintain(self) -> None:
-        """Retire agents idle past ``idle_timeout``, health-check idle agents, retry the floor."""
+        """Retire agents idle past ``idle_timeout``, health-check idle agents, retry the floor.
+
+        Sleeps until the earliest of those deadlines; :meth:`_poke` wakes it when one moves
+        closer.
+        """
         loop = asyncio.get_running_loop()
-        cfg = self.config
         while True:
             now = self._now()
             self._reap(now)
-            await self._health_check(now)
+            self._health_check(now)
             self._pump()
-            now = self._now()
-            deadline = now + cfg.health_check_interval
-            if self._idle and self.size > self._target:
-                deadline = min(deadline, self._idle[0].last_used + cfg.idle_timeout)
-            if cfg.max_lifetime is not None:
-                for agent in self._idle:
-                    deadline = min(deadline, agent.created_at + cfg.max_lifetime)
-            if self._backoff_until > now:
-                deadline = min(deadline, self._backoff_until)
+            deadline = self._next_deadline(now)
+            self._wake_at = deadline
             self._wake = loop.create_future()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, deadline - now)):
                     await self._wake
             self._wake = None
+            self._wake_at = math.inf
+
+    def _next_deadline(self, now: float) -> float:
+        cfg = self.config
+        deadline = now + cfg.health_check_interval
+        for agent in self._idle:
+            deadline = min(deadline, agent.last_checked + cfg.health_check_interval)
+            if cfg.max_lifetime is not None:
+                deadline = min(deadline, agent.created_at + cfg.max_lifetime)
+        if self._idle and self.size > self._target:
+            deadline = min(deadline, self._idle[0].last_used + cfg.idle_timeout)
+        if self._backoff_until > now:
+            deadline = min(deadline, self._backoff_until)
+        return deadline
 
     def _reap(self, now: float) -> None:
         cfg = self.config
@@ -825,26 +891,31 @@ class AgentPool:
                 idle.remove(agent)
                 self._retire(agent, f"reached max_lifetime={cfg.max_lifetime} s", now)
 
-    async def _health_check(self, now: float) -> None:
+    def _health_check(self, now: float) -> None:
+        """Check each idle agent due for it, in a task of its own: one slow check holds up
+        neither the others nor the rest of maintenance."""
         interval = self.config.health_check_interval
-        due = [a for a in self._idle if a.last_checked + interval <= now]
-        if not due:
-            return
-        for agent in due:
+        for agent in [a for a in self._idle if a.last_checked + interval <= now]:
             self._idle.remove(agent)
             agent.reserved = True
-        results = await asyncio.gather(*(self._check(a) for a in due), return_exceptions=True)
+            self._spawn(self._check_one(agent), f"shoal-check-{agent.agent_id}")
+
+    async def _check_one(self, agent: PooledAgent) -> None:
+        try:
+            ok: bool | BaseException = await self._check(agent)
+        except Exception as exc:
+            ok = exc
+        agent.reserved = False
         now = self._now()
-        for agent, ok in zip(due, results, strict=True):
-            agent.reserved = False
-            agent.last_checked = now
-            if agent.state is not _IDLE:
-                continue  # died meanwhile and was already retired
-            if ok is True and self._status == "running":
-                self._reinsert_idle(agent)
-            else:
-                why = "failed its health check" if ok is False else f"health check error: {ok}"
-                self._retire(agent, why, now, kill=True)
+        agent.last_checked = now
+        if agent.state is not _IDLE:
+            return  # died meanwhile and was already retired
+        if ok is True and self._status == "running":
+            self._reinsert_idle(agent)
+        else:
+            why = "failed its health check" if ok is False else f"health check error: {ok}"
+            self._retire(agent, why, now, kill=True)
+        self._pump()
 
     async def _check(self, agent: PooledAgent) -> bool:
         try:

@@ -1,7 +1,8 @@
 """The seed's ``scaling_policy`` dictionary, validated into a frozen object.
 
 Every key of the seed keeps its name; ``min``/``max`` are accepted as short forms of
-``min_instances``/``max_instances``.
+``min_instances``/``max_instances``. ``mode`` picks a preset that fills the keys the user did not
+give (see :data:`PRESETS`); keys given explicitly always win.
 """
 
 from __future__ import annotations
@@ -15,33 +16,79 @@ from shoal.config import default_max_size, validate
 from shoal.errors import ConfigError
 
 Mode = Literal["auto", "aggressive", "reactive", "conservative", "fixed"]
+Predictor = Literal["ml-based", "linear", "seasonal"]
+
+#: Policies a ``scaling_policy`` may name with ``"policy"``; ``mode`` picks one otherwise.
+POLICY_NAMES: tuple[str, ...] = ("target", "rule", "fixed")
+
+#: What each mode fills in. ``auto`` is the base: target tracking at 70% utilization, checked
+#: every second, growing as fast as demand needs and shrinking only to the highest size
+#: recommended over the last ``cooldown_period`` (60 s).
+PRESETS: dict[str, dict[str, Any]] = {
+    "auto": {},
+    # The seed's "High-Volume API Processing": add 5 at a time, remove 1; keep more headroom.
+    "aggressive": {
+        "scale_up_rate": 5,
+        "scale_down_rate": 1,
+        "target_utilization": 0.6,
+        "cooldown_period": 30.0,
+    },
+    # The seed's "Bursty Batch Processing": may scale to zero, bursts jump, idle goes fast.
+    "reactive": {
+        "min_instances": 0,
+        "burst_capacity": 20,
+        "idle_terminate": 120.0,
+        "cooldown_period": 30.0,
+    },
+    # The seed's "Cost-Optimized Pipeline": small steps, long cooldowns, run hotter.
+    "conservative": {
+        "scale_up_rate": 1,
+        "scale_down_rate": 1,
+        "cooldown_period": 300.0,
+        "target_utilization": 0.8,
+        "scale_up_threshold": 0.9,
+        "interval": 15.0,
+    },
+    # A fixed pool of min_instances agents: no autoscaling.
+    "fixed": {"policy": "fixed"},
+}
 
 _SHORT = {"min": "min_instances", "max": "max_instances"}
 
 
 class ScalingPolicyConfig(BaseModel):
-    """How a pool of instances or agents may grow and shrink. Durations are float seconds."""
+    """How a pool of instances or agents may grow and shrink. Durations are float seconds.
+
+    The seed's keys: ``mode``, ``min_instances``, ``max_instances``, ``target_utilization``,
+    ``scale_up_threshold``, ``scale_down_threshold``, ``cooldown_period``, ``scale_up_rate``,
+    ``scale_down_rate``, ``predictor``, ``burst_capacity``, ``idle_terminate``,
+    ``cost_threshold``, ``prefer_spot``; and its metric rules: ``queue_depth`` (callers waiting
+    that count as a burst), ``sla`` (a response-time bound, seconds) and ``idle_time`` (how long
+    the seed's rule waits at low utilization before scaling down). shoal adds ``policy`` (which
+    policy decides) and ``interval`` (how often it is asked).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     mode: Mode = "auto"
+    policy: str | None = None
     min_instances: int = Field(default=1, ge=0, strict=True)
     max_instances: int = Field(default_factory=default_max_size, ge=1, strict=True)
     target_utilization: float = Field(default=0.7, gt=0, le=1)
     scale_up_threshold: float = Field(default=0.8, gt=0, le=1)
     scale_down_threshold: float = Field(default=0.3, ge=0, lt=1)
     cooldown_period: float = Field(default=60.0, ge=0)
-    scale_up_rate: int = Field(default=1, ge=1, strict=True)
-    scale_down_rate: int = Field(default=1, ge=1, strict=True)
-    predictor: str | None = None
-    burst_capacity: int = Field(default=0, ge=0, strict=True)
+    scale_up_rate: int | None = Field(default=None, ge=1, strict=True)
+    scale_down_rate: int | None = Field(default=None, ge=1, strict=True)
+    predictor: Predictor | None = None
+    burst_capacity: int | None = Field(default=None, ge=0, strict=True)
     idle_terminate: float | None = Field(default=None, gt=0)
     cost_threshold: float | None = Field(default=None, gt=0)
-    prefer_spot: bool = False
-    queue_depth: int = Field(default=5, ge=0, strict=True)
+    prefer_spot: bool = Field(default=False, strict=True)
+    queue_depth: int = Field(default=5, ge=1, strict=True)
     sla: float | None = Field(default=None, gt=0)
     idle_time: float = Field(default=300.0, ge=0)
-    interval: float = Field(default=15.0, gt=0)
+    interval: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -55,7 +102,26 @@ class ScalingPolicyConfig(BaseModel):
                 f"scale_down_threshold={self.scale_down_threshold} must be below "
                 f"scale_up_threshold={self.scale_up_threshold}, or the pool would flap"
             )
+        if self.policy is not None and self.policy not in POLICY_NAMES:
+            raise ValueError(
+                f"policy={self.policy!r} is not a known policy; known: {', '.join(POLICY_NAMES)}"
+            )
         return self
+
+    @property
+    def policy_name(self) -> str:
+        return self.policy or ("fixed" if self.mode == "fixed" else "target")
+
+    def unimplemented(self) -> list[str]:
+        """Keys that are accepted and validated but do not change behaviour yet."""
+        notes = []
+        if self.predictor is not None:
+            notes.append(
+                f"predictor={self.predictor!r} is not implemented yet; scaling is reactive"
+            )
+        if self.prefer_spot:
+            notes.append("prefer_spot=True has no effect on this backend (no spot capacity)")
+        return notes
 
 
 def parse_scaling_policy(where: str, policy: Mapping[str, Any]) -> ScalingPolicyConfig:
@@ -70,4 +136,6 @@ def parse_scaling_policy(where: str, policy: Mapping[str, Any]) -> ScalingPolicy
                     f"{where}: both {short!r} and {long!r} are given; use one of them"
                 )
             options[long] = options.pop(short)
-    return validate(ScalingPolicyConfig, where, options)
+    mode = options.get("mode", "auto")
+    preset = PRESETS.get(mode, {}) if isinstance(mode, str) else {}
+    return validate(ScalingPolicyConfig, where, {**preset, **options})

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shoal.context import Context
-from shoal.errors import AgentLost, CallTimeout, StepFailed, WorkflowError
+from shoal.errors import AgentLost, CallTimeout, StepFailed, WorkflowError, agent_failed
 from shoal.pool import AgentPool, PooledAgent
 from shoal.workflow.spec import MapReduceSpec, PoolRequest, StepSpec, WorkflowSpec
 
@@ -225,7 +225,7 @@ class Runner:
             try:
                 return await call(ctx)
             except _RETRYABLE as exc:
-                if attempt > retries:
+                if attempt > retries or not agent_failed(exc):
                     raise StepFailed(
                         f"{where} failed after {attempt} attempt(s): {type(exc).__name__}: {exc}",
                         workflow=self.spec.name,
