@@ -18,6 +18,7 @@ from shoal.backends.base import Backend
 from shoal.clock import Clock, LoopClock
 from shoal.errors import BackendError, PoolClosed, ShoalError, WorkflowError
 from shoal.pool import AgentPool, PoolManager
+from shoal.scaling.autoscaler import AutoScaler
 from shoal.workflow.runner import Runner, RunProgress, plan_progress, pool_requests
 from shoal.workflow.spec import PoolRequest, WorkflowSpec, spec_of
 
@@ -79,6 +80,7 @@ class Runtime:
         self._runs: dict[str, RunHandle] = {}
         self._ids = itertools.count(1)
         self._starters: set[asyncio.Task[None]] = set()
+        self.autoscalers: dict[str, AutoScaler] = {}
         self._open = False
         self.default_parallelism = os.cpu_count() or 1
 
@@ -130,6 +132,7 @@ class Runtime:
         for starter in self._starters:
             starter.cancel()
         await asyncio.gather(*self._starters, return_exceptions=True)
+        await asyncio.gather(*(s.stop() for s in self.autoscalers.values()))
         await self.pools.aclose()
 
     async def _drive(self, handle: RunHandle, runner: Runner) -> Any:
@@ -186,6 +189,10 @@ class Runtime:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
             else:
+                if request.scaling is not None and request.scaling.policy_name != "fixed":
+                    scaler = AutoScaler(pool, request.scaling)
+                    self.autoscalers[pool.name] = scaler
+                    scaler.start()
                 if not ready.done():
                     ready.set_result(pool)
 

@@ -128,6 +128,7 @@ class AgentPool:
         self._n_dead = 0  # abandoned waiters still in the deque, dropped lazily
         self._counts = dict.fromkeys(AgentState, 0)
         self._target = self.config.min_size
+        self._ceiling = self.config.max_size
         self._shrink = 0
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -384,6 +385,25 @@ class AgentPool:
             time=now,
         )
 
+    @property
+    def ceiling(self) -> int:
+        """The most agents the pool may have: ``max_size``, or less under a cost cap."""
+        return self._ceiling
+
+    def set_ceiling(self, size: int, reason: str) -> None:
+        """Lower (or restore) the most agents the pool may start, on demand or otherwise."""
+        size = max(self.config.min_size, min(size, self.config.max_size))
+        if size != self._ceiling:
+            self._ceiling = size
+            self.note(f"at most {size} agents: {reason}")
+            if self._target > size:
+                self.set_target(size, reason)
+
+    def note(self, reason: str) -> None:
+        """Record something a person should know about the pool's size, without changing it."""
+        size = self._target
+        self.events.append(ScalingEvent(self._now(), "note", "", size, size, reason))
+
     def _oldest_wait(self, now: float) -> float:
         waiters = self._waiters
         while waiters and not waiters[0].live:
@@ -521,7 +541,7 @@ class AgentPool:
         if (
             self.config.max_queue is not None
             and self._n_waiting >= self.config.max_queue
-            and c[_STARTING] + c[_IDLE] + c[_BUSY] + c[_STOPPING] >= self.config.max_size
+            and c[_STARTING] + c[_IDLE] + c[_BUSY] + c[_STOPPING] >= self._ceiling
         ):
             raise PoolAtCapacity(
                 f"pool {self.name!r} is at capacity: max_size={self.config.max_size} agents "
@@ -533,7 +553,7 @@ class AgentPool:
         waiter = _Waiter(fut, now)
         self._waiters.append(waiter)
         self._n_waiting += 1
-        if self._idle or c[_STARTING] + c[_IDLE] + c[_BUSY] + c[_STOPPING] < self.config.max_size:
+        if self._idle or c[_STARTING] + c[_IDLE] + c[_BUSY] + c[_STOPPING] < self._ceiling:
             self._pump()
         try:
             if timeout is None:
@@ -636,7 +656,7 @@ class AgentPool:
             return []
         c = self._counts
         size = c[_STARTING] + c[_IDLE] + c[_BUSY]
-        room = self.config.max_size - size - c[_STOPPING]
+        room = self._ceiling - size - c[_STOPPING]
         if room <= 0:
             return []
         now = self._now()

@@ -31,7 +31,8 @@ class Decision(Generic[S]):
 class Policy(Protocol[S]):
     """Anything with a name, an initial state and a pure ``decide``."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def initial_state(self) -> S: ...
 
@@ -40,31 +41,42 @@ class Policy(Protocol[S]):
 
 @dataclass(frozen=True)
 class RateState:
-    """What a policy remembers to turn cumulative counters into a recent arrival rate."""
+    """What a policy remembers to turn cumulative counters into smoothed recent rates."""
 
     requests_total: int = 0
     time: float | None = None
-    rate: float = 0.0
+    rate: float = 0.0  # arrivals per second, smoothed
+    busy: float = 0.0  # busy agents plus queued callers, smoothed
 
 
-def arrival_rate(
-    snapshot: PoolMetrics, state: RateState, now: float, *, smoothing: float = 0.5
-) -> RateState:
-    """Arrivals per second since the last decision, smoothed (exponentially) with earlier ones."""
+def observe(snapshot: PoolMetrics, state: RateState, now: float, *, tau: float = 10.0) -> RateState:
+    """Fold one snapshot into exponentially smoothed arrival rate and in-flight count.
+
+    ``tau`` is the smoothing time constant in seconds, so the result does not depend on how
+    often the policy is asked.
+    """
+    in_flight = float(snapshot.busy + snapshot.queue_depth)
     if state.time is None or now <= state.time:
-        return RateState(snapshot.requests_total, now, state.rate)
-    instant = (snapshot.requests_total - state.requests_total) / (now - state.time)
-    rate = smoothing * instant + (1 - smoothing) * state.rate
-    return RateState(snapshot.requests_total, now, rate)
+        return RateState(snapshot.requests_total, now, state.rate, in_flight)
+    dt = now - state.time
+    instant = (snapshot.requests_total - state.requests_total) / dt
+    a = 1.0 - math.exp(-dt / tau)
+    return RateState(
+        snapshot.requests_total,
+        now,
+        state.rate + a * (instant - state.rate),
+        state.busy + a * (in_flight - state.busy),
+    )
 
 
 @dataclass(frozen=True)
 class TargetUtilizationPolicy:
     """Keep utilization near a target: ``desired = ceil(demand / target_utilization)``.
 
-    Demand is the larger of what is in flight now (busy agents plus queued callers) and what the
-    recent arrival rate needs by Little's law (arrivals/s x mean execution time). Within
-    ``tolerance`` of the current size nothing changes, so a steady load does not jitter.
+    Demand is the larger of the recent arrival rate times the mean execution time (Little's
+    law) and the number of calls in flight (busy plus queued), both smoothed over ~10 s so a
+    steady but noisy load does not jitter the size. A real queue is the burst guard's business
+    and counts at once there. Within ``tolerance`` of the current size nothing changes.
     """
 
     target_utilization: float = 0.7
@@ -75,20 +87,19 @@ class TargetUtilizationPolicy:
         return RateState()
 
     def decide(self, snapshot: PoolMetrics, state: RateState, now: float) -> Decision[RateState]:
-        rate = arrival_rate(snapshot, state, now)
-        in_flight = snapshot.busy + snapshot.queue_depth
-        little = rate.rate * snapshot.avg_execution_time
-        demand = max(float(in_flight), little)
+        seen = observe(snapshot, state, now)
+        little = seen.rate * snapshot.avg_execution_time
+        demand = max(little, seen.busy)
         desired = math.ceil(demand / self.target_utilization - 1e-9) if demand > 0 else 0
         current = snapshot.target_size
         basis = (
-            f"demand {demand:.2f} (busy {snapshot.busy} + queued {snapshot.queue_depth}; "
-            f"{rate.rate:.2f}/s x {snapshot.avg_execution_time:.3f} s) "
+            f"demand {demand:.2f} ({seen.rate:.2f}/s x {snapshot.avg_execution_time:.3f} s; "
+            f"in flight {seen.busy:.1f}) "
             f"at {self.target_utilization:.0%} utilization"
         )
         if current and desired and abs(desired - current) / current <= self.tolerance:
-            return Decision(current, rate, f"{basis}: within {self.tolerance:.0%} of {current}")
-        return Decision(desired, rate, f"{basis} needs {desired}")
+            return Decision(current, seen, f"{basis}: within {self.tolerance:.0%} of {current}")
+        return Decision(desired, seen, f"{basis} needs {desired}")
 
 
 @dataclass(frozen=True)

@@ -93,11 +93,10 @@ class WorkflowSpec:
 
     def workflow_pool(self) -> PoolRequest:
         options: dict[str, Any] = {"image": self.image} if self.image else {}
-        if self.pool_config:
-            options.update(self.pool_config)
-        elif self.scaling_policy is not None:
-            options["min_size"] = self.scaling_policy.min_instances
-            options["max_size"] = self.scaling_policy.max_instances
+        options.update(self.pool_config or {})
+        if self.scaling_policy is not None:
+            options.setdefault("min_size", self.scaling_policy.min_instances)
+            options.setdefault("max_size", self.scaling_policy.max_instances)
         return PoolRequest(self.name, options, self.scaling_policy)
 
 

@@ -1,0 +1,134 @@
+"""The control loop: every ``interval``, snapshot the pool, ask the guarded policy, resize.
+
+How the autoscaler and the pool share the work (neither fights the other):
+
+- The autoscaler owns the pool's *target* — how many agents to keep warm ahead of demand. The
+  pool starts agents up to the target and keeps it there (replacing dead ones).
+- The pool still starts an agent at once for a caller who would otherwise wait, up to
+  ``max_size``: on-demand agents can only add to the target, never lower it.
+- The idle reaper only retires agents *above* the target, after ``idle_timeout``; the autoscaler
+  lowering the target retires idle agents at once, least recently used first. No one ever
+  retires a busy agent.
+
+So the autoscaler's worth shows as cold starts avoided (agents warm before callers arrive) and
+agent-seconds saved (targets lowered when demand falls), and every change lands in
+``pool.events`` with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from shoal.errors import ConfigError
+from shoal.pool.metrics import PoolMetrics
+from shoal.pool.pool import AgentPool
+from shoal.scaling.config import ScalingPolicyConfig, parse_scaling_policy
+from shoal.scaling.guards import build_policy
+from shoal.scaling.policy import Decision, FunctionPolicy, Policy
+
+log = logging.getLogger("shoal.scaling")
+
+PolicyLike = (
+    ScalingPolicyConfig
+    | Mapping[str, Any]
+    | Policy[Any]
+    | Callable[[PoolMetrics, Any, float], Decision[Any]]
+)
+
+
+class AutoScaler:
+    """Resizes ``pool`` every ``interval`` seconds as ``policy`` decides.
+
+    ``policy`` is a seed-style ``scaling_policy`` dict (or its validated config), any object with
+    ``initial_state()`` and a pure ``decide(snapshot, state, now)``, or a plain function with
+    that signature. Configs get the guards of :mod:`shoal.scaling.guards`; a policy object is used
+    as it is (wrap it in :class:`~shoal.scaling.guards.GuardedPolicy` for guards).
+    """
+
+    def __init__(self, pool: AgentPool, policy: PolicyLike, *, interval: float | None = None):
+        self.pool = pool
+        self.config: ScalingPolicyConfig | None = None
+        if isinstance(policy, Mapping):
+            policy = parse_scaling_policy(f"pool {pool.name!r} scaling_policy", policy)
+        if isinstance(policy, ScalingPolicyConfig):
+            self.config = policy
+            self.policy: Policy[Any] = build_policy(
+                policy, price_per_hour=pool.config.price_per_hour
+            )
+            interval = interval if interval is not None else policy.interval
+        elif hasattr(policy, "decide") and hasattr(policy, "initial_state"):
+            self.policy = policy  # type: ignore[assignment]
+        elif callable(policy):
+            self.policy = FunctionPolicy(policy)
+        else:
+            raise ConfigError(f"pool {pool.name!r}: {policy!r} is not a scaling policy")
+        self.interval = interval if interval is not None else 1.0
+        if self.interval <= 0:
+            raise ConfigError(f"pool {pool.name!r}: interval={self.interval} must be > 0")
+        self.state: Any = self.policy.initial_state()
+        self.decisions = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Begin evaluating every ``interval`` on the running loop."""
+        if self.running:
+            return
+        if self.config is not None:
+            for note in self.config.unimplemented():
+                log.warning("pool %r: %s", self.pool.name, note)
+                self.pool.note(note)
+        cap = getattr(self.policy, "cost_cap", None)
+        if cap is not None:
+            # The cap binds agents started on demand too, not only the autoscaler's target.
+            threshold = self.config.cost_threshold if self.config else None
+            self.pool.set_ceiling(cap, f"cost_threshold {threshold} $/h")
+        self._task = asyncio.get_running_loop().create_task(
+            self._loop(), name=f"shoal-autoscaler-{self.pool.name}"
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def __aenter__(self) -> AutoScaler:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def evaluate(self, now: float | None = None) -> Decision[Any]:
+        """Take one decision and apply it (the loop calls this; tests and the simulator may)."""
+        pool = self.pool
+        snapshot = pool.snapshot()
+        now = snapshot.time if now is None else now
+        decision = self.policy.decide(snapshot, self.state, now)
+        self.state = decision.state
+        self.decisions += 1
+        desired = min(max(decision.desired, pool.min_size), pool.max_size)
+        if desired != pool.target_size and not pool.closed:
+            pool.set_target(desired, f"autoscaler: {decision.reason}", snapshot)
+        return decision
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            if self.pool.closed:
+                return
+            try:
+                self.evaluate()
+            except Exception:  # a policy bug must not silently stop scaling for good
+                log.exception(
+                    "pool %r: the scaling policy failed; keeping the size", self.pool.name
+                )

@@ -1,0 +1,170 @@
+"""Guards: what every policy needs and none should write again, wrapped around any policy.
+
+:class:`GuardedPolicy` is itself a pure policy. It asks the inner policy for a size, then
+applies, in this order:
+
+1. **burst** — when ``queue_depth`` or more callers are waiting, jump straight to the size that
+   serves everyone in flight (busy + queued), at most ``burst_capacity`` above the current size
+   (no cap when unset); a burst skips the up rate limit.
+2. **zero path** — when nothing has arrived for ``idle_terminate`` seconds and nothing is running,
+   go to ``min_instances`` (0 for scale to zero). The first call after zero starts an agent at
+   once and waits for it: the pool does that, not the autoscaler.
+3. **stabilisation** — up is immediate; down goes only to the *highest* size recommended over the
+   last ``cooldown_period`` seconds, so a brief lull never sheds capacity a moment before the
+   next wave (Kubernetes' scale-down stabilisation window, with an up window of zero).
+4. **rate limits** — at most ``scale_up_rate`` added and ``scale_down_rate`` removed per decision.
+5. **cost cap** — never more than ``cost_threshold / price_per_hour`` agents.
+6. **bounds** — within ``[min_instances, max_instances]``.
+
+Every decision carries the reason of each guard that changed it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from shoal.errors import ConfigError
+from shoal.pool.metrics import PoolMetrics
+from shoal.scaling.config import ScalingPolicyConfig
+from shoal.scaling.policy import Decision, FixedPolicy, Policy, RulePolicy, TargetUtilizationPolicy
+
+
+@dataclass(frozen=True)
+class GuardState:
+    inner: Any
+    # (time, recommended size) over the stabilisation window, oldest first
+    history: tuple[tuple[float, int], ...] = ()
+    last_total: int = -1
+    last_arrival: float | None = None
+
+
+@dataclass(frozen=True)
+class GuardedPolicy:
+    """Any policy, with the guards of :mod:`shoal.scaling.guards` around it."""
+
+    inner: Policy[Any]
+    config: ScalingPolicyConfig
+    price_per_hour: float | None = None
+    name: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.inner.name)
+        cap = self.cost_cap
+        if cap is not None and cap < self.config.min_instances:
+            raise ConfigError(
+                f"scaling_policy: cost_threshold={self.config.cost_threshold} $/h at "
+                f"{self.price_per_hour} $/agent-hour affords {cap} agents, fewer than "
+                f"min_instances={self.config.min_instances}"
+            )
+
+    @property
+    def cost_cap(self) -> int | None:
+        cfg = self.config
+        if cfg.cost_threshold is None:
+            return None
+        if not self.price_per_hour:
+            raise ConfigError(
+                "scaling_policy: cost_threshold needs the pool's price_per_hour "
+                "(the price of one agent-hour) to know how many agents it buys"
+            )
+        return math.floor(cfg.cost_threshold / self.price_per_hour + 1e-9)
+
+    def initial_state(self) -> GuardState:
+        return GuardState(self.inner.initial_state())
+
+    def decide(self, snapshot: PoolMetrics, state: GuardState, now: float) -> Decision[GuardState]:
+        cfg = self.config
+        current = snapshot.target_size
+        raw = self.inner.decide(snapshot, state.inner, now)
+        desired, reasons = raw.desired, [raw.reason]
+
+        # 1. burst
+        burst = False
+        need = max(desired, snapshot.busy + snapshot.queue_depth)
+        if snapshot.queue_depth >= cfg.queue_depth and need > current:
+            jump = need if cfg.burst_capacity is None else min(need, current + cfg.burst_capacity)
+            if jump > current:
+                desired, burst = jump, True
+                reasons.append(f"burst: {snapshot.queue_depth} queued, jump to {jump}")
+
+        # 2. zero path
+        arrived = snapshot.requests_total != state.last_total
+        last_arrival = now if arrived or state.last_arrival is None else state.last_arrival
+        idle_for = now - last_arrival
+        zeroed = False
+        quiet = snapshot.busy == 0 and snapshot.queue_depth == 0
+        if cfg.idle_terminate is not None and quiet:
+            if idle_for >= cfg.idle_terminate:
+                if max(desired, current) > cfg.min_instances:
+                    desired, zeroed = cfg.min_instances, True
+                    reasons.append(f"no requests for {idle_for:.0f} s (idle_terminate)")
+            elif desired == 0:
+                # Zero is reached only by the zero path: one agent stays warm until then.
+                desired = 1
+                reasons.append(
+                    f"one agent kept warm until {cfg.idle_terminate:.0f} s without requests"
+                )
+
+        # 3. stabilisation: down only to the highest recommendation in the window
+        window = cfg.cooldown_period
+        history = (*((t, n) for t, n in state.history if t > now - window), (now, desired))
+        if desired < current and window > 0 and not zeroed:
+            floor = max(n for _, n in history)
+            if floor > desired:
+                reasons.append(
+                    f"held at {min(floor, current)}: the last {window:.0f} s recommended up to "
+                    f"{floor}"
+                )
+                desired = min(floor, current)
+
+        # 4. rate limits
+        up_rate, down_rate = cfg.scale_up_rate, cfg.scale_down_rate
+        if up_rate is not None and not burst and desired - current > up_rate:
+            desired = current + up_rate
+            reasons.append(f"scale_up_rate {up_rate}")
+        if down_rate is not None and current - desired > down_rate:
+            desired = current - down_rate
+            reasons.append(f"scale_down_rate {down_rate}")
+
+        # 5. cost cap
+        cap = self.cost_cap
+        if cap is not None and desired > cap:
+            desired = cap
+            reasons.append(f"cost cap {cap} agents ({cfg.cost_threshold} $/h)")
+
+        # 6. bounds
+        bounded = min(max(desired, cfg.min_instances), cfg.max_instances)
+        if bounded != desired:
+            reasons.append(f"bounds [{cfg.min_instances}, {cfg.max_instances}]")
+            desired = bounded
+
+        next_state = GuardState(raw.state, history, snapshot.requests_total, last_arrival)
+        return Decision(desired, next_state, "; ".join(reasons))
+
+
+def build_policy(
+    config: ScalingPolicyConfig, *, price_per_hour: float | None = None
+) -> GuardedPolicy:
+    """The guarded policy a ``scaling_policy`` names (by ``policy``, or by ``mode``)."""
+    inner: Policy[Any]
+    name = config.policy_name
+    if name == "target":
+        inner = TargetUtilizationPolicy(config.target_utilization)
+    elif name == "rule":
+        inner = RulePolicy(
+            scale_up_threshold=config.scale_up_threshold,
+            scale_down_threshold=config.scale_down_threshold,
+            queue_depth=config.queue_depth,
+            sla=config.sla,
+            idle_time=config.idle_time,
+            step_up=config.scale_up_rate or 1,
+            step_down=config.scale_down_rate or 1,
+        )
+    elif name == "fixed":
+        inner = FixedPolicy(config.min_instances)
+    else:  # pragma: no cover - the config validates the name
+        raise ConfigError(f"unknown policy {name!r}")
+    return GuardedPolicy(inner, config, price_per_hour)
