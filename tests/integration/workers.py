@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import gc
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -75,3 +79,51 @@ def broken_setup() -> None:
 
 def slow_setup() -> None:
     time.sleep(1.0)
+
+
+# -- for test_process_regressions.py -------------------------------------------------------------
+
+
+def call_sys_exit(code: int) -> None:
+    sys.exit(code)
+
+
+def raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+async def raise_cancelled() -> None:
+    raise asyncio.CancelledError("raised inside the agent")
+
+
+def _fail_on_load() -> None:
+    raise RuntimeError("cannot rebuild this argument in the agent")
+
+
+class UnloadableArg:
+    """Pickles in the parent, but fails to unpickle in the agent."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_fail_on_load, ())
+
+
+class BadStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("this exception cannot be printed")
+
+
+def raise_bad_str() -> None:
+    raise BadStr
+
+
+class Box:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def get(self) -> int:
+        return self.n
+
+
+def count_partials() -> int:
+    """How many functools.partial objects are alive in this process."""
+    return sum(1 for o in gc.get_objects() if isinstance(o, functools.partial))
