@@ -58,3 +58,14 @@ class Slow:
 @mapreduce(pool_size=2, reduce=sum)
 async def char_count(ctx: Context, word: str) -> int:
     return len(word)
+
+
+@workflow(
+    name="bursty",
+    scaling_policy={"min": 1, "max": 4, "cooldown_period": 1.0, "interval": 0.1},
+)
+class Bursty:
+    @step()
+    async def handle(self, ctx: Context, request: int) -> int:
+        await asyncio.sleep(0.3)
+        return request * 2

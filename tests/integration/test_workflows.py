@@ -91,7 +91,7 @@ def test_shoal_run_step_failure_exits_1_and_names_the_item(
     ("args", "message"),
     [
         (["nope.py"], "no such file: nope.py"),
-        (["tests/integration/flows.py"], "defines 4 workflows or mapreduces; name one"),
+        (["tests/integration/flows.py"], "defines 5 workflows or mapreduces; name one"),
         (["tests/integration/flows.py:Missing"], "has no attribute 'Missing'"),
         (["tests/integration/flows.py:SETUPS"], "is not a workflow or mapreduce"),
         (["examples/data_pipeline.py", "--input", "{n: 1}"], "--input is not valid JSON"),
@@ -137,10 +137,15 @@ def test_ctrl_c_stops_shoal_run_cleanly(tmp_path: Path) -> None:
         time.sleep(0.02)
     agents = [int(p.stem) for p in tmp_path.glob("*.pid")]
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "every agent stopped" in err
     assert not [pid for pid in agents if _alive(pid)]
+
+
+def _pids_in(folder: Path) -> list[int]:
+    """The agents that wrote their pid into ``folder`` (see flows.Slow)."""
+    return [int(p.stem) for p in folder.glob("*.pid")]
 
 
 def _alive(pid: int) -> bool:
@@ -160,10 +165,10 @@ async def test_cancelling_a_run_kills_its_running_calls_and_replaces_the_agents(
     async with Runtime() as rt:
         handle = await rt.submit(flows.Slow, [str(tmp_path / "m"), str(tmp_path / "m")])
         deadline = time.monotonic() + 60
-        while len(list(tmp_path.glob("*.pid"))) < 2:
+        while len(_pids_in(tmp_path)) < 2:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
-        running = {int(p.stem) for p in tmp_path.glob("*.pid")}
+        running = set(_pids_in(tmp_path))
         handle.cancel()
         with pytest.raises(asyncio.CancelledError):
             await handle.result()
@@ -175,3 +180,22 @@ async def test_cancelling_a_run_kills_its_running_calls_and_replaces_the_agents(
         live = {a.handle.pid for a in pool.agents}
         assert not live & running
         assert not [pid for pid in running if _alive(pid)]
+
+
+@pytest.mark.real_time
+async def test_an_instance_pool_grows_under_a_burst_and_shrinks_back() -> None:
+    import asyncio
+
+    async with Runtime() as rt:
+        handles = [await rt.submit(flows.Bursty, i) for i in range(16)]
+        assert [await h.result() for h in handles] == [2 * i for i in range(16)]
+        pool = rt.pool("bursty")
+        peak = max(e.to_size for e in pool.events if e.kind in ("scale", "start"))
+        assert peak == 4
+        assert "bursty" in rt.autoscalers
+        deadline = time.monotonic() + 30
+        while pool.target_size > 1 or pool.size > 1:
+            assert time.monotonic() < deadline, [str(e) for e in pool.events]
+            await asyncio.sleep(0.05)
+        downs = [e for e in pool.events if e.kind == "scale" and e.to_size < e.from_size]
+        assert downs and all("autoscaler" in e.reason for e in downs)

@@ -295,7 +295,7 @@ class NotIterable:
 
 async def test_a_parallel_step_given_a_non_iterable_is_a_clear_error() -> None:
     async with rt() as r:
-        with pytest.raises(WorkflowError, match="its input must be an iterable .* got int"):
+        with pytest.raises(WorkflowError, match=r"its input must be an iterable .* got int"):
             await r.run(NotIterable)
 
 

@@ -152,7 +152,10 @@ def build_policy(
     inner: Policy[Any]
     name = config.policy_name
     if name == "target":
-        inner = TargetUtilizationPolicy(config.target_utilization)
+        # Smooth over a sixth of the scale-down window (10 s for the default 60 s): a user who
+        # asks for a short cooldown gets a policy that forgets a burst as quickly.
+        smoothing = min(10.0, max(config.interval, config.cooldown_period / 6))
+        inner = TargetUtilizationPolicy(config.target_utilization, smoothing_s=smoothing)
     elif name == "rule":
         inner = RulePolicy(
             scale_up_threshold=config.scale_up_threshold,

@@ -74,20 +74,22 @@ class TargetUtilizationPolicy:
     """Keep utilization near a target: ``desired = ceil(demand / target_utilization)``.
 
     Demand is the larger of the recent arrival rate times the mean execution time (Little's
-    law) and the number of calls in flight (busy plus queued), both smoothed over ~10 s so a
-    steady but noisy load does not jitter the size. A real queue is the burst guard's business
-    and counts at once there. Within ``tolerance`` of the current size nothing changes.
+    law) and the number of calls in flight (busy plus queued), both smoothed over
+    ``smoothing_s`` (10 s) so a steady but noisy load does not jitter the size. A real queue is
+    the burst guard's business and counts at once there. Within ``tolerance`` of the current
+    size nothing changes.
     """
 
     target_utilization: float = 0.7
     tolerance: float = 0.1
+    smoothing_s: float = 10.0
     name: str = "target"
 
     def initial_state(self) -> RateState:
         return RateState()
 
     def decide(self, snapshot: PoolMetrics, state: RateState, now: float) -> Decision[RateState]:
-        seen = observe(snapshot, state, now)
+        seen = observe(snapshot, state, now, tau=self.smoothing_s)
         little = seen.rate * snapshot.avg_execution_time
         demand = max(little, seen.busy)
         desired = math.ceil(demand / self.target_utilization - 1e-9) if demand > 0 else 0
