@@ -1,17 +1,20 @@
 """The seed's auto-scaled sequential workflow: every request is one run holding one instance.
 
 Each request is parsed, checked and "computed" (a few milliseconds of hashing standing in for a
-model call); runs queue for instances, and the instance pool grows with the queue up to
-``max_instances``. Run ``python examples/api_processor.py`` to feed it a burst of submissions and
-watch the pool, or ``shoal run examples/api_processor.py --input '{"user": "ada", "n": 3}'``.
+model call); runs queue for instances. The seed's scaling policy drives the instance pool: it
+grows at once under a burst and shrinks back to one instance a minute (``cooldown_period``)
+after the burst ends. ``python examples/api_processor.py [N]`` feeds it a burst of N
+submissions and prints every change of size with its reason (it takes about 90 s);
+``shoal run examples/api_processor.py --input '{"user": "ada", "n": 3}'`` runs one request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
-import time
+import sys
 from typing import Any
 
 from shoal import Context, Runtime, step, workflow
@@ -47,21 +50,41 @@ class APIProcessor:
         return {"user": request["user"], "token": digest.hex()[:16], "run": ctx.run_id}
 
 
-async def main() -> None:
+async def main(requests: int = 60) -> None:
+    """Feed a burst of submissions, then watch the instance pool grow and shrink back."""
     async with Runtime() as rt:
-        t0 = time.perf_counter()
-        handles = [await rt.submit(APIProcessor, {"user": f"u{i}", "n": 2}) for i in range(60)]
-        while not all(h.done for h in handles):
-            m = rt.pool("api_processor").metrics
-            print(
-                f"t={time.perf_counter() - t0:5.2f}s  instances {m.size:>2} "
-                f"({m.busy} busy, {m.starting} starting)  queued runs {m.queue_depth:>2}"
-            )
-            await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        handles = [
+            await rt.submit(APIProcessor, {"user": f"u{i}", "n": 2}) for i in range(requests)
+        ]
+        pool = rt.pool("api_processor")
+        needed = min(requests, pool.max_size)
+        enough_at = None
+        seen = 0
+        while pool.size > 1 or pool.target_size > 1 or not all(h.done for h in handles):
+            m = pool.metrics
+            if enough_at is None and m.size - m.starting >= needed:
+                enough_at = loop.time() - t0
+            for e in list(pool.events)[seen:]:
+                print(
+                    f"  t={e.time - t0:6.2f}s  {e.kind:<6} {e.from_size:>2} -> {e.to_size:<2} "
+                    f"{e.agent_id:<18} {e.reason[:110]}"
+                )
+            seen = len(pool.events)
+            await asyncio.sleep(0.05)
         results = [await h.result() for h in handles]
-        print(f"{len(results)} requests in {time.perf_counter() - t0:.2f} s; first: {results[0]}")
-        print(rt.pool("api_processor"))
+        scale = [e for e in pool.events if e.kind == "scale"]
+        signs = [1 if e.to_size > e.from_size else -1 for e in scale]
+        reversals = sum(1 for a, b in itertools.pairwise(signs) if a != b)
+        peak = max([e.to_size for e in pool.events] or [1])
+        print(f"\n{len(results)} requests; first result: {results[0]}")
+        print(f"burst to {needed} warm instances: {enough_at:.2f} s")
+        print(
+            f"peak size {peak}; back to {pool.size} after {loop.time() - t0:.0f} s; "
+            f"{len(scale)} scaling decisions, {reversals} direction reversals"
+        )
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 60))

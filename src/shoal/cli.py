@@ -225,8 +225,9 @@ def parse_input(text: str | None) -> Any:
 def _pool_report(pool: Any) -> dict[str, Any]:
     m = pool.metrics
     last = None
-    if pool.events:
-        e = pool.events[-1]
+    scale = [e for e in pool.events if e.kind == "scale"]
+    if scale or pool.events:
+        e = scale[-1] if scale else pool.events[-1]
         last = {
             "kind": e.kind,
             "agent_id": e.agent_id,
