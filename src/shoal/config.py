@@ -48,6 +48,9 @@ class PoolConfig(BaseModel):
     stop_grace: float = Field(default=10.0, ge=0)
     setup: Callable[[], object] | None = None
     price_per_hour: float | None = Field(default=None, ge=0)  # $ per agent-hour, for cost caps
+    # Start an agent at once for a caller who would otherwise wait. Off, the pool's size moves
+    # only with its target (resize / an autoscaler): how the field's autoscalers behave.
+    on_demand: bool = Field(default=True, strict=True)
 
     @model_validator(mode="after")
     def _sizes_in_order(self) -> Self:

@@ -384,3 +384,14 @@ async def test_metrics_and_repr() -> None:
         with pytest.raises(AttributeError):
             m.size = 3  # type: ignore[misc]
         assert [a.state for a in pool.agents] == [AgentState.IDLE] * 2
+
+
+async def test_without_on_demand_starts_the_size_moves_only_with_the_target() -> None:
+    backend = FakeBackend(start_time=1.0, call_time=1.0)
+    async with make_pool(backend, min_size=1, max_size=4, on_demand=False) as pool:
+        calls = [asyncio.create_task(pool.run(who)) for _ in range(4)]
+        await asyncio.sleep(0.5)
+        assert pool.size == 1 and pool.metrics.queue_depth == 3
+        await pool.resize(3, wait=False)
+        assert await asyncio.gather(*calls) == ["ok"] * 4
+        assert len(backend.started) == 3

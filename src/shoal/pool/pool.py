@@ -89,6 +89,7 @@ class AgentPool:
         start_timeout: float = 120.0,
         stop_grace: float = 10.0,
         price_per_hour: float | None = None,
+        on_demand: bool = True,
         setup: Callable[[], object] | None = None,
         backend: Backend | None = None,
         clock: Clock | None = None,
@@ -108,6 +109,7 @@ class AgentPool:
             "start_timeout": start_timeout,
             "stop_grace": stop_grace,
             "price_per_hour": price_per_hour,
+            "on_demand": on_demand,
             "setup": setup,
         }
         if max_size is not None:
@@ -662,7 +664,7 @@ class AgentPool:
         now = self._now()
         if now < self._backoff_until:
             return []
-        demand = self._n_waiting - c[_STARTING]
+        demand = self._n_waiting - c[_STARTING] if self.config.on_demand else 0
         floor = self._target - size
         n = min(max(demand, floor), room)
         if n <= 0:
