@@ -20,6 +20,7 @@ if _typing.TYPE_CHECKING:
         CallTimeout,
         ConfigError,
         PoolAtCapacity,
+        PoolBroken,
         PoolClosed,
         PoolError,
         PoolTimeout,
@@ -53,8 +54,8 @@ _WHERE = {
     "shoal.context": "Context",
     "shoal.errors": (
         "AgentError AgentLost AgentStartError BackendError CallTimeout ConfigError PoolAtCapacity "
-        "PoolClosed PoolError PoolTimeout RemoteError RemoteTraceback SerializationError "
-        "ShoalError StepFailed WorkflowError"
+        "PoolBroken PoolClosed PoolError PoolTimeout RemoteError RemoteTraceback "
+        "SerializationError ShoalError StepFailed WorkflowError"
     ),
     "shoal.pool": "AgentPool AgentState PooledAgent ScalingEvent PoolManager PoolMetrics",
     "shoal.runtime": "RunHandle Runtime run",
@@ -78,6 +79,7 @@ __all__ = [
     "FakeBackend",
     "LoopClock",
     "PoolAtCapacity",
+    "PoolBroken",
     "PoolClosed",
     "PoolConfig",
     "PoolError",

@@ -51,6 +51,15 @@ class PoolConfig(BaseModel):
     # Start an agent at once for a caller who would otherwise wait. Off, the pool's size moves
     # only with its target (resize / an autoscaler): how the field's autoscalers behave.
     on_demand: bool = Field(default=True, strict=True)
+    # A crash loop: this many failed starts within crash_loop_window seconds break the pool.
+    crash_loop_starts: int = Field(default=5, ge=1, strict=True)
+    crash_loop_window: float = Field(default=60.0, gt=0)
+    # Warn (with where it was taken) about an agent held longer than this, in seconds.
+    leak_threshold: float | None = Field(default=None, gt=0)
+    # Retire an agent whose resident memory exceeds this many MiB after a call.
+    max_memory_mb: float | None = Field(default=None, gt=0)
+    # Spread max_lifetime over [1 - jitter, 1] of it, so agents do not all recycle at once.
+    lifetime_jitter: float = Field(default=0.1, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _sizes_in_order(self) -> Self:

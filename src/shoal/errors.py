@@ -40,6 +40,14 @@ class PoolTimeout(PoolError, TimeoutError):
     """No agent became free within the caller's timeout."""
 
 
+class PoolBroken(PoolError):
+    """Agents of this pool keep failing to start; the last start error is the ``__cause__``.
+
+    Raised at once to callers while the pool is broken, instead of letting them wait; the pool
+    keeps trying to start agents (with backoff) and recovers when one starts.
+    """
+
+
 class PoolClosed(PoolError):
     """The pool is closing or closed and takes no more calls."""
 

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from shoal import AgentLost, AgentPool, AgentStartError, FakeBackend, PoolTimeout
+from shoal import AgentLost, AgentPool, AgentStartError, FakeBackend, PoolBroken, PoolTimeout
 
 
 class WatchedBackend(FakeBackend):
@@ -39,7 +39,7 @@ async def test_concurrent_load_with_faults_answers_every_call_exactly_once(seed:
         try:
             async with asyncio.timeout(rng.choice([None, 5.0])):
                 result = await pool.call(asyncio.sleep, (rng.uniform(0, 1), i))
-        except (AgentLost, AgentStartError, PoolTimeout, TimeoutError) as exc:
+        except (AgentLost, AgentStartError, PoolBroken, PoolTimeout, TimeoutError) as exc:
             answers[i].append(type(exc))
         else:
             answers[i].append(result)

@@ -54,6 +54,7 @@ class FakeBackend:
         self._start_faults: deque[BaseException] = deque()
         self._call_faults: deque[str] = deque()
         self._unhealthy: set[str] = set()
+        self.memory: dict[str, int] = {}  # scripted resident memory per agent, in bytes
 
     # -- scripting ----------------------------------------------------------------------------
 
@@ -69,6 +70,10 @@ class FakeBackend:
     def hang_next_calls(self, n: int = 1) -> None:
         """Make the next ``n`` calls never return until their agent is killed."""
         self._call_faults.extend(["hang"] * n)
+
+    def memory_bytes(self, handle: FakeAgent) -> int | None:
+        """What :attr:`memory` says for the agent (scripted), else None."""
+        return self.memory.get(handle.agent_id)
 
     def make_unhealthy(self, agent_id: str) -> None:
         """The agent stays alive but fails its health checks."""

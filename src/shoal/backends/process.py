@@ -26,6 +26,7 @@ from shoal.errors import AgentLost, AgentStartError, ConfigError, SerializationE
 
 AGENT_MAIN = str(Path(__file__).with_name("_agent_main.py"))
 _READ_SIZE = 1 << 18
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class ProcessAgent(AgentHandle):
@@ -171,6 +172,14 @@ class ProcessBackend:
             with contextlib.suppress(ProcessLookupError):
                 handle.popen.send_signal(signal.SIGKILL)
         await asyncio.shield(handle.exited)
+
+    def memory_bytes(self, handle: ProcessAgent) -> int | None:
+        """The agent's resident memory (Linux ``/proc``), or None where it cannot be read."""
+        try:
+            with open(f"/proc/{handle.pid}/statm", "rb") as f:
+                return int(f.read().split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            return None
 
     # -- plumbing -----------------------------------------------------------------------------
 

@@ -31,11 +31,14 @@ class PooledAgent:
 
     __slots__ = (
         "acquired_at",
+        "acquired_stack",
         "agent_id",
         "created_at",
+        "expires_at",
         "handle",
         "last_checked",
         "last_used",
+        "leak_reported",
         "pool",
         "ready_at",
         "reserved",
@@ -58,6 +61,9 @@ class PooledAgent:
         # True while the pool holds an idle agent aside (health check); it is not assignable.
         self.reserved = False
         self.retire_reason: str | None = None
+        self.expires_at = float("inf")  # when max_lifetime (with its jitter) retires it
+        self.acquired_stack: str | None = None  # where it was taken, when leaks are watched
+        self.leak_reported = False
 
     @property
     def agent(self) -> Any:

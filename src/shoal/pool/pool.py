@@ -16,7 +16,11 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import logging
 import math
+import random
+import traceback
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Literal, TypeVar
@@ -30,6 +34,7 @@ from shoal.errors import (
     CallTimeout,
     ConfigError,
     PoolAtCapacity,
+    PoolBroken,
     PoolClosed,
     PoolError,
     PoolTimeout,
@@ -40,6 +45,7 @@ from shoal.pool.events import ScalingEvent
 from shoal.pool.metrics import MetricsRecorder, PoolMetrics, mean, percentile
 
 T = TypeVar("T")
+log = logging.getLogger("shoal.pool")
 
 _STARTING, _IDLE, _BUSY, _STOPPING, _STOPPED = (
     AgentState.STARTING,
@@ -50,6 +56,16 @@ _STARTING, _IDLE, _BUSY, _STOPPING, _STOPPED = (
 )
 _MAX_START_BACKOFF_S = 5.0
 _UNDELIVERED_RETRIES = 3
+
+
+def _where() -> str:
+    """Where the caller took an agent: the stack outside asyncio and shoal's own frames."""
+    frames = [
+        f
+        for f in traceback.extract_stack()[:-2]
+        if "/asyncio/" not in f.filename and "/shoal/pool/" not in f.filename
+    ]
+    return "".join(traceback.format_list(frames[-8:]))
 
 
 class _Waiter:
@@ -90,6 +106,11 @@ class AgentPool:
         stop_grace: float = 10.0,
         price_per_hour: float | None = None,
         on_demand: bool = True,
+        crash_loop_starts: int = 5,
+        crash_loop_window: float = 60.0,
+        leak_threshold: float | None = None,
+        max_memory_mb: float | None = None,
+        lifetime_jitter: float = 0.1,
         setup: Callable[[], object] | None = None,
         backend: Backend | None = None,
         clock: Clock | None = None,
@@ -110,6 +131,11 @@ class AgentPool:
             "stop_grace": stop_grace,
             "price_per_hour": price_per_hour,
             "on_demand": on_demand,
+            "crash_loop_starts": crash_loop_starts,
+            "crash_loop_window": crash_loop_window,
+            "leak_threshold": leak_threshold,
+            "max_memory_mb": max_memory_mb,
+            "lifetime_jitter": lifetime_jitter,
             "setup": setup,
         }
         if max_size is not None:
@@ -143,6 +169,10 @@ class AgentPool:
         self._backoff = 0.0
         self._backoff_until = 0.0
         self.last_start_error: BaseException | None = None
+        self._failed_starts: deque[float] = deque()
+        self._broken: PoolBroken | None = None
+        # Seeded by name: lifetimes are spread, yet a simulation replays identically.
+        self._rng = random.Random(zlib.crc32(name.encode()))
         self._start_errors: list[BaseException] = []
         self._m = MetricsRecorder()
         self.events: deque[ScalingEvent] = deque(maxlen=max_events)
@@ -293,8 +323,15 @@ class AgentPool:
             if agent is not None:
                 m.warm_hits += 1
                 m.wait_times.append(0.0)
+                if self.config.leak_threshold is not None:
+                    agent.acquired_stack = _where()
                 return agent
-        return await self._wait(now, timeout)
+        if self._broken is not None:
+            raise self._broken_error()
+        agent = await self._wait(now, timeout)
+        if self.config.leak_threshold is not None:
+            agent.acquired_stack = _where()
+        return agent
 
     async def release_agent(self, agent: PooledAgent) -> None:
         """Give back an agent taken with :meth:`get_agent` (the seed's ``ReleaseAgent``)."""
@@ -386,6 +423,17 @@ class AgentPool:
             start_failures=m.start_failures,
             time=now,
         )
+
+    @property
+    def broken(self) -> bool:
+        """True while agents keep failing to start (see :class:`PoolBroken`)."""
+        return self._broken is not None
+
+    def _broken_error(self) -> PoolBroken:
+        assert self._broken is not None
+        err = PoolBroken(str(self._broken), self.state_line())
+        err.__cause__ = self._broken.__cause__
+        return err
 
     @property
     def ceiling(self) -> int:
@@ -610,7 +658,7 @@ class AgentPool:
         cfg = self.config
         while idle:
             agent = idle.pop() if self._lifo else idle.popleft()
-            if cfg.max_lifetime is not None and agent.created_at + cfg.max_lifetime <= now:
+            if agent.expires_at <= now:
                 self._retire(agent, f"reached max_lifetime={cfg.max_lifetime} s", now)
                 continue
             if agent.last_used + cfg.idle_timeout <= now and self.size > self._target:
@@ -666,6 +714,8 @@ class AgentPool:
             return []
         demand = self._n_waiting - c[_STARTING] if self.config.on_demand else 0
         floor = self._target - size
+        if self._broken is not None and not c[_STARTING]:
+            floor = max(floor, 1)  # keep probing, one start per backoff, to notice recovery
         n = min(max(demand, floor), room)
         if n <= 0:
             return []
@@ -685,8 +735,7 @@ class AgentPool:
         return self._spawn(self._start(agent), f"shoal-start-{agent.agent_id}")
 
     def _push_idle(self, agent: PooledAgent) -> None:
-        lifetime = self.config.max_lifetime
-        if not self._idle or (lifetime is not None and agent.created_at + lifetime < self._wake_at):
+        if not self._idle or agent.expires_at < self._wake_at:
             self._poke()  # a deadline earlier than the one maintenance sleeps until
         self._idle.append(agent)
 
@@ -730,8 +779,12 @@ class AgentPool:
             return "pool closing"
         if cfg.max_uses is not None and agent.usage_count >= cfg.max_uses:
             return f"served max_uses={cfg.max_uses} calls"
-        if cfg.max_lifetime is not None and agent.created_at + cfg.max_lifetime <= now:
+        if agent.expires_at <= now:
             return f"reached max_lifetime={cfg.max_lifetime} s"
+        if cfg.max_memory_mb is not None:
+            rss = self._memory_mb(agent)
+            if rss is not None and rss > cfg.max_memory_mb:
+                return f"memory {rss:.0f} MiB above max_memory_mb={cfg.max_memory_mb:.0f}"
         if self._shrink and not self._n_waiting and self.size > self._target:
             self._shrink -= 1
             return f"resize to {self._target}"
@@ -809,6 +862,14 @@ class AgentPool:
         self._m.agents_started += 1
         self._backoff = 0.0
         self.last_start_error = None
+        self._failed_starts.clear()
+        if self._broken is not None:
+            self._broken = None
+            self.note("recovered: an agent started")
+            log.warning("pool %r recovered: an agent started", self.name)
+        if cfg.max_lifetime is not None:
+            jitter = cfg.lifetime_jitter * self._rng.random()
+            agent.expires_at = now + cfg.max_lifetime * (1.0 - jitter)
         agent.ready_at = agent.last_used = agent.last_checked = now
         if self._status != "running":
             self._retire(agent, "pool closing", now)
@@ -845,9 +906,27 @@ class AgentPool:
         self._event("start_failed", agent, before, str(err), now)
         self._backoff = min(max(self._backoff * 2, 0.1), _MAX_START_BACKOFF_S)
         self._backoff_until = now + self._backoff
+        cfg = self.config
+        failures = self._failed_starts
+        failures.append(now)
+        while failures and failures[0] <= now - cfg.crash_loop_window:
+            failures.popleft()
+        if self._broken is None and len(failures) >= cfg.crash_loop_starts:
+            self._broken = PoolBroken(
+                f"pool {self.name!r} is broken: {len(failures)} agent starts failed within "
+                f"{cfg.crash_loop_window:.0f} s (crash_loop_starts={cfg.crash_loop_starts}); "
+                f"the last: {err}. It keeps retrying and recovers when a start succeeds."
+            )
+            self._broken.__cause__ = err
+            self.note(f"broken: {len(failures)} failed starts in {cfg.crash_loop_window:.0f} s")
+            log.error("%s", self._broken)
         c = self._counts
-        # A caller that nothing in flight can serve gets the error rather than waiting forever.
-        if self._n_waiting > c[_STARTING] + c[_BUSY]:
+        if self._broken is not None:
+            # Nobody waits on a crash loop: every waiting caller learns at once.
+            while (waiter := self._next_waiter()) is not None:
+                waiter.fut.set_exception(self._broken_error())
+        elif self._n_waiting > c[_STARTING] + c[_BUSY]:
+            # A caller that nothing in flight can serve gets the error rather than waiting.
             waiter = self._next_waiter()
             if waiter is not None:
                 waiter.fut.set_exception(err)
@@ -894,12 +973,15 @@ class AgentPool:
         deadline = now + cfg.health_check_interval
         for agent in self._idle:
             deadline = min(deadline, agent.last_checked + cfg.health_check_interval)
-            if cfg.max_lifetime is not None:
-                deadline = min(deadline, agent.created_at + cfg.max_lifetime)
+            deadline = min(deadline, agent.expires_at)
         if self._idle and self.size > self._target:
             deadline = min(deadline, self._idle[0].last_used + cfg.idle_timeout)
         if self._backoff_until > now:
             deadline = min(deadline, self._backoff_until)
+        if cfg.leak_threshold is not None:
+            for agent in self._agents.values():
+                if agent.state is _BUSY and not agent.leak_reported and agent.acquired_at:
+                    deadline = min(deadline, agent.acquired_at + cfg.leak_threshold)
         return deadline
 
     def _reap(self, now: float) -> None:
@@ -909,9 +991,39 @@ class AgentPool:
             agent = idle.popleft()
             self._retire(agent, f"idle for {now - agent.last_used:.1f} s (idle_timeout)", now)
         if cfg.max_lifetime is not None:
-            for agent in [a for a in idle if a.created_at + cfg.max_lifetime <= now]:
+            for agent in [a for a in idle if a.expires_at <= now]:
                 idle.remove(agent)
                 self._retire(agent, f"reached max_lifetime={cfg.max_lifetime} s", now)
+        if cfg.leak_threshold is not None:
+            self._report_leaks(now)
+
+    def _report_leaks(self, now: float) -> None:
+        threshold = self.config.leak_threshold
+        assert threshold is not None
+        for agent in self._agents.values():
+            held = agent.acquired_at
+            if agent.state is not _BUSY or held is None or agent.leak_reported:
+                continue
+            if held + threshold <= now:
+                agent.leak_reported = True
+                where = agent.acquired_stack or "(unknown)"
+                log.warning(
+                    "pool %r: agent %s has been held for %.1f s (leak_threshold=%s s); "
+                    "it was taken at:\n%s",
+                    self.name,
+                    agent.agent_id,
+                    now - held,
+                    threshold,
+                    where,
+                )
+                self.note(f"agent {agent.agent_id} held {now - held:.0f} s: possible leak")
+
+    def _memory_mb(self, agent: PooledAgent) -> float | None:
+        measure = getattr(self._backend, "memory_bytes", None)
+        if measure is None or agent.handle is None:
+            return None
+        rss = measure(agent.handle)
+        return None if rss is None else rss / 2**20
 
     def _health_check(self, now: float) -> None:
         """Check each idle agent due for it, in a task of its own: one slow check holds up
