@@ -1,0 +1,83 @@
+"""Chaos: many calls over a small pool while a killer SIGKILLs random agents at a steady rate.
+
+Every logical call must be answered exactly once with the right value (callers retry a call
+whose agent was lost, which is what a step's ``retries`` does), the pool must return to its
+minimum, and no process may leak. ``SHOAL_CHAOS_SECONDS`` makes it run longer by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from shoal import AgentPool
+from shoal.errors import agent_failed
+from tests.integration import workers
+
+pytestmark = [pytest.mark.real_time, pytest.mark.usefixtures("no_leaked_children")]
+
+SECONDS = float(os.environ.get("SHOAL_CHAOS_SECONDS", "4"))
+KILL_EVERY_S = 0.05
+CLIENTS = 8
+
+
+@pytest.mark.timeout(SECONDS * 4 + 60)
+async def test_chaos_every_call_answered_exactly_once() -> None:
+    rng = random.Random(7)
+    answers: dict[int, list[int]] = {}
+    kills = 0
+    retries = 0
+    async with AgentPool("chaos", min_size=2, max_size=3, start_timeout=30) as pool:
+        deadline = time.monotonic() + SECONDS
+        counter = iter(range(10**9))
+
+        async def client() -> None:
+            nonlocal retries
+            while time.monotonic() < deadline:
+                i = next(counter)
+                for _ in range(50):
+                    try:
+                        value = await pool.run(workers.add, i, 1)
+                    except Exception as exc:
+                        if not agent_failed(exc):
+                            raise
+                        retries += 1
+                        continue
+                    answers.setdefault(i, []).append(value)
+                    break
+                else:
+                    raise AssertionError(f"call {i} never succeeded")
+
+        async def killer() -> None:
+            nonlocal kills
+            while time.monotonic() < deadline:
+                await asyncio.sleep(KILL_EVERY_S)
+                live = [
+                    a.handle.pid for a in pool.agents if a.handle is not None and a.handle.alive
+                ]
+                if live:
+                    try:
+                        os.kill(rng.choice(live), signal.SIGKILL)
+                        kills += 1
+                    except ProcessLookupError:
+                        pass
+
+        await asyncio.gather(killer(), *(client() for _ in range(CLIENTS)))
+        calls = len(answers)
+        wrong = [i for i, v in answers.items() if v != [i + 1]]
+        settle = time.monotonic() + 30
+        while pool.size != pool.min_size or pool.metrics.starting:
+            assert time.monotonic() < settle, pool
+            await asyncio.sleep(0.05)
+        started = pool.metrics.agents_started
+    print(
+        f"\nchaos: {calls} calls, {kills} kills, {retries} retried, lost 0, "
+        f"duplicates {sum(len(v) - 1 for v in answers.values())}, agents started {started}"
+    )
+    assert calls > 100 and kills > 10
+    assert wrong == []  # each call answered exactly once, with its own value
