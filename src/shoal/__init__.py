@@ -26,6 +26,7 @@ if _typing.TYPE_CHECKING:
         PoolTimeout,
         RemoteError,
         RemoteTraceback,
+        RunStopped,
         SerializationError,
         ShoalError,
         StepFailed,
@@ -54,7 +55,7 @@ _WHERE = {
     "shoal.context": "Context",
     "shoal.errors": (
         "AgentError AgentLost AgentStartError BackendError CallTimeout ConfigError PoolAtCapacity "
-        "PoolBroken PoolClosed PoolError PoolTimeout RemoteError RemoteTraceback "
+        "PoolBroken PoolClosed PoolError PoolTimeout RemoteError RemoteTraceback RunStopped "
         "SerializationError ShoalError StepFailed WorkflowError"
     ),
     "shoal.pool": "AgentPool AgentState PooledAgent ScalingEvent PoolManager PoolMetrics",
@@ -91,6 +92,7 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "RunHandle",
+    "RunStopped",
     "Runtime",
     "ScalingEvent",
     "SerializationError",

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from types import ModuleType
 from typing import Any, TextIO
 
 from shoal import _render
-from shoal.errors import RemoteTraceback, ShoalError, StepFailed
+from shoal.errors import RemoteTraceback, RunStopped, ShoalError, StepFailed
 from shoal.runtime import RunHandle, Runtime
 from shoal.workflow.spec import spec_of
 
@@ -71,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--backend", default="process", help="where agents run (default: process, local workers)"
     )
+    run.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="on SIGINT/SIGTERM, how long calls in flight may finish (default: 10)",
+    )
     return parser
 
 
@@ -81,15 +89,24 @@ def _run_command(args: argparse.Namespace) -> int:
     target = load_target(args.target)
     payload = parse_input(args.input)
     live = not args.json and sys.stdout.isatty()
+    stopper = _GracefulStop(args.grace)
     try:
-        outcome = asyncio.run(_execute(target, payload, args.backend, live))
-    except KeyboardInterrupt:
+        outcome = asyncio.run(_execute(target, payload, args.backend, live, stopper))
+    except KeyboardInterrupt:  # a Ctrl-C before the run was under way
         print(
-            "\nshoal run: interrupted — in-flight calls were cancelled and every agent stopped",
-            file=sys.stderr,
+            "\nshoal run: interrupted before the run started; nothing is running", file=sys.stderr
         )
         return EXIT_INTERRUPTED
     handle, result, error, pools = outcome
+    if stopper.signal is not None:
+        name = signal.Signals(stopper.signal).name
+        how = "stopped at once" if stopper.forced else "let in-flight calls finish"
+        print(
+            f"\nshoal run: {name}: took no new work, {how}, and stopped every agent "
+            f"(run {handle.status})",
+            file=sys.stderr,
+        )
+        return 128 + stopper.signal
     report = _report(handle, result, error, pools)
     if args.json:
         print(json.dumps(report, default=repr))
@@ -98,11 +115,59 @@ def _run_command(args: argparse.Namespace) -> int:
     return EXIT_ERROR if error is not None else 0
 
 
+class _GracefulStop:
+    """SIGINT/SIGTERM while a run is under way: the first stops taking new work and gives the
+    calls in flight ``grace`` seconds; after that, or at a second signal, the run is cancelled
+    (its running calls' agents are killed). Either way every agent is stopped on the way out."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.signal: int | None = None
+        self.forced = False
+        self._handle: RunHandle | None = None
+
+    def install(self, handle: RunHandle) -> None:
+        self._handle = handle
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def uninstall(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        handle = self._handle
+        assert handle is not None
+        if self.signal is None:
+            self.signal = sig
+            print(
+                f"\nshoal run: {signal.Signals(sig).name}: taking no new work; waiting up to "
+                f"{self.grace:g} s for calls in flight (signal again to stop now)",
+                file=sys.stderr,
+            )
+            handle.stop()
+            asyncio.get_running_loop().call_later(self.grace, self._force)
+        else:
+            self._force()
+
+    def _force(self) -> None:
+        if self._handle is not None and not self._handle.done:
+            self.forced = True
+            self._handle.cancel()
+
+
 async def _execute(
-    target: Any, payload: Any, backend: str, live: bool
+    target: Any, payload: Any, backend: str, live: bool, stopper: _GracefulStop
 ) -> tuple[RunHandle, Any, BaseException | None, dict[str, dict[str, Any]]]:
     async with Runtime(backend) as rt:
-        handle, result, error = await run_with_progress(rt, target, payload, live=live)
+        handle = await rt.submit(target, payload)
+        stopper.install(handle)
+        try:
+            result, error = await follow(rt, handle, live=live)
+        finally:
+            stopper.uninstall()
         pools = {p.name: _pool_report(p) for p in rt.pools}
         return handle, result, error, pools
 
@@ -111,19 +176,31 @@ async def run_with_progress(
     rt: Runtime, target: Any, payload: Any, *, live: bool, out: TextIO | None = None
 ) -> tuple[RunHandle, Any, ShoalError | None]:
     """Run ``target`` on ``rt``, redrawing its progress on ``out`` (a terminal) while it runs."""
-    out = out or sys.stdout
     handle = await rt.submit(target, payload)
+    result, error = await follow(rt, handle, live=live, out=out)
+    return handle, result, error
+
+
+async def follow(
+    rt: Runtime, handle: RunHandle, *, live: bool, out: TextIO | None = None
+) -> tuple[Any, ShoalError | None]:
+    """Wait for a run, drawing its progress on a terminal; returns (result, error)."""
+    out = out or sys.stdout
     painter = asyncio.get_running_loop().create_task(_paint(rt, handle, out)) if live else None
     result, error = None, None
     try:
         result = await handle.result()
     except ShoalError as exc:
         error = exc
+    except asyncio.CancelledError:
+        if not handle.done or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            raise  # we were cancelled ourselves
+        error = RunStopped(f"run {handle.run_id} was cancelled")
     finally:
         if painter is not None:
             painter.cancel()
             await asyncio.gather(painter, return_exceptions=True)
-    return handle, result, error
+    return result, error
 
 
 async def _paint(rt: Runtime, handle: RunHandle, out: TextIO) -> None:

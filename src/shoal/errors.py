@@ -120,6 +120,11 @@ class WorkflowError(ConfigError):
     """A workflow, step or mapreduce is defined or invoked wrongly; raised before anything runs."""
 
 
+class RunStopped(ShoalError):
+    """The run was asked to stop (``handle.stop()``, SIGTERM): it took no new work, let the
+    calls in flight finish, and ended before its last step."""
+
+
 class StepFailed(ShoalError):
     """A step of a run failed; names the workflow, the step and, for parallel steps, the item.
 

@@ -16,13 +16,13 @@ from typing import Any, Literal
 
 from shoal.backends.base import Backend
 from shoal.clock import Clock, LoopClock
-from shoal.errors import BackendError, PoolClosed, ShoalError, WorkflowError
+from shoal.errors import BackendError, PoolClosed, RunStopped, ShoalError, WorkflowError
 from shoal.pool import AgentPool, PoolManager
 from shoal.scaling.autoscaler import AutoScaler
 from shoal.workflow.runner import Runner, RunProgress, plan_progress, pool_requests
 from shoal.workflow.spec import PoolRequest, WorkflowSpec, spec_of
 
-RunStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+RunStatus = Literal["pending", "running", "succeeded", "failed", "stopped", "cancelled"]
 
 
 class RunHandle:
@@ -37,6 +37,7 @@ class RunHandle:
         self.started: float | None = None
         self.finished: float | None = None
         self._task: asyncio.Task[Any] | None = None
+        self._runner: Runner | None = None
 
     async def result(self) -> Any:
         """Wait for the run and return its result (or raise its error).
@@ -45,6 +46,12 @@ class RunHandle:
         """
         assert self._task is not None
         return await asyncio.shield(self._task)
+
+    def stop(self) -> None:
+        """Stop gracefully: start no new step or item, let the calls in flight finish; the run
+        then ends with :class:`~shoal.errors.RunStopped`. :meth:`cancel` stops at once."""
+        if self._runner is not None:
+            self._runner.stopping = True
 
     def cancel(self) -> bool:
         """Cancel the run: its waiting calls are withdrawn and its running calls' agents killed."""
@@ -116,6 +123,7 @@ class Runtime:
             setup = spec.setup() if isinstance(spec, WorkflowSpec) else None
             self._start_pool(request, setup)  # warm every pool of the run up front
         runner = Runner(self, spec, input, run_id, handle.progress)
+        handle._runner = runner
         handle._task = asyncio.get_running_loop().create_task(
             self._drive(handle, runner), name=f"shoal-{run_id}"
         )
@@ -142,6 +150,9 @@ class Runtime:
             result = await runner.run()
         except asyncio.CancelledError:
             handle.status = "cancelled"
+            raise
+        except RunStopped:
+            handle.status = "stopped"
             raise
         except BaseException:
             handle.status = "failed"

@@ -69,3 +69,13 @@ class Bursty:
     async def handle(self, ctx: Context, request: int) -> int:
         await asyncio.sleep(0.3)
         return request * 2
+
+
+@workflow(name="drain")
+class Drain:
+    @step(parallel=True, pool_size=2, max_parallel=2)
+    async def work(self, ctx: Context, marker: str) -> None:
+        folder = Path(marker).parent
+        (folder / f"started-{ctx.item_index}").write_text("")
+        await asyncio.sleep(1.0)
+        (folder / f"done-{ctx.item_index}").write_text("")

@@ -91,7 +91,7 @@ def test_shoal_run_step_failure_exits_1_and_names_the_item(
     ("args", "message"),
     [
         (["nope.py"], "no such file: nope.py"),
-        (["tests/integration/flows.py"], "defines 5 workflows or mapreduces; name one"),
+        (["tests/integration/flows.py"], "defines 6 workflows or mapreduces; name one"),
         (["tests/integration/flows.py:Missing"], "has no attribute 'Missing'"),
         (["tests/integration/flows.py:SETUPS"], "is not a workflow or mapreduce"),
         (["examples/data_pipeline.py", "--input", "{n: 1}"], "--input is not valid JSON"),
@@ -125,6 +125,8 @@ def test_ctrl_c_stops_shoal_run_cleanly(tmp_path: Path) -> None:
             "tests/integration/flows.py:Slow",
             "--input",
             json.dumps([str(marker), str(marker)]),
+            "--grace",
+            "0.5",
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -139,7 +141,7 @@ def test_ctrl_c_stops_shoal_run_cleanly(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    assert "interrupted" in err and "every agent stopped" in err
+    assert "SIGINT: took no new work" in err and "stopped every agent" in err
     assert not [pid for pid in agents if _alive(pid)]
 
 
@@ -199,3 +201,35 @@ async def test_an_instance_pool_grows_under_a_burst_and_shrinks_back() -> None:
             await asyncio.sleep(0.05)
         downs = [e for e in pool.events if e.kind == "scale" and e.to_size < e.from_size]
         assert downs and all("autoscaler" in e.reason for e in downs)
+
+
+def test_sigterm_drains_shoal_run_within_the_grace_period(tmp_path: Path) -> None:
+    marker = str(tmp_path / "m")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shoal.cli",
+            "run",
+            "tests/integration/flows.py:Drain",
+            "--input",
+            json.dumps([marker] * 20),
+            "--grace",
+            "30",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("started-*"))) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "let in-flight calls finish" in err and "run stopped" in err
+    started = {p.name.split("-")[1] for p in tmp_path.glob("started-*")}
+    done = {p.name.split("-")[1] for p in tmp_path.glob("done-*")}
+    assert started == done and 2 <= len(done) < 20  # in flight finished; nothing new began

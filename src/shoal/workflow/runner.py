@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shoal.context import Context
-from shoal.errors import AgentLost, CallTimeout, StepFailed, WorkflowError, agent_failed
+from shoal.errors import (
+    AgentLost,
+    CallTimeout,
+    RunStopped,
+    StepFailed,
+    WorkflowError,
+    agent_failed,
+)
 from shoal.pool import AgentPool, PooledAgent
 from shoal.workflow.spec import MapReduceSpec, PoolRequest, StepSpec, WorkflowSpec
 
@@ -81,6 +88,7 @@ class Runner:
         self.ctx = Context(run_id=run_id, workflow=spec.name, input=input)
         self.progress = progress
         self._held: PooledAgent | None = None  # the run's instance, for instance-pool workflows
+        self.stopping = False  # set by RunHandle.stop(): take no new work
 
     async def run(self) -> Any:
         if isinstance(self.spec, MapReduceSpec):
@@ -100,6 +108,7 @@ class Runner:
         clock = self.rt._clock
         value = self.input
         for step in spec.steps:
+            self._check_stop(step.name)
             prog = self.progress.step(step.name)
             prog.status, prog.started = "running", clock.now()
             try:
@@ -150,7 +159,7 @@ class Runner:
 
         async def worker() -> None:
             for i, item in pending:
-                if failure:
+                if failure or self.stopping:
                     return
                 try:
                     results[i] = await call(i, item)
@@ -162,7 +171,16 @@ class Runner:
         await asyncio.gather(*(worker() for _ in range(min(limit, len(items)))))
         if failure:
             raise failure[0]
+        self._check_stop(prog.name, prog.done, len(items))
         return results
+
+    def _check_stop(self, step: str, done: int | None = None, total: int | None = None) -> None:
+        if self.stopping:
+            where = f"step {step!r}" + (f" after {done} of {total} items" if total else "")
+            raise RunStopped(
+                f"run {self.ctx.run_id} of {self.spec.name!r} was stopped at {where}; "
+                "the calls in flight were allowed to finish"
+            )
 
     async def _call_step(self, step: StepSpec, args: tuple[Any, ...], item: int | None) -> Any:
         spec = self.spec
