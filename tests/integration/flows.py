@@ -79,3 +79,10 @@ class Drain:
         (folder / f"started-{ctx.item_index}").write_text("")
         await asyncio.sleep(1.0)
         (folder / f"done-{ctx.item_index}").write_text("")
+
+
+@workflow(name="generator")
+class ReturnsGenerator:
+    @step()
+    async def gen(self, ctx: Context) -> Any:
+        return (i for i in range(3))

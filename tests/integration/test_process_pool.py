@@ -224,3 +224,11 @@ async def test_agents_work_with_and_without_spinning(spin: float) -> None:
 def test_negative_spin_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="spin=-1"):
         ProcessBackend(spin=-1)
+
+
+async def test_a_64_mib_payload_crosses_both_ways_and_the_pool_stays_healthy() -> None:
+    blob = os.urandom(64 << 20)
+    async with pool(min_size=1, max_size=1) as p:
+        before = await p.run(workers.pid)
+        assert await p.run(workers.echo, blob) == blob
+        assert await p.run(workers.pid) == before

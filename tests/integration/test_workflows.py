@@ -91,7 +91,7 @@ def test_shoal_run_step_failure_exits_1_and_names_the_item(
     ("args", "message"),
     [
         (["nope.py"], "no such file: nope.py"),
-        (["tests/integration/flows.py"], "defines 6 workflows or mapreduces; name one"),
+        (["tests/integration/flows.py"], "defines 7 workflows or mapreduces; name one"),
         (["tests/integration/flows.py:Missing"], "has no attribute 'Missing'"),
         (["tests/integration/flows.py:SETUPS"], "is not a workflow or mapreduce"),
         (["examples/data_pipeline.py", "--input", "{n: 1}"], "--input is not valid JSON"),
@@ -233,3 +233,16 @@ def test_sigterm_drains_shoal_run_within_the_grace_period(tmp_path: Path) -> Non
     started = {p.name.split("-")[1] for p in tmp_path.glob("started-*")}
     done = {p.name.split("-")[1] for p in tmp_path.glob("done-*")}
     assert started == done and 2 <= len(done) < 20  # in flight finished; nothing new began
+
+
+@pytest.mark.real_time
+async def test_a_step_returning_a_generator_is_a_clear_error_and_the_agent_stays() -> None:
+    from shoal import SerializationError
+
+    async with Runtime() as rt:
+        with pytest.raises(StepFailed, match="step 'gen' raised SerializationError") as info:
+            await rt.run(flows.ReturnsGenerator)
+        assert isinstance(info.value.__cause__, SerializationError)
+        assert "generator" in str(info.value.__cause__)
+        m = rt.pool("generator").metrics
+        assert m.size == 1 and m.agents_started == 1
