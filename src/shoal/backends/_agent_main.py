@@ -18,7 +18,10 @@ import traceback
 from collections import OrderedDict
 from typing import Any
 
-import _wire  # type: ignore[import-not-found]  # beside this file: sys.path[0] when run by path
+try:
+    import _wire  # type: ignore[import-not-found]  # beside this file: sys.path[0] when run by path
+except ImportError:  # imported as part of shoal (the Ray backend's actors do)
+    from shoal.backends import _wire
 
 EXIT_PARENT_GONE = 70
 _FUNCTION_CACHE = 256  # functions kept by key; an evicted one is simply sent again
@@ -106,6 +109,46 @@ def _spin_for_command(poller: select.poll, spin_s: float) -> None:
         os.sched_yield()
 
 
+def warm_up(setup_blob: bytes) -> bytes | None:
+    """Run the pool's setup; None when it went well, else the START_FAILED reply."""
+    try:
+        setup = pickle.loads(setup_blob)
+        if setup is not None:
+            _call(setup, (), {})
+    except BaseException as exc:
+        return _exception_message(_wire.START_FAILED, exc)
+    return None
+
+
+def serve(body: bytes, functions: OrderedDict[int, Any]) -> bytes:
+    """Run one pickled CALL and return the pickled reply. Never raises."""
+    try:
+        msg = pickle.loads(body)
+    except Exception as exc:
+        return _dumps((_wire.UNPICKLABLE, "the call", f"{type(exc).__name__}: {exc}"))
+    _, key, fn_blob, args, kwargs = msg
+    if fn_blob is None and key not in functions:
+        return _dumps((_wire.UNKNOWN_FN, key))
+    try:
+        if fn_blob is None:
+            fn = functions[key]
+            functions.move_to_end(key)
+        else:
+            fn = pickle.loads(fn_blob)
+            if key is not None:
+                functions[key] = fn
+                if len(functions) > _FUNCTION_CACHE:
+                    functions.popitem(last=False)
+        result = _call(fn, args, kwargs)
+    except BaseException as exc:
+        return _exception_message(_wire.RAISED, exc)
+    try:
+        return _dumps((_wire.OK, result))
+    except Exception as exc:
+        detail = f"{type(result).__qualname__} object: {exc}"
+        return _dumps((_wire.UNPICKLABLE, "the result", detail))
+
+
 def main() -> None:
     cmd_fd, res_fd, lifeline_fd, parent_pid = (int(a) for a in sys.argv[1:5])
     # Ctrl-C in a terminal reaches the whole process group; the pool decides what happens to
@@ -119,12 +162,9 @@ def main() -> None:
         return
     _, sys_path, setup_blob, spin_s = init
     sys.path[:] = sys_path
-    try:
-        setup = pickle.loads(setup_blob)
-        if setup is not None:
-            _call(setup, (), {})
-    except BaseException as exc:
-        send(res_fd, _exception_message(_wire.START_FAILED, exc))
+    failed = warm_up(setup_blob)
+    if failed is not None:
+        send(res_fd, failed)
         return
     send(res_fd, _dumps((_wire.READY, os.getpid())))
 
@@ -140,42 +180,12 @@ def main() -> None:
         body = _wire.read_exact(cmd_fd, _wire.HEADER.unpack(header)[0])
         if body is None:
             return
-        try:
-            msg = pickle.loads(body)
-        except Exception as exc:
-            out = _dumps((_wire.UNPICKLABLE, "the call", f"{type(exc).__name__}: {exc}"))
-            send(res_fd, out)
-            continue
-        kind = msg[0]
-        if kind == _wire.CALL:
-            _, key, fn_blob, args, kwargs = msg
-            if fn_blob is None and key not in functions:
-                send(res_fd, _dumps((_wire.UNKNOWN_FN, key)))
-                continue
-            try:
-                if fn_blob is None:
-                    fn = functions[key]
-                    functions.move_to_end(key)
-                else:
-                    fn = pickle.loads(fn_blob)
-                    if key is not None:
-                        functions[key] = fn
-                        if len(functions) > _FUNCTION_CACHE:
-                            functions.popitem(last=False)
-                result = _call(fn, args, kwargs)
-            except BaseException as exc:
-                out = _exception_message(_wire.RAISED, exc)
-            else:
-                try:
-                    out = _dumps((_wire.OK, result))
-                except Exception as exc:
-                    detail = f"{type(result).__qualname__} object: {exc}"
-                    out = _dumps((_wire.UNPICKLABLE, "the result", detail))
-            send(res_fd, out)
-        elif kind == _wire.PING:
-            send(res_fd, _dumps((_wire.PONG,)))
-        elif kind == _wire.STOP:
+        if body == _wire.PING_MSG:
+            send(res_fd, _wire.PONG_MSG)
+        elif body == _wire.STOP_MSG:
             return
+        else:
+            send(res_fd, serve(body, functions))
 
 
 if __name__ == "__main__":

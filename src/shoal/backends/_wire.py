@@ -30,6 +30,11 @@ UNPICKLABLE = 14  # (UNPICKLABLE, what, detail)
 PONG = 15  # (PONG,)
 UNKNOWN_FN = 16  # (UNKNOWN_FN, key): the agent no longer has that function; send it again
 
+# The fixed messages, pickled once: the agent recognises them by their bytes.
+PING_MSG = pickle.dumps((PING,), PROTOCOL)
+STOP_MSG = pickle.dumps((STOP,), PROTOCOL)
+PONG_MSG = pickle.dumps((PONG,), PROTOCOL)
+
 
 def frame(payload: bytes) -> bytes:
     """Prefix ``payload`` with its length."""

@@ -151,7 +151,7 @@ class ProcessBackend:
         if not handle.alive or handle.stopping:
             return False
         try:
-            reply = await self._request(handle, pickle.dumps((_wire.PING,)))
+            reply = await self._request(handle, _wire.PING_MSG)
         except AgentLost:
             return False
         return bool(reply[0] == _wire.PONG)
@@ -160,7 +160,7 @@ class ProcessBackend:
         if handle.alive and not handle.stopping:
             handle.stopping = True
             with contextlib.suppress(AgentLost):
-                self._send(handle, pickle.dumps((_wire.STOP,)))
+                self._send(handle, _wire.STOP_MSG)
         try:
             await asyncio.wait_for(asyncio.shield(handle.exited), grace)
         except TimeoutError:
