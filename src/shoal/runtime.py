@@ -80,6 +80,7 @@ class Runtime:
 
     def __init__(self, backend: Backend | str | None = None, *, clock: Clock | None = None):
         self.backend = _make_backend(backend)
+        self._owns_backend = backend is None or isinstance(backend, str)
         self._clock: Clock = clock or LoopClock()
         self.pools = PoolManager()
         self._pool_options: dict[str, Mapping[str, Any]] = {}
@@ -142,6 +143,10 @@ class Runtime:
         await asyncio.gather(*self._starters, return_exceptions=True)
         await asyncio.gather(*(s.stop() for s in self.autoscalers.values()))
         await self.pools.aclose()
+        if self._owns_backend:
+            shutdown = getattr(self.backend, "shutdown", None)
+            if shutdown is not None:
+                shutdown()  # e.g. the local Ray instance a "ray" backend started
 
     async def _drive(self, handle: RunHandle, runner: Runner) -> Any:
         handle.status = "running"
@@ -246,10 +251,14 @@ def _make_backend(backend: Backend | str | None) -> Backend:
         from shoal.backends.process import ProcessBackend
 
         return ProcessBackend()
+    if backend == "ray":
+        from shoal.backends.ray import RayBackend
+
+        return RayBackend()
     if isinstance(backend, str):
         raise BackendError(
-            f"unknown backend {backend!r}; available here: 'process' (local worker processes), "
-            "or pass a Backend instance"
+            f"unknown backend {backend!r}; choose 'process' (local worker processes) or 'ray' "
+            "(Ray actors), or pass a Backend instance"
         )
     return backend
 

@@ -1,0 +1,247 @@
+"""Agents as Ray actors: the same pools and workflows, with agents placed on a Ray cluster.
+
+Each agent is an actor that warms up once (the pool's ``setup``, exactly as a local agent) and
+then serves calls one at a time, using the same call handling as a local agent process. Calls
+and replies travel as the same pickled messages, so functions defined in the user's script or in
+modules importable only from the driver's path work too: the actor is given the driver's
+``sys.path``, and whatever cannot be imported there travels by value.
+
+Ray is an optional extra (``pip install 'shoal[ray]'``); nothing of shoal imports it unless this
+backend is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from shoal.backends import _ship, _wire
+from shoal.backends.base import AgentHandle, AgentSpec
+from shoal.errors import AgentLost, AgentStartError, BackendError, SerializationError
+
+_ACTOR_CLASS: Any = None
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise BackendError(
+            "the Ray backend needs Ray, which is not installed. Install it with: "
+            "pip install 'shoal[ray]'"
+        ) from None
+    return ray
+
+
+class _Agent:
+    """The actor: one warm agent on the cluster (wrapped with ``ray.remote`` at first use)."""
+
+    def __init__(self, sys_path: list[str], setup_blob: bytes) -> None:
+        from collections import OrderedDict
+
+        from shoal.backends import _agent_main
+
+        for entry in reversed(sys_path):  # the driver's path, so its modules import here too
+            if entry not in sys.path:
+                sys.path.insert(0, entry)
+        self._main = _agent_main
+        self._functions: OrderedDict[int, Any] = OrderedDict()
+        self._failed = _agent_main.warm_up(setup_blob)
+
+    def ready(self) -> bytes:
+        return self._failed or pickle.dumps((_wire.READY, os.getpid()), _wire.PROTOCOL)
+
+    def call(self, body: bytes) -> bytes:
+        reply: bytes = self._main.serve(body, self._functions)
+        return reply
+
+    def ping(self) -> bytes:
+        return _wire.PONG_MSG
+
+
+class RayAgent(AgentHandle):
+    __slots__ = ("actor", "sent_keys")
+
+    def __init__(self, agent_id: str, actor: Any, pid: int | None) -> None:
+        super().__init__(agent_id, pid)
+        self.actor = actor
+        self.sent_keys: set[int] = set()
+
+
+class RayBackend:
+    """Start agents as Ray actors.
+
+    ``address`` is an existing cluster's address (``"auto"``, ``"ray://host:10001"``, ...); with
+    None a local Ray instance is started on first use (on loopback when
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set). ``num_cpus`` and ``resources`` are each
+    actor's reservation; ``num_cpus`` defaults to 1 on a cluster and to 0.1 on a local instance
+    started here, so that, as with local worker processes, a pool may hold more agents than
+    the machine has cores; ``runtime_env`` is Ray's, and a pool's ``image`` becomes its
+    ``container.image`` unless ``runtime_env`` says otherwise. ``init_kwargs`` go to
+    ``ray.init``.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_cpus: float | None = None,
+        resources: Mapping[str, float] | None = None,
+        runtime_env: Mapping[str, Any] | None = None,
+        init_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._ray = _ray()
+        self.address = address
+        self.num_cpus = num_cpus
+        self.resources = dict(resources or {})
+        self.runtime_env = dict(runtime_env or {})
+        self.init_kwargs = dict(init_kwargs or {})
+        self._init_lock: asyncio.Lock | None = None
+        self._started_ray = False
+
+    def __repr__(self) -> str:
+        return f"RayBackend(address={self.address!r}, num_cpus={self.num_cpus})"
+
+    async def _ensure_ray(self) -> None:
+        ray = self._ray
+        if ray.is_initialized():
+            return
+        if self._init_lock is None:
+            self._init_lock = asyncio.Lock()
+        async with self._init_lock:
+            if ray.is_initialized():
+                return
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+            kwargs.update(self.init_kwargs)
+            if self.address is not None:
+                kwargs["address"] = self.address
+            # ray.init blocks for seconds: keep the event loop (and every other pool) going.
+            await asyncio.to_thread(ray.init, **kwargs)
+            self._started_ray = True
+
+    def _cpus_per_agent(self) -> float:
+        if self.num_cpus is not None:
+            return self.num_cpus
+        return 0.1 if self._started_ray else 1.0
+
+    def _actor_class(self) -> Any:
+        global _ACTOR_CLASS
+        if _ACTOR_CLASS is None:
+            _ACTOR_CLASS = self._ray.remote(max_restarts=0, max_task_retries=0)(_Agent)
+        return _ACTOR_CLASS
+
+    async def start(self, spec: AgentSpec) -> RayAgent:
+        await self._ensure_ray()
+        try:
+            setup_blob = _ship.dumps(spec.setup)
+        except Exception as exc:
+            raise SerializationError(
+                f"pool {spec.pool!r}: setup {spec.setup!r} cannot be sent to an agent: {exc}"
+            ) from exc
+        env = dict(self.runtime_env)
+        if spec.image and "container" not in env and "image_uri" not in env:
+            env["image_uri"] = spec.image
+        if spec.env:
+            env["env_vars"] = {**env.get("env_vars", {}), **spec.env}
+        options: dict[str, Any] = {"num_cpus": self._cpus_per_agent()}
+        if self.resources:
+            options["resources"] = self.resources
+        if env:
+            options["runtime_env"] = env
+        actor = self._actor_class().options(**options).remote(list(sys.path), setup_blob)
+        try:
+            reply = pickle.loads(await actor.ready.remote())
+        except BaseException as exc:
+            self._ray.kill(actor, no_restart=True)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise AgentStartError(
+                f"pool {spec.pool!r}: Ray actor for agent {spec.agent_id} died while warming "
+                f"up: {type(exc).__name__}: {exc}",
+                spec.agent_id,
+            ) from exc
+        if reply[0] != _wire.READY:
+            self._ray.kill(actor, no_restart=True)
+            cause = _ship.rebuild_exception(reply)
+            raise AgentStartError(
+                f"pool {spec.pool!r}: setup failed in agent {spec.agent_id}: "
+                f"{type(cause).__name__}: {cause}",
+                spec.agent_id,
+            ) from cause
+        return RayAgent(spec.agent_id, actor, reply[1])
+
+    async def call(
+        self,
+        handle: RayAgent,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> Any:
+        if not handle.alive:
+            raise AgentLost(f"agent {handle.agent_id} is gone", handle.agent_id, delivered=False)
+        payload = _ship.encode_call(handle.sent_keys, fn, args, kwargs)
+        reply = await self._request(handle, payload)
+        if reply[0] == _wire.UNKNOWN_FN:
+            handle.sent_keys.discard(reply[1])
+            payload = _ship.encode_call(handle.sent_keys, fn, args, kwargs)
+            reply = await self._request(handle, payload)
+        kind = reply[0]
+        if kind == _wire.OK:
+            return reply[1]
+        if kind == _wire.RAISED:
+            raise _ship.rebuild_exception(reply)
+        if kind == _wire.UNPICKLABLE:
+            if reply[1] == "the call":
+                handle.sent_keys.clear()
+            raise _ship.unpicklable(reply, fn)
+        raise AgentLost(f"agent {handle.agent_id} sent an unexpected reply {kind!r}")
+
+    async def _request(self, handle: RayAgent, payload: bytes) -> tuple[Any, ...]:
+        ray = self._ray
+        try:
+            raw = await handle.actor.call.remote(payload)
+        except ray.exceptions.RayActorError as exc:
+            handle.exit_code = -1
+            raise AgentLost(
+                f"agent {handle.agent_id} (Ray actor, pid {handle.pid}) died while running a "
+                f"call: {type(exc).__name__}",
+                handle.agent_id,
+            ) from exc
+        try:
+            reply: tuple[Any, ...] = pickle.loads(raw)
+        except Exception as exc:
+            raise SerializationError(
+                f"the reply from agent {handle.agent_id} could not be unpickled here: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return reply
+
+    async def check_health(self, handle: RayAgent) -> bool:
+        if not handle.alive:
+            return False
+        try:
+            return bool(await handle.actor.ping.remote() == _wire.PONG_MSG)
+        except self._ray.exceptions.RayError:
+            handle.exit_code = -1
+            return False
+
+    async def stop(self, handle: RayAgent, grace: float) -> None:
+        # An actor has nothing to flush: its calls are over when the pool stops it.
+        await self.kill(handle)
+
+    async def kill(self, handle: RayAgent) -> None:
+        if handle.alive:
+            handle.exit_code = 0
+            self._ray.kill(handle.actor, no_restart=True)
+
+    def shutdown(self) -> None:
+        """Stop the local Ray instance this backend started (never an existing cluster)."""
+        if self._started_ray and self._ray.is_initialized():
+            self._ray.shutdown()
+            self._started_ray = False

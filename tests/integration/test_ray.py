@@ -1,0 +1,150 @@
+"""Agents as Ray actors, on a real local Ray instance (kept on loopback).
+
+The same pool and workflow tests as on local processes: warm setup, calls, errors, lost and hung
+agents, failed starts, and the data-pipeline example with the same results as on processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.real_time]
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind Ray to loopback only
+ray = pytest.importorskip("ray")
+
+from shoal import (  # noqa: E402
+    AgentLost,
+    AgentPool,
+    AgentStartError,
+    CallTimeout,
+    RemoteTraceback,
+    Runtime,
+)
+from shoal.backends.ray import RayBackend  # noqa: E402
+from tests.integration import faults, workers  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()  # this driver's instance only; never `ray stop`
+
+
+def backend() -> RayBackend:
+    return RayBackend(num_cpus=0.1)
+
+
+def ray_pool(**options: Any) -> AgentPool:
+    options.setdefault("min_size", 1)
+    options.setdefault("max_size", 2)
+    return AgentPool("ray", backend=backend(), **options)
+
+
+async def test_actors_warm_up_once_and_serve_calls() -> None:
+    async with ray_pool(min_size=2, max_size=2, setup=workers.setup_counter) as p:
+        infos = await asyncio.gather(*(p.run(workers.agent_info) for _ in range(20)))
+        assert len({pid for pid, _ in infos}) == 2 and os.getpid() not in {i[0] for i in infos}
+        assert {runs for _, runs in infos} == {1}
+        factor = 3
+        assert await p.run(lambda x: x * factor, 14) == 42
+        with pytest.raises(ValueError, match="bad") as info:
+            await p.run(workers.fail, "bad")
+        assert isinstance(info.value.__cause__, RemoteTraceback)
+
+
+async def test_a_lost_actor_is_agent_lost_and_replaced() -> None:
+    async with ray_pool(min_size=1, max_size=1) as p:
+        before = await p.run(workers.pid)
+        with pytest.raises(AgentLost):
+            await p.run(workers.exit_now, 3)
+        after = await p.run(workers.pid)
+        assert after != before and p.metrics.agents_started == 2
+
+
+async def test_a_hung_call_times_out_and_the_actor_is_replaced() -> None:
+    async with ray_pool(min_size=1, max_size=1) as p:
+        before = await p.run(workers.pid)
+        with pytest.raises(CallTimeout):
+            await p.call(faults.running, ("hangs",), timeout=1.0)
+        assert await p.run(workers.pid) != before
+
+
+async def test_a_failing_setup_is_a_start_error() -> None:
+    p = ray_pool(setup=workers.broken_setup)
+    with pytest.raises(AgentStartError, match="cannot load the model file"):
+        await p.start()
+
+
+async def test_health_check_notices_a_dead_idle_actor() -> None:
+    async with ray_pool(min_size=1, max_size=1, health_check_interval=0.2) as p:
+        agent = p.agents[0]
+        ray.kill(agent.handle.actor, no_restart=True)
+        for _ in range(200):
+            if agent.state.value in ("stopping", "stopped"):
+                break
+            await asyncio.sleep(0.05)
+        assert agent.state.value in ("stopping", "stopped")
+        assert await p.run(workers.add, 1, 2) == 3
+
+
+async def test_the_data_pipeline_gives_the_same_result_on_ray_and_on_processes() -> None:
+    sys.path.insert(0, str(ROOT / "examples"))  # as a driver that runs the example would
+    try:
+        from data_pipeline import DataPipeline
+
+        request = {"n": 24, "seed": 3}
+        async with Runtime(backend()) as rt:
+            on_ray = await rt.run(DataPipeline, request)
+        async with Runtime() as rt:
+            on_processes = await rt.run(DataPipeline, request)
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    assert on_ray == on_processes and on_ray["sensors"] == 24
+
+
+def test_shoal_run_backend_ray_runs_a_script_workflow_unchanged(tmp_path: Path) -> None:
+    script = tmp_path / "only_here.py"  # importable only from the driver's path
+    script.write_text(
+        "from shoal import Context, step, workflow\n"
+        "@workflow\n"
+        "class OnlyHere:\n"
+        "    @step(parallel=True, pool_size=2)\n"
+        "    async def double(self, ctx: Context, x: int) -> int:\n"
+        "        return 2 * x\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shoal.cli",
+            "run",
+            str(script),
+            "--input",
+            "[1, 2, 3]",
+            "--backend",
+            "ray",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["result"] == [2, 4, 6]
