@@ -29,14 +29,17 @@ _loop: Any = None
 
 
 def _die_with_parent(lifeline_fd: int, parent_pid: int) -> None:
-    """Exit as soon as the pool's process is gone, even if it was SIGKILLed mid-call."""
-    if sys.platform.startswith("linux"):
+    """Exit as soon as the pool's process is gone, even if it was SIGKILLed mid-call.
+
+    ``parent_pid`` 0 means the pool is not our parent (a container): the lifeline alone tells.
+    """
+    if parent_pid and sys.platform.startswith("linux"):
         import ctypes
 
         pr_set_pdeathsig = 1
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent_pid:
+    if parent_pid and os.getppid() != parent_pid:
         os._exit(EXIT_PARENT_GONE)
 
     def watch() -> None:
@@ -149,8 +152,27 @@ def serve(body: bytes, functions: OrderedDict[int, Any]) -> bytes:
         return _dumps((_wire.UNPICKLABLE, "the result", detail))
 
 
+def _connect(path: str) -> tuple[int, int, int, int]:
+    """In a container: reach the pool through the Unix socket mounted at ``path``.
+
+    The first connection carries calls both ways; the second is the lifeline.
+    """
+    import socket
+
+    conns = []
+    for _ in range(2):
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(path)
+        conns.append(conn)
+    chan, life = (c.detach() for c in conns)
+    return chan, chan, life, 0
+
+
 def main() -> None:
-    cmd_fd, res_fd, lifeline_fd, parent_pid = (int(a) for a in sys.argv[1:5])
+    if sys.argv[1] == "--socket":
+        cmd_fd, res_fd, lifeline_fd, parent_pid = _connect(sys.argv[2])
+    else:
+        cmd_fd, res_fd, lifeline_fd, parent_pid = (int(a) for a in sys.argv[1:5])
     # Ctrl-C in a terminal reaches the whole process group; the pool decides what happens to
     # in-flight calls, so an agent never dies of the user's interrupt.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -47,8 +47,14 @@ class ProcessAgent(AgentHandle):
         "stopping",
     )
 
-    def __init__(self, spec: AgentSpec, popen: subprocess.Popen[bytes], fds: tuple[int, int, int]):
-        super().__init__(spec.agent_id, popen.pid)
+    def __init__(
+        self,
+        spec: AgentSpec,
+        popen: subprocess.Popen[bytes] | None,
+        fds: tuple[int, int, int],
+        pid: int | None = None,
+    ):
+        super().__init__(spec.agent_id, popen.pid if popen is not None else pid)
         self.spec = spec
         self.popen = popen
         self.cmd_fd, self.res_fd, self.lifeline_fd = fds
@@ -168,7 +174,7 @@ class ProcessBackend:
 
     async def kill(self, handle: ProcessAgent) -> None:
         handle.stopping = True
-        if handle.alive:
+        if handle.alive and handle.popen is not None:
             with contextlib.suppress(ProcessLookupError):
                 handle.popen.send_signal(signal.SIGKILL)
         await asyncio.shield(handle.exited)
@@ -297,7 +303,7 @@ class ProcessBackend:
 
     def _watch_exit(self, agent: ProcessAgent, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            pidfd = os.pidfd_open(agent.popen.pid)
+            pidfd = os.pidfd_open(agent.pid or -1)
         except (AttributeError, OSError):
             loop.create_task(self._poll_exit(agent))
             return
@@ -305,6 +311,7 @@ class ProcessBackend:
         loop.add_reader(pidfd, self._on_exit, agent)
 
     async def _poll_exit(self, agent: ProcessAgent) -> None:
+        assert agent.popen is not None
         delay = 0.001
         while agent.popen.poll() is None:
             await asyncio.sleep(delay)
@@ -317,7 +324,12 @@ class ProcessBackend:
             loop.remove_reader(agent._exit_watch)
             os.close(agent._exit_watch)
             agent._exit_watch = None
-        code = agent.popen.wait()
+        assert agent.popen is not None
+        self._finish(agent, agent.popen.wait())
+
+    def _finish(self, agent: ProcessAgent, code: int) -> None:
+        """The agent is gone with exit status ``code``: settle its call and free its fds."""
+        loop = asyncio.get_running_loop()
         # A reply written just before the exit may still sit in the pipe: take it first.
         if agent.res_fd >= 0:
             loop.remove_reader(agent.res_fd)
@@ -329,7 +341,7 @@ class ProcessBackend:
         if agent.out_buf:
             loop.remove_writer(agent.cmd_fd)
             agent.out_buf.clear()
-        for fd in (agent.cmd_fd, agent.res_fd, agent.lifeline_fd):
+        for fd in {agent.cmd_fd, agent.res_fd, agent.lifeline_fd}:  # a socket may be both
             os.close(fd)
         agent.cmd_fd = agent.res_fd = agent.lifeline_fd = -1
         fut = agent.pending
