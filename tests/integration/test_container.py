@@ -107,7 +107,7 @@ async def test_a_container_killed_from_outside_is_lost_and_replaced() -> None:
         agent = p.agents[0]
         running = asyncio.ensure_future(p.run(workers.sleep, 30))
         await asyncio.sleep(0.3)
-        subprocess.run(["podman", "kill", agent.handle.container.id], capture_output=True)
+        await asyncio.to_thread(agent.handle.container.kill)  # as `podman kill` would
         with pytest.raises(AgentLost):
             await running
         assert await p.run(workers.add, 1, 1) == 2

@@ -87,6 +87,7 @@ class ContainerBackend(ProcessBackend):
         self.memory_mb = memory_mb
         self.network = network
         self._client: Any = None
+        self._watchers: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"ContainerBackend(image={self.image!r}, base_url={self.base_url!r})"
@@ -194,7 +195,8 @@ class ContainerBackend(ProcessBackend):
             raise
         listener.close()
         loop.add_reader(chan, self._on_readable, agent)
-        loop.create_task(self._watch_container(agent))
+        self._watchers.add(task := loop.create_task(self._watch_container(agent)))
+        task.add_done_callback(self._watchers.discard)
         try:
             init = pickle.dumps(
                 (_wire.INIT, list(sys.path), setup_blob, self._spin), _wire.PROTOCOL
