@@ -255,10 +255,14 @@ def _make_backend(backend: Backend | str | None) -> Backend:
         from shoal.backends.ray import RayBackend
 
         return RayBackend()
+    if backend == "container":
+        from shoal.backends.container import ContainerBackend
+
+        return ContainerBackend()  # each pool's image= names the image
     if isinstance(backend, str):
         raise BackendError(
-            f"unknown backend {backend!r}; choose 'process' (local worker processes) or 'ray' "
-            "(Ray actors), or pass a Backend instance"
+            f"unknown backend {backend!r}; choose 'process' (local worker processes), 'ray' "
+            "(Ray actors) or 'container' (a container per agent), or pass a Backend instance"
         )
     return backend
 
