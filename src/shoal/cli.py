@@ -1,4 +1,4 @@
-"""The ``shoal`` command: ``shoal run path/to/file.py[:Name] --input JSON``.
+"""The ``shoal`` command: ``shoal run FILE[:NAME] --input JSON`` and ``shoal simulate ...``.
 
 On a terminal ``run`` draws live progress — a bar per step and, per pool, its agents by state
 and its queue — then prints the result, the wall time, the time per step and warm hits against
@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from shoal import _render
 from shoal.errors import RemoteTraceback, RunStopped, ShoalError, StepFailed
 from shoal.runtime import RunHandle, Runtime
+from shoal.sim import cli as sim_cli
 from shoal.workflow.spec import spec_of
 
 EXIT_ERROR = 1
@@ -43,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run_command(args)
+        if args.command == "simulate":
+            return sim_cli.run(args)
     except UsageError as exc:
         print(f"shoal {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -79,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="on SIGINT/SIGTERM, how long calls in flight may finish (default: 10)",
     )
+    sim_cli.add_parser(sub)
     return parser
 
 

@@ -7,8 +7,9 @@ How the autoscaler and the pool share the work (neither fights the other):
 - The pool still starts an agent at once for a caller who would otherwise wait, up to
   ``max_size``: on-demand agents can only add to the target, never lower it.
 - The idle reaper only retires agents *above* the target, after ``idle_timeout``; the autoscaler
-  lowering the target retires idle agents at once, least recently used first. No one ever
-  retires a busy agent.
+  lowering the target retires idle agents at once, least recently used first. Agents started on
+  demand that the policy has not wanted for a third of ``cooldown_period`` (while some sit idle)
+  are let go then, without waiting for ``idle_timeout``. No one ever retires a busy agent.
 
 So the autoscaler's worth shows as cold starts avoided (agents warm before callers arrive) and
 agent-seconds saved (targets lowered when demand falls), and every change lands in
@@ -71,6 +72,14 @@ class AutoScaler:
             raise ConfigError(f"pool {pool.name!r}: interval={self.interval} must be > 0")
         self.state: Any = self.policy.initial_state()
         self.decisions = 0
+        # How long idle agents above the policy's size are kept: a third of the stabilisation
+        # window for a configured policy — twice the time its smoothed demand takes to count a
+        # shortfall (a sixth of the window), so a real one raises the target before they go. A
+        # policy object leaves them to the pool's idle_timeout.
+        self._surplus_hold = (
+            self.config.cooldown_period / 3 if self.config is not None else pool.config.idle_timeout
+        )
+        self._surplus_since: float | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -117,8 +126,19 @@ class AutoScaler:
         self.state = decision.state
         self.decisions += 1
         desired = min(max(decision.desired, pool.min_size), pool.max_size)
-        if desired != pool.target_size and not pool.closed:
+        # Agents started on demand sit above the target. Once the pool has had idle agents
+        # beyond what the policy wants for a while (see _surplus_hold), let them go, as a lower
+        # recommendation would, rather than after the pool's idle_timeout.
+        surplus = snapshot.idle > 0 and snapshot.size > desired
+        if not surplus:
+            self._surplus_since = None
+        elif self._surplus_since is None:
+            self._surplus_since = now
+        shed = surplus and now - (self._surplus_since or now) >= self._surplus_hold
+        if (desired != pool.target_size or shed) and not pool.closed:
             pool.set_target(desired, f"autoscaler: {decision.reason}", snapshot)
+            if shed:
+                self._surplus_since = None
         return decision
 
     async def _loop(self) -> None:

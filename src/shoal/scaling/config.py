@@ -19,7 +19,10 @@ Mode = Literal["auto", "aggressive", "reactive", "conservative", "fixed"]
 Predictor = Literal["ml-based", "linear", "seasonal"]
 
 #: Policies a ``scaling_policy`` may name with ``"policy"``; ``mode`` picks one otherwise.
-POLICY_NAMES: tuple[str, ...] = ("target", "rule", "fixed")
+#: ``hpa``, ``kpa``, ``rayserve`` and ``keepalive`` are the field's autoscalers
+#: (:mod:`shoal.scaling.baselines`); they bring their own windows, so only bounds guard them.
+POLICY_NAMES: tuple[str, ...] = ("target", "rule", "fixed", "hpa", "kpa", "rayserve", "keepalive")
+BASELINE_NAMES: tuple[str, ...] = ("hpa", "kpa", "rayserve", "keepalive")
 
 #: What each mode fills in. ``auto`` is the base: target tracking at 70% utilization, checked
 #: every second, growing as fast as demand needs and shrinking only to the highest size

@@ -3,9 +3,10 @@
 :class:`GuardedPolicy` is itself a pure policy. It asks the inner policy for a size, then
 applies, in this order:
 
-1. **burst** — when ``queue_depth`` or more callers are waiting, jump straight to the size that
-   serves everyone in flight (busy + queued), at most ``burst_capacity`` above the current size
-   (no cap when unset); a burst skips the up rate limit.
+1. **burst** — when ``queue_depth`` or more callers are waiting, and more than the busy agents
+   will clear before the next decision (``busy * interval / mean run time``), jump straight to
+   the size that serves everyone in flight (busy + queued), at most ``burst_capacity`` above
+   the current size (no cap when unset); a burst skips the up rate limit.
 2. **zero path** — when nothing has arrived for ``idle_terminate`` seconds and nothing is running,
    go to ``min_instances`` (0 for scale to zero). The first call after zero starts an agent at
    once and waits for it: the pool does that, not the autoscaler.
@@ -17,17 +18,20 @@ applies, in this order:
 6. **bounds** — within ``[min_instances, max_instances]``.
 
 Every decision carries the reason of each guard that changed it.
+
+The field's autoscalers (``hpa``, ``kpa``, ``rayserve``, ``keepalive``) bring their own
+windows and delays, so they get only the last two (``guards="bounds"``), as does ``fixed``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from shoal.errors import ConfigError
 from shoal.pool.metrics import PoolMetrics
-from shoal.scaling.config import ScalingPolicyConfig
+from shoal.scaling.config import BASELINE_NAMES, ScalingPolicyConfig
 from shoal.scaling.policy import Decision, FixedPolicy, Policy, RulePolicy, TargetUtilizationPolicy
 
 
@@ -48,6 +52,8 @@ class GuardedPolicy:
     config: ScalingPolicyConfig
     price_per_hour: float | None = None
     name: str = field(default="")
+    # "all", or "bounds" for a policy that brings its own windows: only the cost cap and bounds.
+    guards: Literal["all", "bounds"] = "all"
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -80,11 +86,19 @@ class GuardedPolicy:
         current = snapshot.target_size
         raw = self.inner.decide(snapshot, state.inner, now)
         desired, reasons = raw.desired, [raw.reason]
+        if self.guards == "bounds":
+            desired = self._capped(desired, reasons)
+            return Decision(desired, GuardState(raw.state), "; ".join(reasons))
 
         # 1. burst
         burst = False
         need = max(desired, snapshot.busy + snapshot.queue_depth)
-        if snapshot.queue_depth >= cfg.queue_depth and need > current:
+        # A queue the busy agents clear before the next decision is noise, not a burst: a pool
+        # of 30 running 1-s calls frees 30 agents a second, so 7 callers waiting a moment is
+        # what a well-sized pool sees now and then (the smoothed demand takes care of it).
+        exec_s = snapshot.avg_execution_time
+        drained = snapshot.busy * cfg.interval / exec_s if exec_s > 0 else 0.0
+        if snapshot.queue_depth >= max(cfg.queue_depth, drained) and need > current:
             jump = need if cfg.burst_capacity is None else min(need, current + cfg.burst_capacity)
             if jump > current:
                 desired, burst = jump, True
@@ -129,20 +143,27 @@ class GuardedPolicy:
             desired = current - down_rate
             reasons.append(f"scale_down_rate {down_rate}")
 
-        # 5. cost cap
+        desired = self._capped(desired, reasons)
+        next_state = GuardState(raw.state, history, snapshot.requests_total, last_arrival)
+        return Decision(desired, next_state, "; ".join(reasons))
+
+    def _capped(self, desired: int, reasons: list[str]) -> int:
+        """5. the cost cap, then 6. the bounds."""
+        cfg = self.config
         cap = self.cost_cap
         if cap is not None and desired > cap:
             desired = cap
             reasons.append(f"cost cap {cap} agents ({cfg.cost_threshold} $/h)")
-
-        # 6. bounds
         bounded = min(max(desired, cfg.min_instances), cfg.max_instances)
         if bounded != desired:
             reasons.append(f"bounds [{cfg.min_instances}, {cfg.max_instances}]")
-            desired = bounded
+        return bounded
 
-        next_state = GuardState(raw.state, history, snapshot.requests_total, last_arrival)
-        return Decision(desired, next_state, "; ".join(reasons))
+
+#: ``auto``'s square-root-staffing headroom (β): ``demand + 2.5√demand`` agents keep the chance
+#: that a call waits near 1% (Erlang C) from tens of agents up; below ~35 agents of demand the
+#: ``target_utilization`` (70%) gives more headroom and wins. Chosen on bench/scaling.py.
+QUEUEING_HEADROOM = 2.5
 
 
 def build_policy(
@@ -155,7 +176,12 @@ def build_policy(
         # Smooth over a sixth of the scale-down window (10 s for the default 60 s): a user who
         # asks for a short cooldown gets a policy that forgets a burst as quickly.
         smoothing = min(10.0, max(config.interval, config.cooldown_period / 6))
-        inner = TargetUtilizationPolicy(config.target_utilization, smoothing_s=smoothing)
+        # Unless the user asked for a utilization, let queueing theory trim the headroom of
+        # large pools (see TargetUtilizationPolicy.queueing_headroom).
+        beta = None if "target_utilization" in config.model_fields_set else QUEUEING_HEADROOM
+        inner = TargetUtilizationPolicy(
+            config.target_utilization, smoothing_s=smoothing, queueing_headroom=beta
+        )
     elif name == "rule":
         inner = RulePolicy(
             scale_up_threshold=config.scale_up_threshold,
@@ -167,7 +193,15 @@ def build_policy(
             step_down=config.scale_down_rate or 1,
         )
     elif name == "fixed":
-        inner = FixedPolicy(config.min_instances)
+        # A fixed pool does not burst or stabilise: it keeps min_instances agents.
+        return GuardedPolicy(
+            FixedPolicy(config.min_instances), config, price_per_hour, guards="bounds"
+        )
+    elif name in BASELINE_NAMES:
+        from shoal.scaling import baselines
+
+        inner = baselines.from_config(name, config)
+        return GuardedPolicy(inner, config, price_per_hour, guards="bounds")
     else:  # pragma: no cover - the config validates the name
         raise ConfigError(f"unknown policy {name!r}")
     return GuardedPolicy(inner, config, price_per_hour)

@@ -78,11 +78,18 @@ class TargetUtilizationPolicy:
     ``smoothing_s`` (10 s) so a steady but noisy load does not jitter the size. A real queue is
     the burst guard's business and counts at once there. Within ``tolerance`` of the current
     size nothing changes.
+
+    ``queueing_headroom`` (β, off by default; ``auto`` sets it when no ``target_utilization``
+    is given) caps the headroom at what queueing theory says is enough: ``demand + β√demand``
+    agents keep the chance that a call waits at a few percent whatever the load (square-root
+    staffing, Halfin and Whitt), so a large pool runs hotter than ``target_utilization`` while
+    a small one keeps the headroom it needs.
     """
 
     target_utilization: float = 0.7
     tolerance: float = 0.1
     smoothing_s: float = 10.0
+    queueing_headroom: float | None = None
     name: str = "target"
 
     def initial_state(self) -> RateState:
@@ -92,12 +99,16 @@ class TargetUtilizationPolicy:
         seen = observe(snapshot, state, now, tau=self.smoothing_s)
         little = seen.rate * snapshot.avg_execution_time
         demand = max(little, seen.busy)
-        desired = math.ceil(demand / self.target_utilization - 1e-9) if demand > 0 else 0
+        need = demand / self.target_utilization
+        at = f"at {self.target_utilization:.0%} utilization"
+        beta = self.queueing_headroom
+        if beta is not None and demand + beta * math.sqrt(demand) < need:
+            need, at = demand + beta * math.sqrt(demand), f"+ {beta:g} x sqrt(demand)"
+        desired = math.ceil(need - 1e-9) if demand > 0 else 0
         current = snapshot.target_size
         basis = (
             f"demand {demand:.2f} ({seen.rate:.2f}/s x {snapshot.avg_execution_time:.3f} s; "
-            f"in flight {seen.busy:.1f}) "
-            f"at {self.target_utilization:.0%} utilization"
+            f"in flight {seen.busy:.1f}) {at}"
         )
         if current and desired and abs(desired - current) / current <= self.tolerance:
             return Decision(current, seen, f"{basis}: within {self.tolerance:.0%} of {current}")

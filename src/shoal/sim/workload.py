@@ -153,7 +153,7 @@ class Workload:
         return math.fsum(self.durations) / len(self.durations) if self.durations else 0.0
 
     def peak_load(self, window: float = 60.0) -> float:
-        """The busiest ``window`` seconds' offered load: arrivals per second × mean run time,
+        """The busiest ``window`` seconds' offered load: arrivals per second * mean run time,
         which is how many agents that stretch keeps busy on average."""
         if not self.arrivals:
             return 0.0
@@ -248,7 +248,9 @@ def diurnal(
     def fn(t: float) -> float:
         return rate * (1 - amplitude * math.cos(2 * math.pi * t / p))
 
-    return poisson("diurnal", fn, rate * (1 + amplitude), duration, service or _DEFAULT_SERVICE, seed)
+    return poisson(
+        "diurnal", fn, rate * (1 + amplitude), duration, service or _DEFAULT_SERVICE, seed
+    )
 
 
 def bursty(
@@ -262,7 +264,7 @@ def bursty(
     seed: int = 0,
 ) -> Workload:
     """On/off bursts: ``rate`` between bursts; every ``on_s + off_s`` seconds a burst of
-    ``burst × rate`` lasting ``on_s``, the first after one quiet stretch."""
+    ``burst * rate`` lasting ``on_s``, the first after one quiet stretch."""
     cycle = on_s + off_s
 
     def fn(t: float) -> float:
@@ -284,7 +286,7 @@ def flash(
     seed: int = 0,
 ) -> Workload:
     """A flash crowd: ``rate`` until ``at`` (a third of the run by default), then at once
-    ``spike × rate``, decaying back exponentially with time constant ``decay_s``."""
+    ``spike * rate``, decaying back exponentially with time constant ``decay_s``."""
     start = duration / 3 if at is None else at
 
     def fn(t: float) -> float:
@@ -292,9 +294,7 @@ def flash(
             return rate
         return rate * (1 + (spike - 1) * math.exp(-(t - start) / decay_s))
 
-    return poisson(
-        "flash", fn, rate * max(spike, 1.0), duration, service or _DEFAULT_SERVICE, seed
-    )
+    return poisson("flash", fn, rate * max(spike, 1.0), duration, service or _DEFAULT_SERVICE, seed)
 
 
 def ramp(
@@ -305,7 +305,7 @@ def ramp(
     service: Distribution | None = None,
     seed: int = 0,
 ) -> Workload:
-    """A ramp up and down: from ``rate`` linearly to ``peak × rate`` at half time, and back."""
+    """A ramp up and down: from ``rate`` linearly to ``peak * rate`` at half time, and back."""
     half = duration / 2
 
     def fn(t: float) -> float:
@@ -325,8 +325,7 @@ def longtail(
     """Steady Poisson arrivals whose run times are long-tailed: :class:`LogNormal` with the
     mean of ``service`` (1 s by default) and spread ``sigma``."""
     mean = (service or _DEFAULT_SERVICE).mean
-    w = poisson("longtail", lambda t: rate, rate, duration, LogNormal(mean, sigma), seed)
-    return w
+    return poisson("longtail", lambda t: rate, rate, duration, LogNormal(mean, sigma), seed)
 
 
 _DEFAULT_SERVICE: Distribution = Exponential(1.0)
@@ -511,9 +510,7 @@ def azure_trace(
                 if not row or not "".join(row).strip():
                     continue
                 if len(row) != len(header):
-                    raise TraceError(
-                        p, lineno, f"expected {len(header)} fields, found {len(row)}"
-                    )
+                    raise TraceError(p, lineno, f"expected {len(header)} fields, found {len(row)}")
                 for minute, text in enumerate(row[4:]):
                     try:
                         count = int(text) if text.strip() else 0

@@ -1,0 +1,234 @@
+"""``shoal simulate``: replay a trace or a generated workload against several scaling policies.
+
+Prints one row per policy (waits, agent-seconds, cold starts, scale events, reversals, peak
+size, and SLA violations and cost when asked); ``--json`` prints a JSON list of the same
+figures instead; ``--plot out.png`` draws load, pool size, queue depth and wait over time.
+
+Registered in :mod:`shoal.cli` with :func:`add_parser` and :func:`run`; also runnable alone as
+``python -m shoal.sim``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from shoal.clock import perf_counter
+from shoal.errors import ConfigError
+from shoal.sim.run import POLICIES, SimResult, simulate
+from shoal.sim.workload import (
+    DISTRIBUTIONS,
+    GENERATORS,
+    Workload,
+    distribution,
+    generate,
+    load_trace,
+)
+
+EXIT_USAGE = 2
+DEFAULT_POLICIES = ("auto", "hpa", "kpa", "rayserve", "keepalive", "fixed")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``simulate`` to the ``shoal`` command's subparsers."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "simulate",
+        help="replay a workload against scaling policies, in virtual time",
+        description=(
+            "Replay a trace or a generated workload on shoal's own pool and autoscaler in "
+            "virtual time, once per policy, and compare waits, cost and churn."
+        ),
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="a CSV of time_s,duration_s rows, or an Azure Functions invocations-per-minute file",
+    )
+    source.add_argument(
+        "--workload", metavar="NAME", help=f"a generated workload: {', '.join(GENERATORS)}"
+    )
+    p.add_argument(
+        "--duration", type=float, default=3600.0, metavar="S", help="generated: seconds (3600)"
+    )
+    p.add_argument(
+        "--rate", type=float, default=10.0, metavar="R", help="generated: base requests/s (10)"
+    )
+    p.add_argument(
+        "--service",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="mean run time of a request when the workload does not give it (1.0)",
+    )
+    p.add_argument(
+        "--service-dist",
+        default="exponential",
+        choices=sorted(DISTRIBUTIONS),
+        help="how run times vary around --service (exponential)",
+    )
+    p.add_argument(
+        "--policy",
+        action="append",
+        metavar="NAME",
+        help=(
+            f"a policy to run, repeatable: {', '.join(POLICIES)}, fixed:N "
+            f"(default: {' '.join(DEFAULT_POLICIES)})"
+        ),
+    )
+    p.add_argument("--cold-start", type=float, default=2.0, metavar="S", help="agent start (2.0)")
+    p.add_argument("--min-size", type=int, default=1, metavar="N", help="fewest agents (1)")
+    p.add_argument("--max-size", type=int, default=100, metavar="N", help="most agents (100)")
+    p.add_argument("--sla", type=float, default=None, metavar="S", help="response-time bound")
+    p.add_argument("--price", type=float, default=None, metavar="P", help="$ per agent-hour")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="for every random draw (0)")
+    p.add_argument(
+        "--interval", type=float, default=None, metavar="S", help="time-series sample period"
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON list and nothing else")
+    p.add_argument("--plot", metavar="OUT.png", help="draw load, size, queue and wait over time")
+    return p
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Carry out ``shoal simulate``; returns the exit status."""
+    out = out or sys.stdout
+    policies: list[str] = args.policy or list(DEFAULT_POLICIES)
+    try:
+        for name in policies:
+            base, _, size = name.partition(":")
+            if base not in POLICIES or (size and base != "fixed"):
+                raise ConfigError(
+                    f"unknown policy {name!r}; known: {', '.join(POLICIES)} (or fixed:N)"
+                )
+        workload = _workload(args)
+        results = []
+        started = perf_counter()
+        for name in policies:
+            results.append(
+                simulate(
+                    workload,
+                    name,
+                    cold_start=args.cold_start,
+                    min_size=args.min_size,
+                    max_size=args.max_size,
+                    sla=args.sla,
+                    price=args.price,
+                    interval=args.interval,
+                    seed=args.seed,
+                )
+            )
+        wall = perf_counter() - started
+        if args.plot:
+            from shoal.sim.plot import plot
+
+            plot(results, args.plot, title=_title(workload, args))
+    except ConfigError as exc:  # TraceError included
+        print(f"shoal simulate: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps([r.summary() for r in results]), file=out)
+        return 0
+    print(_title(workload, args), file=out)
+    print(table(results), file=out)
+    simulated = len(workload) * len(results)
+    note = f"{simulated:,} requests simulated in {wall:.1f} s ({simulated / wall:,.0f}/s)"
+    if args.plot:
+        note += f"; plot: {args.plot}"
+    print(note, file=out)
+    return 0
+
+
+def _workload(args: argparse.Namespace) -> Workload:
+    service = distribution(args.service_dist, args.service)
+    if args.trace:
+        return load_trace(args.trace, service=service, seed=args.seed)
+    if args.workload not in GENERATORS:
+        raise ConfigError(f"unknown workload {args.workload!r}; known: {', '.join(GENERATORS)}")
+    return generate(args.workload, args.rate, args.duration, service=service, seed=args.seed)
+
+
+def _title(workload: Workload, args: argparse.Namespace) -> str:
+    return (
+        f"workload {workload.name}: {len(workload):,} requests over {workload.horizon:,.0f} s, "
+        f"mean run time {workload.mean_duration:.3g} s | cold start {args.cold_start:g} s, "
+        f"pool {args.min_size}..{args.max_size}, seed {args.seed}"
+    )
+
+
+def table(results: Sequence[SimResult]) -> str:
+    """The results as an aligned text table, one row per policy."""
+    sla = any(r.sla_violation_rate is not None for r in results)
+    cost = any(r.cost_usd is not None for r in results)
+    head = [
+        "policy",
+        "requests",
+        "wait p50",
+        "p95",
+        "p99",
+        "mean",
+        "agent-s",
+        "idle agent-s",
+        "cold starts",
+        "scale events",
+        "reversals",
+        "peak",
+    ]
+    if sla:
+        head.append("SLA missed")
+    if cost:
+        head.append("cost $")
+    rows = [head]
+    for r in results:
+        row = [
+            r.policy,
+            f"{r.requests:,}",
+            _s(r.p50_wait_s),
+            _s(r.p95_wait_s),
+            _s(r.p99_wait_s),
+            _s(r.mean_wait_s),
+            f"{r.agent_seconds:,.0f}",
+            f"{r.idle_agent_seconds:,.0f}",
+            f"{r.cold_starts:,}",
+            f"{r.scale_events:,}",
+            f"{r.reversals:,}",
+            f"{r.peak_size}",
+        ]
+        if sla:
+            rate = r.sla_violation_rate
+            row.append("-" if rate is None else f"{rate:.2%}")
+        if cost:
+            row.append("-" if r.cost_usd is None else f"{r.cost_usd:,.2f}")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _s(seconds: float) -> str:
+    """A wait, readable from microseconds to minutes."""
+    if seconds == 0:
+        return "0"
+    if seconds < 0.01:
+        return f"{seconds * 1000:.2f}ms"
+    if seconds < 100:
+        return f"{seconds:.2f}s"
+    return f"{seconds:,.0f}s"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m shoal.sim``: ``shoal simulate`` on its own."""
+    parser = argparse.ArgumentParser(prog="shoal")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    return run(parser.parse_args(["simulate", *(sys.argv[1:] if argv is None else argv)]))

@@ -1,0 +1,516 @@
+"""One simulation: a workload replayed on the production pool and autoscaler, in virtual time.
+
+:func:`simulate` builds a real :class:`~shoal.pool.AgentPool` on a
+:class:`~shoal.sim.backend.SimBackend`, puts a real :class:`~shoal.scaling.AutoScaler` on it
+with the policy asked for, and replays the workload on a fresh
+:class:`~shoal.clock.VirtualTimeLoop`: each request takes an agent with ``get_agent``, runs
+:func:`~shoal.sim.backend.serve` for its duration and gives the agent back. Nothing of the pool
+or the autoscaler is copied or stubbed; only the agents are simulated.
+
+shoal's own policies run as a shoal pool does in production, starting an agent at once for a
+caller who would otherwise wait (``on_demand``); a baseline runs as its own system does, with
+capacity that changes only when its policy says so (FaaS keep-alive starts on demand, as FaaS
+platforms do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shoal.clock import VirtualTimeLoop, perf_counter
+from shoal.errors import ConfigError, ShoalError
+from shoal.pool.metrics import PoolMetrics
+from shoal.pool.pool import AgentPool
+from shoal.scaling import baselines
+from shoal.scaling.autoscaler import AutoScaler
+from shoal.scaling.baselines import BASELINES
+from shoal.scaling.config import POLICY_NAMES, PRESETS, parse_scaling_policy
+from shoal.scaling.guards import build_policy
+from shoal.scaling.policy import Decision, Policy
+from shoal.sim.backend import SimBackend, serve
+from shoal.sim.workload import Distribution, Workload
+
+#: shoal's own policies: the modes, and the policies a ``scaling_policy`` may name.
+SHOAL_POLICIES: tuple[str, ...] = (
+    *(m for m in PRESETS if m != "fixed"),
+    *(p for p in POLICY_NAMES if p not in BASELINES),
+)
+#: Every name :func:`simulate` accepts (``fixed`` also as ``fixed:N``).
+POLICIES: tuple[str, ...] = (*SHOAL_POLICIES, *BASELINES)
+
+_NICE_INTERVALS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
+
+
+@dataclass(frozen=True)
+class Series:
+    """A run sampled every ``interval`` seconds, for plotting.
+
+    Entry ``k`` covers ``[time[k], time[k] + interval)``: ``load`` is the arrivals per second
+    in it and ``mean_wait`` the mean wait of those arrivals (0 when none); ``size`` (live
+    agents, starting ones included), ``target``, ``busy`` and ``queue`` are read at ``time[k]``.
+    """
+
+    interval: float
+    time: tuple[float, ...]
+    load: tuple[float, ...]
+    size: tuple[int, ...]
+    target: tuple[int, ...]
+    busy: tuple[int, ...]
+    queue: tuple[int, ...]
+    mean_wait: tuple[float, ...]
+
+
+#: The keys of :meth:`SimResult.summary`, in order (``cost_usd`` is added with a price).
+SUMMARY_KEYS: tuple[str, ...] = (
+    "policy",
+    "requests",
+    "p50_wait_s",
+    "p95_wait_s",
+    "p99_wait_s",
+    "mean_wait_s",
+    "agent_seconds",
+    "idle_agent_seconds",
+    "cold_starts",
+    "scale_events",
+    "reversals",
+    "peak_size",
+    "sla_violation_rate",
+)
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """What one policy did with one workload.
+
+    Waits run from a request's arrival to the moment it has an agent; responses to the end of
+    its call. ``agent_seconds`` integrates the live agents (starting ones included) over the
+    run, ``idle_agent_seconds`` is the part of it warm and not serving, ``starting_agent_seconds``
+    the part spent starting. ``cold_starts`` counts requests that waited for an agent to start
+    (the pool's counter); ``agents_started`` counts agent starts. ``scale_events`` counts
+    changes of the pool's target, ``reversals`` the changes of their direction. The run lasts
+    from the first instant of the workload until both its horizon has passed and every request
+    has been answered (``duration_s``).
+    """
+
+    policy: str
+    workload: str
+    requests: int
+    p50_wait_s: float
+    p95_wait_s: float
+    p99_wait_s: float
+    mean_wait_s: float
+    max_wait_s: float
+    mean_response_s: float
+    p99_response_s: float
+    sla_s: float | None
+    sla_violation_rate: float | None
+    agent_seconds: float
+    idle_agent_seconds: float
+    busy_agent_seconds: float
+    starting_agent_seconds: float
+    cold_starts: int
+    agents_started: int
+    scale_events: int
+    reversals: int
+    peak_size: int
+    price_per_hour: float | None
+    cost_usd: float | None
+    duration_s: float
+    failed: int
+    series: Series = field(repr=False)
+    wall_s: float = field(default=0.0, compare=False)  # real seconds the run took
+
+    def summary(self) -> dict[str, Any]:
+        """The figures as a JSON-ready dict: :data:`SUMMARY_KEYS`, then response times, starts
+        and, with a price, ``cost_usd``."""
+        out: dict[str, Any] = {key: getattr(self, key) for key in SUMMARY_KEYS}
+        out.update(
+            mean_response_s=self.mean_response_s,
+            p99_response_s=self.p99_response_s,
+            agents_started=self.agents_started,
+            starting_agent_seconds=self.starting_agent_seconds,
+            duration_s=self.duration_s,
+        )
+        if self.sla_s is not None:
+            out["sla_s"] = self.sla_s
+        if self.cost_usd is not None:
+            out["cost_usd"] = self.cost_usd
+        return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    label: str
+    scaling_policy: dict[str, Any]
+    on_demand: bool
+    pool_min: int
+    pool_max: int
+
+
+def plan(
+    policy: str | Mapping[str, Any],
+    workload: Workload,
+    *,
+    min_size: int,
+    max_size: int,
+    on_demand: bool | None = None,
+) -> _Plan:
+    """Turn a policy name (or a ``scaling_policy`` dict) into the pool and autoscaler to run."""
+    if isinstance(policy, Mapping):
+        given = dict(policy)
+        label = str(given.get("policy") or given.get("mode") or "auto")
+    else:
+        name, _, arg = policy.partition(":")
+        if name not in POLICIES or (arg and name != "fixed"):
+            raise ConfigError(
+                f"unknown policy {policy!r}; known: {', '.join(POLICIES)} (or fixed:N)"
+            )
+        label = name
+        given = {"mode": name} if name in PRESETS else {"policy": name}
+        if name == "fixed":
+            size = _fixed_size(policy, arg, workload)
+            size = max(size, min_size) if arg else min(max(size, min_size), max_size)
+            given = {"policy": "fixed", "min": size, "max": max(size, max_size)}
+            label = f"fixed:{size}"
+    if not ({"min", "min_instances"} & given.keys()):
+        given["min"] = min_size
+    if not ({"max", "max_instances"} & given.keys()):
+        given["max"] = max_size
+    config = parse_scaling_policy(f"policy {label!r}", given)
+    if on_demand is None:
+        # shoal's policies run as a shoal pool does; a baseline as its own system does.
+        on_demand = baselines.on_demand(build_policy(config).inner)
+        if config.policy_name not in BASELINES:
+            on_demand = True
+    lo, hi = config.min_instances, config.max_instances
+    if config.policy_name == "fixed":
+        hi = lo  # nothing to grow into
+    return _Plan(label, given, on_demand, lo, hi)
+
+
+def _fixed_size(policy: str, arg: str, workload: Workload) -> int:
+    if not arg:
+        # Provisioned for the busiest minute at 80% utilization, as a capacity planner with
+        # hindsight would.
+        return max(1, math.ceil(workload.peak_load() / 0.8))
+    try:
+        size = int(arg)
+    except ValueError:
+        raise ConfigError(f"policy {policy!r}: the size {arg!r} is not an integer") from None
+    if size < 0:
+        raise ConfigError(f"policy {policy!r}: the size must be >= 0")
+    return size
+
+
+def simulate(
+    workload: Workload,
+    policy: str | Mapping[str, Any] = "auto",
+    *,
+    cold_start: float | Distribution = 2.0,
+    min_size: int = 1,
+    max_size: int = 100,
+    sla: float | None = None,
+    price: float | None = None,
+    interval: float | None = None,
+    seed: int = 0,
+    idle_timeout: float = 300.0,
+    on_demand: bool | None = None,
+) -> SimResult:
+    """Replay ``workload`` on a pool scaled by ``policy`` and measure what happened.
+
+    ``policy`` is a name from :data:`POLICIES` (``fixed:N`` for a fixed size; plain ``fixed``
+    is sized for the workload's busiest minute at 80% utilization) or a ``scaling_policy``
+    dict. ``cold_start`` is each agent's start time (seconds, or a distribution sampled with
+    ``seed``). The pool holds ``min_size`` to ``max_size`` agents and starts with ``min_size``
+    warm. ``sla`` is a response-time bound for ``sla_violation_rate``; ``price`` is $ per
+    agent-hour for ``cost_usd``. ``interval`` is the time series' sample period (by default one
+    that gives a few hundred points). ``idle_timeout`` is the pool's (production default
+    300 s). ``on_demand`` overrides whether the pool starts agents for waiting callers.
+
+    Runs synchronously on a fresh virtual-time loop; deterministic for a given ``seed``.
+    """
+    if min_size < 0 or max_size < max(1, min_size):
+        raise ConfigError(
+            f"min_size={min_size}, max_size={max_size}: need 0 <= min_size <= max_size, "
+            "max_size >= 1"
+        )
+    if sla is not None and not sla > 0:
+        raise ConfigError(f"sla={sla!r} must be a number of seconds > 0")
+    if price is not None and not price >= 0:
+        raise ConfigError(f"price={price!r} must be a number >= 0 ($ per agent-hour)")
+    the_plan = plan(policy, workload, min_size=min_size, max_size=max_size, on_demand=on_demand)
+    sample = interval if interval is not None else _nice_interval(workload.horizon)
+    if not sample > 0:
+        raise ConfigError(f"interval={interval!r} must be a number of seconds > 0")
+    run = _Run(workload, the_plan, cold_start, seed, sample, idle_timeout, price)
+    started = perf_counter()
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        runner.run(run.main())
+    return run.result(sla, price, perf_counter() - started)
+
+
+def _nice_interval(horizon: float) -> float:
+    for step in _NICE_INTERVALS:
+        if horizon / step <= 600:
+            return float(step)
+    return float(math.ceil(horizon / 600))
+
+
+def _no_loop_yet() -> float:
+    raise RuntimeError("the simulation's loop is not running")
+
+
+class _Observed:
+    """Wraps the autoscaler's policy to note every target it sees, for scale events and
+    reversals (the pool's own event log is bounded; this is not)."""
+
+    def __init__(self, inner: Policy[Any]) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.last_target: int | None = None
+        self.events = 0
+        self.reversals = 0
+        self._direction = 0
+
+    @property
+    def cost_cap(self) -> int | None:
+        return getattr(self.inner, "cost_cap", None)
+
+    def initial_state(self) -> Any:
+        return self.inner.initial_state()
+
+    def note(self, target: int) -> None:
+        last = self.last_target
+        if last is not None and target != last:
+            self.events += 1
+            direction = 1 if target > last else -1
+            if self._direction and direction != self._direction:
+                self.reversals += 1
+            self._direction = direction
+        self.last_target = target
+
+    def decide(self, snapshot: PoolMetrics, state: Any, now: float) -> Decision[Any]:
+        self.note(snapshot.target_size)
+        return self.inner.decide(snapshot, state, now)
+
+
+class _Run:
+    """The state of one simulation while it runs on the loop."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        the_plan: _Plan,
+        cold_start: float | Distribution,
+        seed: int,
+        interval: float,
+        idle_timeout: float,
+        price: float | None,
+    ) -> None:
+        self.workload = workload
+        self.plan = the_plan
+        self.interval = interval
+        n = len(workload)
+        self.n = n
+        self.arrivals = workload.arrivals
+        self.durations = workload.durations
+        self.waits = [0.0] * n
+        self.backend = SimBackend(cold_start, seed=seed)
+        self.pool = AgentPool(
+            "sim",
+            min_size=the_plan.pool_min,
+            max_size=the_plan.pool_max,
+            idle_timeout=idle_timeout,
+            on_demand=the_plan.on_demand,
+            price_per_hour=price,
+            backend=self.backend,
+        )
+        self.t0 = 0.0
+        self.next = 0  # the next request to arrive
+        self.granted = 0  # requests that have had an agent
+        self.released = 0  # ... and given it back
+        self._time = _no_loop_yet
+        self.completed = 0
+        self.failed = 0
+        self.samples: list[tuple[float, int, int, int, int]] = []
+        self.observed: _Observed | None = None
+        self.end = 0.0
+        self.finished = False
+        self.agent_seconds = 0.0
+        self.starting_seconds = 0.0
+        self.cold_starts = 0
+        self._done: asyncio.Future[None] | None = None
+
+    async def main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        self._time = loop.time
+        pool = self.pool
+        await pool.start()  # min_size agents warm before the first request, as when deployed
+        scaler = AutoScaler(pool, self.plan.scaling_policy)
+        self.observed = _Observed(scaler.policy)
+        scaler.policy = self.observed
+        self.t0 = t0 = loop.time()
+        at_start = self.backend.agent_seconds(t0)
+        starting_at_start = self.backend.starting_seconds(t0)
+        scaler.start()
+        self._sample(loop)
+        if self.n:
+            loop.call_at(t0 + self.arrivals[0], self._arrive, loop)
+            await self._done
+        horizon = t0 + self.workload.horizon
+        if loop.time() < horizon:
+            await asyncio.sleep(horizon - loop.time())
+        self.end = end = loop.time()
+        self.finished = True
+        self.agent_seconds = self.backend.agent_seconds(end) - at_start
+        self.starting_seconds = self.backend.starting_seconds(end) - starting_at_start
+        self.observed.note(pool.target_size)
+        self.cold_starts = pool.snapshot().cold_starts
+        await scaler.stop()
+        await pool.aclose()
+
+    def _arrive(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start every request due by now, then sleep until the next one is."""
+        now = loop.time()
+        t0, arrivals, n, i = self.t0, self.arrivals, self.n, self.next
+        create = loop.create_task
+        request = self._request
+        while i < n and t0 + arrivals[i] <= now:
+            create(request(i))
+            i += 1
+        self.next = i
+        if i < n:
+            loop.call_at(t0 + arrivals[i], self._arrive, loop)
+
+    async def _request(self, i: int) -> None:
+        pool = self.pool
+        try:
+            agent = await pool.get_agent()
+            wait = self._time() - (self.t0 + self.arrivals[i])
+            self.waits[i] = wait if wait > 0 else 0.0  # not -1e-15 from rounding
+            self.granted += 1
+            try:
+                await agent.call(serve, (self.durations[i],))
+            finally:
+                self.released += 1
+                await pool.release_agent(agent)
+        except ShoalError:
+            self.failed += 1
+        self.completed += 1
+        if self.completed == self.n and self._done is not None:
+            self._done.set_result(None)
+
+    def _sample(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read the pool every ``interval`` until the run ends."""
+        if self.finished:
+            return
+        pool = self.pool
+        queue = self.next - self.granted - self.failed
+        busy = self.granted - self.released
+        self.samples.append((loop.time(), pool.size, pool.target_size, busy, queue))
+        loop.call_at(self.t0 + len(self.samples) * self.interval, self._sample, loop)
+
+    def result(self, sla: float | None, price: float | None, wall: float) -> SimResult:
+        n = self.n
+        waits = self.waits
+        ordered = sorted(waits)
+        responses = sorted(w + d for w, d in zip(waits, self.durations, strict=True))
+        duration = self.end - self.t0
+        busy = self.backend.busy_seconds
+        observed = self.observed
+        assert observed is not None
+        violations = None
+        if sla is not None:
+            over = n - _count_at_most(responses, sla)
+            violations = over / n if n else 0.0
+        cost = None
+        if price is not None:
+            cost = self.agent_seconds / 3600 * price
+        return SimResult(
+            policy=self.plan.label,
+            workload=self.workload.name,
+            requests=n,
+            p50_wait_s=_nearest_rank(ordered, 0.50),
+            p95_wait_s=_nearest_rank(ordered, 0.95),
+            p99_wait_s=_nearest_rank(ordered, 0.99),
+            mean_wait_s=math.fsum(waits) / n if n else 0.0,
+            max_wait_s=ordered[-1] if n else 0.0,
+            mean_response_s=math.fsum(responses) / n if n else 0.0,
+            p99_response_s=_nearest_rank(responses, 0.99),
+            sla_s=sla,
+            sla_violation_rate=violations,
+            agent_seconds=self.agent_seconds,
+            idle_agent_seconds=max(0.0, self.agent_seconds - busy - self.starting_seconds),
+            busy_agent_seconds=busy,
+            starting_agent_seconds=self.starting_seconds,
+            cold_starts=self.cold_starts,
+            agents_started=self.backend.starts - self.plan.pool_min,
+            scale_events=observed.events,
+            reversals=observed.reversals,
+            peak_size=self.backend.peak_live,
+            price_per_hour=price,
+            cost_usd=cost,
+            duration_s=duration,
+            failed=self.failed,
+            series=self._series(),
+            wall_s=wall,
+        )
+
+    def _series(self) -> Series:
+        iv = self.interval
+        k = len(self.samples)
+        arrivals_in = [0] * k
+        wait_sum = [0.0] * k
+        last = k - 1
+        for a, w in zip(self.arrivals, self.waits, strict=True):
+            b = min(int(a / iv), last)
+            arrivals_in[b] += 1
+            wait_sum[b] += w
+        return Series(
+            interval=iv,
+            time=tuple(s[0] - self.t0 for s in self.samples),
+            load=tuple(c / iv for c in arrivals_in),
+            size=tuple(s[1] for s in self.samples),
+            target=tuple(s[2] for s in self.samples),
+            busy=tuple(s[3] for s in self.samples),
+            queue=tuple(s[4] for s in self.samples),
+            mean_wait=tuple(
+                ws / c if c else 0.0 for ws, c in zip(wait_sum, arrivals_in, strict=True)
+            ),
+        )
+
+
+def _nearest_rank(ordered: list[float], q: float) -> float:
+    """The ``q``-quantile of sorted values by the nearest-rank method (as the pool's metrics)."""
+    if not ordered:
+        return 0.0
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
+def _count_at_most(ordered: list[float], bound: float) -> int:
+    return bisect.bisect_right(ordered, bound)
+
+
+def compare(
+    workload: Workload, policies: list[str | Mapping[str, Any]], **options: Any
+) -> list[SimResult]:
+    """:func:`simulate` each policy on the same workload with the same options."""
+    return [simulate(workload, p, **options) for p in policies]
+
+
+__all__ = [
+    "POLICIES",
+    "SHOAL_POLICIES",
+    "SUMMARY_KEYS",
+    "Series",
+    "SimResult",
+    "compare",
+    "plan",
+    "simulate",
+]
