@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench bench-scaling bench-backends clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ test: lint typecheck unit
 bench: $(VENV)/.dev-installed
 	mkdir -p bench/out
 	$(PY) bench/pool_bench.py --json bench/out/pool_bench.json
+
+bench-scaling: $(VENV)/.dev-installed
+	$(PY) bench/scaling.py
+
+bench-backends: $(VENV)/.dev-installed
+	$(PY) bench/backends.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache
