@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import sys
 import types
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import cloudpickle
 
 from shoal.backends import _wire
-from shoal.errors import RemoteError, RemoteTraceback, SerializationError
+from shoal.backends.base import AgentSpec
+from shoal.errors import (
+    AgentLost,
+    AgentStartError,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+)
 
 _keys = itertools.count(1)
 _SENT_KEYS = 1024
@@ -96,6 +104,55 @@ def _which_argument(
                 "that pickles), not live objects such as locks, sockets or open files."
             )
     return f"the call to {_name(fn)} cannot be sent to an agent: {exc}"
+
+
+def init_message(spec: AgentSpec, spin_s: float) -> bytes:
+    """The INIT message for a new agent: the driver's sys.path and the pool's setup."""
+    try:
+        setup_blob = dumps(spec.setup)
+    except Exception as exc:
+        raise SerializationError(
+            f"pool {spec.pool!r}: setup {spec.setup!r} cannot be sent to an agent: {exc}"
+        ) from exc
+    return pickle.dumps((_wire.INIT, list(sys.path), setup_blob, spin_s), _wire.PROTOCOL)
+
+
+def setup_failed(spec: AgentSpec, reply: tuple[Any, ...]) -> AgentStartError:
+    """The error for a START_FAILED reply, with the agent's exception as its cause."""
+    cause = rebuild_exception(reply)
+    err = AgentStartError(
+        f"pool {spec.pool!r}: setup failed in agent {spec.agent_id}: "
+        f"{type(cause).__name__}: {cause}",
+        spec.agent_id,
+    )
+    err.__cause__ = cause
+    return err
+
+
+async def call_over(
+    request: Callable[[bytes], Awaitable[tuple[Any, ...]]],
+    sent: set[int],
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    agent_id: str,
+) -> Any:
+    """One call through ``request`` (which sends a payload and returns the reply): the
+    function's bytes go once per agent, and again if the agent has dropped them."""
+    reply = await request(encode_call(sent, fn, args, kwargs))
+    if reply[0] == _wire.UNKNOWN_FN:
+        sent.discard(reply[1])
+        reply = await request(encode_call(sent, fn, args, kwargs))
+    kind = reply[0]
+    if kind == _wire.OK:
+        return reply[1]
+    if kind == _wire.RAISED:
+        raise rebuild_exception(reply)
+    if kind == _wire.UNPICKLABLE:
+        if reply[1] == "the call":  # the function may not have been kept: resend next time
+            sent.clear()
+        raise unpicklable(reply, fn)
+    raise AgentLost(f"agent {agent_id} sent an unexpected reply {kind!r}", agent_id)
 
 
 def rebuild_exception(msg: tuple[Any, ...]) -> Exception:

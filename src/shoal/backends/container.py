@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pickle
 import shutil
 import socket
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 from shoal.backends import _ship, _wire
 from shoal.backends.base import AgentSpec
 from shoal.backends.process import ProcessAgent, ProcessBackend
-from shoal.errors import AgentLost, AgentStartError, BackendError, SerializationError
+from shoal.errors import AgentLost, AgentStartError, BackendError
 
 _HOST_SYSTEM = ("/usr", "/lib", "/lib64", "/bin", "/etc")
 
@@ -129,12 +128,7 @@ class ContainerBackend(ProcessBackend):
                 "image= or ContainerBackend(image=...)",
                 spec.agent_id,
             )
-        try:
-            setup_blob = _ship.dumps(spec.setup)
-        except Exception as exc:
-            raise SerializationError(
-                f"pool {spec.pool!r}: setup {spec.setup!r} cannot be sent to an agent: {exc}"
-            ) from exc
+        init = _ship.init_message(spec, self._spin)
         loop = asyncio.get_running_loop()
         engine = await asyncio.to_thread(self._engine)
         folder = tempfile.mkdtemp(prefix="shoal-", dir="/tmp")  # a socket path must be short
@@ -198,9 +192,6 @@ class ContainerBackend(ProcessBackend):
         self._watchers.add(task := loop.create_task(self._watch_container(agent)))
         task.add_done_callback(self._watchers.discard)
         try:
-            init = pickle.dumps(
-                (_wire.INIT, list(sys.path), setup_blob, self._spin), _wire.PROTOCOL
-            )
             reply = await self._request(agent, init)
         except AgentLost as exc:
             await self.kill(agent)
@@ -216,12 +207,7 @@ class ContainerBackend(ProcessBackend):
             agent.pid = reply[1]
             return agent
         await self.kill(agent)
-        cause = _ship.rebuild_exception(reply)
-        raise AgentStartError(
-            f"pool {spec.pool!r}: setup failed in agent {spec.agent_id}: "
-            f"{type(cause).__name__}: {cause}",
-            spec.agent_id,
-        ) from cause
+        raise _ship.setup_failed(spec, reply)
 
     async def _accept(
         self, loop: asyncio.AbstractEventLoop, listener: socket.socket, container: Any, spec: Any

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import pickle
 import signal
@@ -97,17 +98,9 @@ class ProcessBackend:
     # -- the protocol -------------------------------------------------------------------------
 
     async def start(self, spec: AgentSpec) -> ProcessAgent:
-        try:
-            setup_blob = _ship.dumps(spec.setup)
-        except Exception as exc:
-            raise SerializationError(
-                f"pool {spec.pool!r}: setup {spec.setup!r} cannot be sent to an agent: {exc}"
-            ) from exc
+        init = _ship.init_message(spec, self._spin)
         agent = self._spawn(spec)
         try:
-            init = pickle.dumps(
-                (_wire.INIT, list(sys.path), setup_blob, self._spin), _wire.PROTOCOL
-            )
             reply = await self._request(agent, init)
         except AgentLost as exc:
             await self.kill(agent)
@@ -122,12 +115,7 @@ class ProcessBackend:
         if reply[0] == _wire.READY:
             return agent
         await self.kill(agent)
-        cause = _ship.rebuild_exception(reply)
-        raise AgentStartError(
-            f"pool {spec.pool!r}: setup failed in agent {spec.agent_id}: "
-            f"{type(cause).__name__}: {cause}",
-            spec.agent_id,
-        ) from cause
+        raise _ship.setup_failed(spec, reply)
 
     async def call(
         self,
@@ -136,22 +124,14 @@ class ProcessBackend:
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
     ) -> Any:
-        payload = _ship.encode_call(handle.sent_keys, fn, args, kwargs)
-        reply = await self._request(handle, payload)
-        if reply[0] == _wire.UNKNOWN_FN:  # the agent dropped it from its cache: send it whole
-            handle.sent_keys.discard(reply[1])
-            payload = _ship.encode_call(handle.sent_keys, fn, args, kwargs)
-            reply = await self._request(handle, payload)
-        kind = reply[0]
-        if kind == _wire.OK:
-            return reply[1]
-        if kind == _wire.RAISED:
-            raise _ship.rebuild_exception(reply)
-        if kind == _wire.UNPICKLABLE:
-            if reply[1] == "the call":  # the function may not have been kept: resend next time
-                handle.sent_keys.clear()
-            raise _ship.unpicklable(reply, fn)
-        raise AgentLost(f"agent {handle.agent_id} sent an unexpected reply {kind!r}")
+        return await _ship.call_over(
+            functools.partial(self._request, handle),
+            handle.sent_keys,
+            fn,
+            args,
+            kwargs,
+            handle.agent_id,
+        )
 
     async def check_health(self, handle: ProcessAgent) -> bool:
         if not handle.alive or handle.stopping:

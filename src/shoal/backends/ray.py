@@ -13,6 +13,7 @@ backend is used.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import pickle
 import sys
@@ -138,12 +139,8 @@ class RayBackend:
 
     async def start(self, spec: AgentSpec) -> RayAgent:
         await self._ensure_ray()
-        try:
-            setup_blob = _ship.dumps(spec.setup)
-        except Exception as exc:
-            raise SerializationError(
-                f"pool {spec.pool!r}: setup {spec.setup!r} cannot be sent to an agent: {exc}"
-            ) from exc
+        init = pickle.loads(_ship.init_message(spec, 0.0))
+        sys_path, setup_blob = init[1], init[2]
         env = dict(self.runtime_env)
         if spec.image and "container" not in env and "image_uri" not in env:
             env["image_uri"] = spec.image
@@ -154,7 +151,7 @@ class RayBackend:
             options["resources"] = self.resources
         if env:
             options["runtime_env"] = env
-        actor = self._actor_class().options(**options).remote(list(sys.path), setup_blob)
+        actor = self._actor_class().options(**options).remote(sys_path, setup_blob)
         try:
             reply = pickle.loads(await actor.ready.remote())
         except BaseException as exc:
@@ -168,12 +165,7 @@ class RayBackend:
             ) from exc
         if reply[0] != _wire.READY:
             self._ray.kill(actor, no_restart=True)
-            cause = _ship.rebuild_exception(reply)
-            raise AgentStartError(
-                f"pool {spec.pool!r}: setup failed in agent {spec.agent_id}: "
-                f"{type(cause).__name__}: {cause}",
-                spec.agent_id,
-            ) from cause
+            raise _ship.setup_failed(spec, reply)
         return RayAgent(spec.agent_id, actor, reply[1])
 
     async def call(
@@ -185,22 +177,14 @@ class RayBackend:
     ) -> Any:
         if not handle.alive:
             raise AgentLost(f"agent {handle.agent_id} is gone", handle.agent_id, delivered=False)
-        payload = _ship.encode_call(handle.sent_keys, fn, args, kwargs)
-        reply = await self._request(handle, payload)
-        if reply[0] == _wire.UNKNOWN_FN:
-            handle.sent_keys.discard(reply[1])
-            payload = _ship.encode_call(handle.sent_keys, fn, args, kwargs)
-            reply = await self._request(handle, payload)
-        kind = reply[0]
-        if kind == _wire.OK:
-            return reply[1]
-        if kind == _wire.RAISED:
-            raise _ship.rebuild_exception(reply)
-        if kind == _wire.UNPICKLABLE:
-            if reply[1] == "the call":
-                handle.sent_keys.clear()
-            raise _ship.unpicklable(reply, fn)
-        raise AgentLost(f"agent {handle.agent_id} sent an unexpected reply {kind!r}")
+        return await _ship.call_over(
+            functools.partial(self._request, handle),
+            handle.sent_keys,
+            fn,
+            args,
+            kwargs,
+            handle.agent_id,
+        )
 
     async def _request(self, handle: RayAgent, payload: bytes) -> tuple[Any, ...]:
         ray = self._ray
