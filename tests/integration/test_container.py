@@ -145,3 +145,21 @@ async def test_the_data_pipeline_gives_the_same_result_in_containers() -> None:
     finally:
         sys.path.remove(str(ROOT / "examples"))
     assert in_containers == on_processes and in_containers["sensors"] == 16
+
+
+async def test_many_container_agents_do_not_starve_the_engine_calls() -> None:
+    # Each agent's exit is awaited in a thread of its own, not the loop's small shared pool.
+    async with cpool(min_size=6, max_size=9) as p:
+        await p.resize(9)
+        results = await asyncio.gather(*(p.run(workers.add, i, 1) for i in range(30)))
+        assert results == [i + 1 for i in range(30)] and p.size == 9
+
+
+async def test_a_cancelled_container_start_leaves_no_container() -> None:
+    pool = cpool(min_size=1, max_size=1)
+    start = asyncio.ensure_future(pool.start())
+    await asyncio.sleep(0.03)  # the engine is creating the container
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    # no_leaked_containers checks that the engine's container was removed anyway

@@ -23,6 +23,8 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -96,6 +98,7 @@ class ContainerBackend(ProcessBackend):
             try:
                 self._client = self._docker.DockerClient(base_url=self.base_url, timeout=60)
                 self._client.ping()
+                _remove_orphans(self._client)
             except Exception as exc:
                 self._client = None
                 raise BackendError(
@@ -131,65 +134,48 @@ class ContainerBackend(ProcessBackend):
         init = _ship.init_message(spec, self._spin)
         loop = asyncio.get_running_loop()
         engine = await asyncio.to_thread(self._engine)
+        name = _name(spec)
         folder = tempfile.mkdtemp(prefix="shoal-", dir="/tmp")  # a socket path must be short
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(os.path.join(folder, "agent.sock"))
-        os.chmod(folder, 0o777)  # the agent may run as another user inside the container
-        listener.listen(2)
-        listener.setblocking(False)
-        container = None
-        volumes = self._mounts(folder)
+        run: asyncio.Future[Any] | None = None
         try:
-            options: dict[str, Any] = {
-                "command": [
-                    self._python,
-                    "-m",
-                    "shoal.backends._agent_main",
-                    "--socket",
-                    "/shoal/agent.sock",
-                ],
-                "detach": True,
-                # An init as PID 1, so the agent is an ordinary process: signals (a SIGKILL it
-                # sends itself included) behave as they do outside a container.
-                "init": True,
-                "network_mode": self.network,
-                "volumes": volumes,
-                "environment": {**self._env, **spec.env},
-                "labels": {"shoal.pool": spec.pool, "shoal.agent": spec.agent_id},
-                "working_dir": _working_dir(volumes),
-            }
-            if self.cpus:
-                options["nano_cpus"] = int(self.cpus * 1e9)
-            if self.memory_mb:
-                options["mem_limit"] = f"{self.memory_mb}m"
-            try:
-                container = await asyncio.to_thread(engine.containers.run, image, **options)
-            except self._docker.errors.ImageNotFound as exc:
-                raise AgentStartError(
-                    f"pool {spec.pool!r}: image {image!r} not found: build or pull it first",
-                    spec.agent_id,
-                ) from exc
-            except self._docker.errors.APIError as exc:
-                raise AgentStartError(
-                    f"pool {spec.pool!r}: the engine refused to start {image!r}: {exc}",
-                    spec.agent_id,
-                ) from exc
+            listener.bind(os.path.join(folder, "agent.sock"))
+            listener.listen(2)
+            listener.setblocking(False)
+            run = asyncio.ensure_future(
+                asyncio.to_thread(engine.containers.run, image, **self._options(spec, name, folder))
+            )
+            # Shielded: a cancelled start must still learn what the engine made, to remove it.
+            container = await asyncio.shield(run)
+            exit_code = _watch_exit(container, loop)
             fds = []
             for _ in range(2):
-                conn, _addr = await self._accept(loop, listener, container, spec)
+                conn = await self._accept(loop, listener, container, exit_code, spec)
                 fds.append(conn.detach())
             chan, life = fds
             os.set_blocking(chan, False)
             agent = ContainerAgent(spec, container, (chan, chan, life), folder)
-        except BaseException:
+        except BaseException as exc:
             listener.close()
-            if container is not None:
-                await asyncio.to_thread(_remove, container)
+            if run is not None and not run.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(run)
+            await asyncio.shield(asyncio.to_thread(_remove_named, engine, name))
             shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(exc, self._docker.errors.ImageNotFound):
+                raise AgentStartError(
+                    f"pool {spec.pool!r}: image {image!r} not found: build or pull it first",
+                    spec.agent_id,
+                ) from exc
+            if isinstance(exc, self._docker.errors.APIError):
+                raise AgentStartError(
+                    f"pool {spec.pool!r}: the engine refused to start {image!r}: {exc}",
+                    spec.agent_id,
+                ) from exc
             raise
         listener.close()
         loop.add_reader(chan, self._on_readable, agent)
-        self._watchers.add(task := loop.create_task(self._watch_container(agent)))
+        self._watchers.add(task := loop.create_task(self._watch_container(agent, exit_code)))
         task.add_done_callback(self._watchers.discard)
         try:
             reply = await self._request(agent, init)
@@ -209,33 +195,67 @@ class ContainerBackend(ProcessBackend):
         await self.kill(agent)
         raise _ship.setup_failed(spec, reply)
 
+    def _options(self, spec: AgentSpec, name: str, folder: str) -> dict[str, Any]:
+        volumes = self._mounts(folder)
+        options: dict[str, Any] = {
+            "command": [
+                self._python,
+                "-m",
+                "shoal.backends._agent_main",
+                "--socket",
+                "/shoal/agent.sock",
+            ],
+            "name": name,
+            "detach": True,
+            # An init as PID 1, so the agent is an ordinary process: signals (a SIGKILL it
+            # sends itself included) behave as they do outside a container.
+            "init": True,
+            "network_mode": self.network,
+            "volumes": volumes,
+            "environment": {**self._env, **spec.env},
+            "labels": {
+                "shoal.pool": spec.pool,
+                "shoal.agent": spec.agent_id,
+                "shoal.owner": _OWNER,
+            },
+            "working_dir": _working_dir(volumes),
+        }
+        if self.cpus:
+            options["nano_cpus"] = int(self.cpus * 1e9)
+        if self.memory_mb:
+            options["mem_limit"] = f"{self.memory_mb}m"
+        return options
+
     async def _accept(
-        self, loop: asyncio.AbstractEventLoop, listener: socket.socket, container: Any, spec: Any
-    ) -> tuple[socket.socket, Any]:
-        accept = asyncio.ensure_future(loop.sock_accept(listener))
-        exited = asyncio.ensure_future(asyncio.to_thread(container.wait))
-        done, _ = await asyncio.wait({accept, exited}, return_when=asyncio.FIRST_COMPLETED)
+        self,
+        loop: asyncio.AbstractEventLoop,
+        listener: socket.socket,
+        container: Any,
+        exit_code: asyncio.Future[int],
+        spec: AgentSpec,
+    ) -> socket.socket:
+        accept: asyncio.Future[Any] = asyncio.ensure_future(loop.sock_accept(listener))
+        waiting: set[asyncio.Future[Any]] = {accept, exit_code}
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if accept in done:
-            exited.cancel()
-            return accept.result()
+            conn: socket.socket = accept.result()[0]
+            return conn
         accept.cancel()
-        logs = await asyncio.to_thread(container.logs, tail=20)
+        with contextlib.suppress(asyncio.CancelledError):
+            await accept
+        logs = b""
+        with contextlib.suppress(Exception):
+            logs = await asyncio.to_thread(container.logs, tail=20)
         raise AgentStartError(
             f"pool {spec.pool!r}: container {_short(container)} for agent {spec.agent_id} "
-            f"exited with {exited.result().get('StatusCode')} before connecting:\n"
+            f"exited with {exit_code.result()} before connecting:\n"
             f"{logs.decode(errors='replace')}",
             spec.agent_id,
         )
 
-    async def _watch_container(self, agent: ContainerAgent) -> None:
+    async def _watch_container(self, agent: ContainerAgent, exit_code: asyncio.Future[int]) -> None:
         """Learn the container's exit status, however it ended, and settle the agent."""
-        try:
-            status = await asyncio.to_thread(agent.container.wait)
-            code = int(status.get("StatusCode", -1))
-        except Exception:
-            code = -1
-        if code >= 128:
-            code = -(code - 128)  # the engine reports death by signal N as 128 + N
+        code = await exit_code
         self._finish(agent, code)
         try:
             await asyncio.to_thread(_remove, agent.container)
@@ -266,6 +286,66 @@ def _working_dir(volumes: Mapping[str, Any]) -> str:
     cwd = os.getcwd()
     seen = any(cwd == m or cwd.startswith(m.rstrip("/") + "/") for m in volumes)
     return cwd if seen else "/"
+
+
+def _watch_exit(container: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future[int]:
+    """The container's exit status, waited for in a thread of its own.
+
+    One waiting thread per container for its whole life would exhaust asyncio's shared
+    executor (a handful of threads) and stall every other engine call.
+    """
+    fut: asyncio.Future[int] = loop.create_future()
+
+    def settle(code: int) -> None:
+        if not fut.done():
+            fut.set_result(code)
+
+    def wait() -> None:
+        try:
+            code = int(container.wait().get("StatusCode", -1))
+        except Exception:
+            code = -1
+        if code >= 128:
+            code = -(code - 128)  # the engine reports death by signal N as 128 + N
+        with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+            loop.call_soon_threadsafe(settle, code)
+
+    threading.Thread(target=wait, name=f"shoal-wait-{_short(container)}", daemon=True).start()
+    return fut
+
+
+_OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _remove_orphans(engine: Any) -> None:
+    """Remove stopped agent containers whose owning process on this host is gone (it was
+    killed before it could remove them: its agents exit on their own, their containers stay)."""
+    host = socket.gethostname()
+    with contextlib.suppress(Exception):
+        for c in engine.containers.list(all=True, filters={"label": "shoal.owner"}):
+            owner_host, _, pid = c.labels.get("shoal.owner", "").partition(":")
+            if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+                _remove(c)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _name(spec: AgentSpec) -> str:
+    safe = "".join(c if c.isalnum() or c in "_.-" else "-" for c in spec.agent_id)
+    return f"shoal-{safe}-{uuid.uuid4().hex[:8]}"
+
+
+def _remove_named(engine: Any, name: str) -> None:
+    with contextlib.suppress(Exception):
+        engine.containers.get(name).remove(force=True)
 
 
 def _remove(container: Any) -> None:
