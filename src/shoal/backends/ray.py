@@ -25,6 +25,7 @@ from shoal.backends.base import AgentHandle, AgentSpec
 from shoal.errors import AgentLost, AgentStartError, BackendError, SerializationError
 
 _ACTOR_CLASS: Any = None
+_LOCAL_USERS = [0]  # backends sharing the local Ray instance one of them started
 
 
 def _ray() -> Any:
@@ -105,6 +106,7 @@ class RayBackend:
         self.init_kwargs = dict(init_kwargs or {})
         self._init_lock: asyncio.Lock | None = None
         self._started_ray = False
+        self._joined = False  # counted among the users of the local instance
 
     def __repr__(self) -> str:
         return f"RayBackend(address={self.address!r}, num_cpus={self.num_cpus})"
@@ -112,6 +114,9 @@ class RayBackend:
     async def _ensure_ray(self) -> None:
         ray = self._ray
         if ray.is_initialized():
+            if not self._joined and _LOCAL_USERS[0] > 0:
+                self._joined = True  # another backend's local instance: share it
+                _LOCAL_USERS[0] += 1
             return
         if self._init_lock is None:
             self._init_lock = asyncio.Lock()
@@ -124,12 +129,15 @@ class RayBackend:
                 kwargs["address"] = self.address
             # ray.init blocks for seconds: keep the event loop (and every other pool) going.
             await asyncio.to_thread(ray.init, **kwargs)
-            self._started_ray = True
+            self._started_ray = self.address is None  # a local instance of our own
+            if self._started_ray:
+                self._joined = True
+                _LOCAL_USERS[0] += 1
 
     def _cpus_per_agent(self) -> float:
         if self.num_cpus is not None:
             return self.num_cpus
-        return 0.1 if self._started_ray else 1.0
+        return 0.1 if self._joined else 1.0
 
     def _actor_class(self) -> Any:
         global _ACTOR_CLASS
@@ -187,14 +195,14 @@ class RayBackend:
         )
 
     async def _request(self, handle: RayAgent, payload: bytes) -> tuple[Any, ...]:
-        ray = self._ray
         try:
             raw = await handle.actor.call.remote(payload)
-        except ray.exceptions.RayActorError as exc:
+        except Exception as exc:
+            # The actor died, or Ray could not reach it at all: either way this agent is lost.
             handle.exit_code = -1
             raise AgentLost(
-                f"agent {handle.agent_id} (Ray actor, pid {handle.pid}) died while running a "
-                f"call: {type(exc).__name__}",
+                f"agent {handle.agent_id} (Ray actor, pid {handle.pid}) was lost: "
+                f"{type(exc).__name__}: {exc}",
                 handle.agent_id,
             ) from exc
         try:
@@ -225,7 +233,10 @@ class RayBackend:
             self._ray.kill(handle.actor, no_restart=True)
 
     def shutdown(self) -> None:
-        """Stop the local Ray instance this backend started (never an existing cluster)."""
-        if self._started_ray and self._ray.is_initialized():
+        """Leave the local Ray instance; the last backend using it stops it (never a cluster)."""
+        if not self._joined:
+            return
+        self._joined = False
+        _LOCAL_USERS[0] -= 1
+        if _LOCAL_USERS[0] == 0 and self._ray.is_initialized():
             self._ray.shutdown()
-            self._started_ray = False
