@@ -2,8 +2,9 @@
 
 On a terminal ``run`` draws live progress — a bar per step and, per pool, its agents by state
 and its queue — then prints the result, the wall time, the time per step and warm hits against
-cold starts. ``--json`` prints one JSON object and nothing else. Ctrl-C stops cleanly: in-flight
-calls are cancelled, every agent is stopped, and the exit status is 130.
+cold starts. ``--json`` prints one JSON object and nothing else. The first SIGINT or SIGTERM
+takes no new work and gives the calls in flight ``--grace`` seconds; a second one cancels them;
+every agent is stopped and the exit status is 128 + the signal.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from types import ModuleType
 from typing import Any, TextIO
 
 from shoal import _render
-from shoal.errors import RemoteTraceback, RunStopped, ShoalError, StepFailed
+from shoal.errors import BackendError, RemoteTraceback, RunStopped, ShoalError, StepFailed
 from shoal.runtime import RunHandle, Runtime
 from shoal.sim import cli as sim_cli
 from shoal.workflow.spec import spec_of
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_command(args)
         if args.command == "simulate":
             return sim_cli.run(args)
-    except UsageError as exc:
+    except (UsageError, BackendError) as exc:
         print(f"shoal {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     raise AssertionError(args.command)
@@ -73,7 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
     run.add_argument(
-        "--backend", default="process", help="where agents run (default: process, local workers)"
+        "--backend",
+        default="process",
+        choices=("process", "ray", "container"),
+        help="where agents run (default: process, local worker processes)",
     )
     run.add_argument(
         "--grace",
@@ -102,7 +106,7 @@ def _run_command(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     handle, result, error, pools = outcome
-    if stopper.signal is not None:
+    if stopper.signal is not None and handle.status != "succeeded":
         name = signal.Signals(stopper.signal).name
         how = "stopped at once" if stopper.forced else "let in-flight calls finish"
         print(
@@ -137,6 +141,8 @@ class _GracefulStop:
             loop.add_signal_handler(sig, self._on_signal, sig)
 
     def uninstall(self) -> None:
+        if self._handle is None:
+            return
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -153,6 +159,8 @@ class _GracefulStop:
             )
             handle.stop()
             asyncio.get_running_loop().call_later(self.grace, self._force)
+        elif self._handle is not None and self._handle.done:
+            print("\nshoal run: already stopping: every agent is being stopped", file=sys.stderr)
         else:
             self._force()
 
@@ -165,15 +173,17 @@ class _GracefulStop:
 async def _execute(
     target: Any, payload: Any, backend: str, live: bool, stopper: _GracefulStop
 ) -> tuple[RunHandle, Any, BaseException | None, dict[str, dict[str, Any]]]:
-    async with Runtime(backend) as rt:
-        handle = await rt.submit(target, payload)
-        stopper.install(handle)
-        try:
+    # The signal handlers stay until every agent is stopped: a signal during shutdown must
+    # not interrupt the closing half-way (and leave agents behind).
+    try:
+        async with Runtime(backend) as rt:
+            handle = await rt.submit(target, payload)
+            stopper.install(handle)
             result, error = await follow(rt, handle, live=live)
-        finally:
-            stopper.uninstall()
-        pools = {p.name: _pool_report(p) for p in rt.pools}
-        return handle, result, error, pools
+            pools = {p.name: _pool_report(p) for p in rt.pools}
+    finally:
+        stopper.uninstall()
+    return handle, result, error, pools
 
 
 async def run_with_progress(

@@ -9,6 +9,7 @@ run, and kept warm across runs until the runtime closes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 from collections.abc import Callable, Mapping
@@ -90,9 +91,12 @@ class Runtime:
         self._starters: set[asyncio.Task[None]] = set()
         self.autoscalers: dict[str, AutoScaler] = {}
         self._open = False
+        self._closed = False
         self.default_parallelism = os.cpu_count() or 1
 
     async def __aenter__(self) -> Runtime:
+        if self._closed:
+            raise ShoalError("this Runtime was closed; create a new one")
         self._open = True
         return self
 
@@ -128,12 +132,14 @@ class Runtime:
         handle._task = asyncio.get_running_loop().create_task(
             self._drive(handle, runner), name=f"shoal-{run_id}"
         )
+        handle._task.add_done_callback(functools.partial(self._settle, handle))
         self._runs[run_id] = handle
         return handle
 
     async def aclose(self) -> None:
         """Cancel unfinished runs, then close every pool."""
         self._open = False
+        self._closed = True
         tasks = [h._task for h in self._runs.values() if h._task is not None and not h.done]
         for task in tasks:
             task.cancel()
@@ -147,6 +153,12 @@ class Runtime:
             shutdown = getattr(self.backend, "shutdown", None)
             if shutdown is not None:
                 shutdown()  # e.g. the local Ray instance a "ray" backend started
+
+    def _settle(self, handle: RunHandle, task: asyncio.Task[Any]) -> None:
+        """A run cancelled before it began never ran _drive: give it its final status."""
+        if task.cancelled() and handle.status == "pending":
+            handle.status = "cancelled"
+            handle.finished = self._clock.now()
 
     async def _drive(self, handle: RunHandle, runner: Runner) -> Any:
         handle.status = "running"

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from shoal.clock import perf_counter
-from shoal.errors import ConfigError
+from shoal.errors import ConfigError, ShoalError
 from shoal.sim.run import POLICIES, SimResult, simulate
 from shoal.sim.workload import (
     DISTRIBUTIONS,
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             from shoal.sim.plot import plot
 
             plot(results, args.plot, title=_title(workload, args))
-    except ConfigError as exc:  # TraceError included
+    except (ShoalError, OSError) as exc:  # bad input, a trace error, a missing extra, a bad path
         print(f"shoal simulate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
