@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import subprocess
 import sys
 import textwrap
@@ -162,3 +163,30 @@ def test_exception_class_from_the_main_script_comes_back_as_that_class(tmp_path:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "same class: boom", done.stderr
+
+
+async def test_a_script_function_sees_the_current_value_of_its_globals(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import asyncio\n"
+        "from shoal import AgentPool\n"
+        "FACTOR = 2\n"
+        "def scale(x):\n"
+        "    return x * FACTOR\n"
+        "async def main():\n"
+        "    global FACTOR\n"
+        "    async with AgentPool('p', min_size=1, max_size=1) as pool:\n"
+        "        first = await pool.run(scale, 10)\n"
+        "        FACTOR = 3\n"
+        "        print(first, await pool.run(scale, 10))\n"
+        "asyncio.run(main())\n"
+    )
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+    )
+    assert done.stdout.split() == ["20", "30"], done.stderr

@@ -7,6 +7,7 @@ pickled once; each agent receives its bytes once and afterwards only a small int
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import pickle
 import sys
@@ -28,6 +29,7 @@ from shoal.errors import (
 )
 
 _keys = itertools.count(1)
+_BY_VALUE = 1 << 64  # keys of functions sent by value: content digests, apart from counters
 _SENT_KEYS = 1024
 _fn_cache: weakref.WeakKeyDictionary[Any, tuple[int, bytes]] = weakref.WeakKeyDictionary()
 
@@ -51,22 +53,37 @@ def dumps(obj: Any) -> bytes:
 
 
 def function_token(fn: Callable[..., Any]) -> tuple[int | None, bytes]:
-    """``(key, pickled fn)``. Plain functions get a key and are pickled once; anything that
-    carries data of its own (a partial, a bound method, a callable object) is pickled afresh
-    for every call (key None), so the agent always sees its current state."""
+    """``(key, pickled fn)``: what a CALL carries of its function.
+
+    A module-level function the agent can import is pickled once, by reference, and keyed by
+    the object: it has no state to go stale. Anything sent by value — a lambda, a closure, a
+    function of the user's script — is pickled afresh for every call, so the agent always runs
+    it with the current values of the globals and cells it reads; its key is a digest of those
+    bytes, so an agent that already holds the same bytes does not load them again. Callables
+    that carry data (a partial, a bound method) go whole every time (key None).
+    """
     cacheable = isinstance(fn, types.FunctionType)
     cached = _fn_cache.get(fn) if cacheable else None
     if cached is not None:
         return cached
     try:
-        blob = dumps(fn)
-    except Exception as exc:
-        raise SerializationError(
-            f"function {_name(fn)} cannot be sent to an agent: {exc}. "
-            "Use a module-level function, or one that cloudpickle can serialise."
-        ) from exc
+        blob = pickle.dumps(fn, _wire.PROTOCOL)
+        by_reference = not _needs_value(blob)
+    except Exception:
+        by_reference = False
+    if not by_reference:
+        try:
+            blob = cloudpickle.dumps(fn, _wire.PROTOCOL)
+        except Exception as exc:
+            raise SerializationError(
+                f"function {_name(fn)} cannot be sent to an agent: {exc}. "
+                "Use a module-level function, or one that cloudpickle can serialise."
+            ) from exc
     if not cacheable:
         return (None, blob)
+    if not by_reference:
+        digest = hashlib.blake2b(blob, digest_size=8).digest()
+        return (int.from_bytes(digest, "big") | _BY_VALUE, blob)
     token = (next(_keys), blob)
     _fn_cache[fn] = token
     return token
