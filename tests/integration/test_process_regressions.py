@@ -165,7 +165,7 @@ def test_exception_class_from_the_main_script_comes_back_as_that_class(tmp_path:
     assert done.stdout.strip() == "same class: boom", done.stderr
 
 
-async def test_a_script_function_sees_the_current_value_of_its_globals(tmp_path: Path) -> None:
+def test_a_script_function_sees_the_current_value_of_its_globals(tmp_path: Path) -> None:
     script = tmp_path / "script.py"
     script.write_text(
         "import asyncio\n"
@@ -181,8 +181,7 @@ async def test_a_script_function_sees_the_current_value_of_its_globals(tmp_path:
         "        print(first, await pool.run(scale, 10))\n"
         "asyncio.run(main())\n"
     )
-    done = await asyncio.to_thread(
-        subprocess.run,
+    done = subprocess.run(
         [sys.executable, str(script)],
         capture_output=True,
         text=True,
