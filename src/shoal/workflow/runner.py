@@ -9,8 +9,9 @@ items already running finish (their agents stay warm) and the run fails with :cl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -104,26 +105,32 @@ class Runner:
             if self._held is not None:
                 await pool.release_agent(self._held)
 
-    async def _run_steps(self, spec: WorkflowSpec) -> Any:
+    @contextlib.contextmanager
+    def _tracking(self, prog: StepProgress) -> Iterator[None]:
+        """Keep a step's progress record: running, then done or failed, with its times."""
         clock = self.rt._clock
+        prog.status, prog.started = "running", clock.now()
+        try:
+            yield
+        except BaseException:
+            prog.status = "failed"
+            raise
+        finally:
+            prog.finished = clock.now()
+        prog.status = "done"
+
+    async def _run_steps(self, spec: WorkflowSpec) -> Any:
         value = self.input
         for step in spec.steps:
             self._check_stop(step.name)
             prog = self.progress.step(step.name)
-            prog.status, prog.started = "running", clock.now()
-            try:
+            with self._tracking(prog):
                 if step.parallel:
                     value = await self._fan_out(step, value, prog)
                 else:
                     args = (value,) if step.takes_input else ()
                     value = await self._call_step(step, args, None)
                     prog.done = 1
-            except BaseException:
-                prog.status = "failed"
-                raise
-            finally:
-                prog.finished = clock.now()
-            prog.status = "done"
         return value
 
     async def _fan_out(self, step: StepSpec, value: Any, prog: StepProgress) -> list[Any]:
@@ -264,10 +271,8 @@ class Runner:
         raise AssertionError("unreachable")
 
     async def _run_mapreduce(self, spec: MapReduceSpec) -> Any:
-        clock = self.rt._clock
         prog = self.progress.steps[0]
-        prog.status, prog.started = "running", clock.now()
-        try:
+        with self._tracking(prog):
             items = _as_items(spec.name, spec.name, self.input)
             prog.total = len(items)
             pool: AgentPool = await self.rt._pool(spec.pool(), None)
@@ -282,14 +287,7 @@ class Runner:
                 )
 
             results = await self._map(items, limit, call, prog)
-            out = spec.reduce(results) if spec.reduce is not None else results
-        except BaseException:
-            prog.status = "failed"
-            raise
-        finally:
-            prog.finished = clock.now()
-        prog.status = "done"
-        return out
+            return spec.reduce(results) if spec.reduce is not None else results
 
 
 def _as_items(workflow: str, step: str, value: Any) -> list[Any]:
