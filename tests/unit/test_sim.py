@@ -154,3 +154,25 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     )  # fmt: skip
     assert status == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulate_reports_a_bad_plot_path_as_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from shoal import cli
+
+    code = cli.main(
+        [
+            "simulate",
+            "--workload",
+            "steady",
+            "--duration",
+            "30",
+            "--policy",
+            "auto",
+            "--plot",
+            "/nonexistent/folder/out.png",
+        ]
+    )
+    assert code == 2
+    assert "No such file or directory" in capsys.readouterr().err

@@ -379,3 +379,21 @@ async def test_runtime_must_be_open_and_closes_its_pools() -> None:
         await r.run(Pipeline, {"n": 2})
         assert backend.alive
     assert backend.alive == []
+
+
+async def test_a_run_cancelled_before_it_began_ends_cancelled() -> None:
+    async with rt() as r:
+        handle = await r.submit(Pipeline, {"n": 1})
+        handle.cancel()  # before the run's task had a chance to start
+        with pytest.raises(asyncio.CancelledError):
+            await handle.result()
+        assert handle.status == "cancelled" and handle.finished is not None
+
+
+async def test_a_closed_runtime_cannot_be_reopened() -> None:
+    r = rt()
+    async with r:
+        await r.run(Pipeline, {"n": 1})
+    with pytest.raises(Exception, match="was closed; create a new one"):
+        async with r:
+            pass
