@@ -28,10 +28,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from shoal.backends import _ship, _wire
+from shoal.backends import _ship
 from shoal.backends.base import AgentSpec
 from shoal.backends.process import ProcessAgent, ProcessBackend
-from shoal.errors import AgentLost, AgentStartError, BackendError
+from shoal.errors import AgentStartError, BackendError
 
 _HOST_SYSTEM = ("/usr", "/lib", "/lib64", "/bin", "/etc")
 
@@ -177,23 +177,8 @@ class ContainerBackend(ProcessBackend):
         loop.add_reader(chan, self._on_readable, agent)
         self._watchers.add(task := loop.create_task(self._watch_container(agent, exit_code)))
         task.add_done_callback(self._watchers.discard)
-        try:
-            reply = await self._request(agent, init)
-        except AgentLost as exc:
-            await self.kill(agent)
-            raise AgentStartError(
-                f"pool {spec.pool!r}: agent {spec.agent_id} (container {_short(container)}) "
-                f"exited with code {exc.exit_code} while warming up",
-                spec.agent_id,
-            ) from exc
-        except BaseException:
-            await self.kill(agent)
-            raise
-        if reply[0] == _wire.READY:
-            agent.pid = reply[1]
-            return agent
-        await self.kill(agent)
-        raise _ship.setup_failed(spec, reply)
+        await self._warm_up(agent, spec, init, f" (container {_short(container)})")
+        return agent
 
     def _options(self, spec: AgentSpec, name: str, folder: str) -> dict[str, Any]:
         volumes = self._mounts(folder)

@@ -100,22 +100,27 @@ class ProcessBackend:
     async def start(self, spec: AgentSpec) -> ProcessAgent:
         init = _ship.init_message(spec, self._spin)
         agent = self._spawn(spec)
+        await self._warm_up(agent, spec, init, " (see its output above)")
+        return agent
+
+    async def _warm_up(self, agent: ProcessAgent, spec: AgentSpec, init: bytes, hint: str) -> None:
+        """Send INIT and wait for READY; on any failure the agent is killed before raising."""
         try:
             reply = await self._request(agent, init)
         except AgentLost as exc:
             await self.kill(agent)
             raise AgentStartError(
                 f"pool {spec.pool!r}: agent {spec.agent_id} exited with code {exc.exit_code} "
-                "while warming up (see its output above)",
+                f"while warming up{hint}",
                 spec.agent_id,
             ) from exc
         except BaseException:
             await self.kill(agent)
             raise
-        if reply[0] == _wire.READY:
-            return agent
-        await self.kill(agent)
-        raise _ship.setup_failed(spec, reply)
+        if reply[0] != _wire.READY:
+            await self.kill(agent)
+            raise _ship.setup_failed(spec, reply)
+        agent.pid = reply[1]
 
     async def call(
         self,
