@@ -68,7 +68,9 @@ class AgentLost(AgentError):
     """The agent died before answering the call.
 
     ``delivered`` is False when the call never reached the agent, so it is always safe to retry;
-    ``exit_code`` is the process's exit status (negative: killed by that signal).
+    ``exit_code`` is the process's exit status (negative: killed by that signal). ``remote`` is
+    True when the user's code raised it inside an agent (a nested pool's loss, say): it says
+    nothing of the agent that ran the code, which stays in service.
     """
 
     def __init__(
@@ -78,10 +80,12 @@ class AgentLost(AgentError):
         *,
         exit_code: int | None = None,
         delivered: bool = True,
+        remote: bool = False,
     ) -> None:
         super().__init__(message, agent_id)
         self.exit_code = exit_code
         self.delivered = delivered
+        self.remote = remote
 
 
 def agent_failed(exc: BaseException) -> bool:

@@ -6,9 +6,10 @@ process, a container and a Ray actor differ only here.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class AgentHandle:
@@ -39,7 +40,8 @@ class AgentSpec:
 
     ``setup`` runs once inside the agent as it warms up. ``on_exit`` is called (on the event
     loop) if the agent dies on its own, so the pool can replace an idle agent without waiting
-    for its next health check.
+    for its next health check. ``heartbeat_interval`` (seconds; None for none) is how often an
+    agent that can shows it is alive while it runs a call.
     """
 
     pool: str
@@ -48,6 +50,7 @@ class AgentSpec:
     setup: Callable[[], object] | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     on_exit: Callable[[AgentHandle], None] | None = None
+    heartbeat_interval: float | None = None
 
 
 class Backend(Protocol):
@@ -55,12 +58,24 @@ class Backend(Protocol):
 
     - ``start`` returns once the agent is warm (its ``setup`` has run), or raises
       :class:`~shoal.errors.AgentStartError`. Cancelling it leaves nothing running.
-    - ``call`` runs ``fn(*args, **kwargs)`` on the agent and returns its result or raises its
-      exception (with the remote traceback as ``__cause__``). It raises
-      :class:`~shoal.errors.AgentLost` if the agent dies first, and
-      :class:`~shoal.errors.SerializationError` if something cannot be shipped — in that case the
-      agent is unharmed. The pool sends one call at a time to an agent, and kills an agent whose
-      call was cancelled.
+    - ``call`` sends ``fn(*args, **kwargs)`` to the agent and returns at once a future for its
+      outcome; it is not a coroutine, so the pool can tell a reply that has arrived (the
+      future is done) from one still outstanding when a deadline or a cancel lands. The
+      future's result is the function's return value. Its exception is one of:
+
+      * the function's own exception, with the remote traceback as ``__cause__`` (an
+        :class:`~shoal.errors.AgentLost` raised by the user's code has ``remote=True``: it
+        says nothing of this agent);
+      * :class:`~shoal.errors.AgentLost` if the agent died or broke the protocol (a reply to
+        a call that is not outstanding) before answering — ``delivered=False`` when the call
+        certainly never reached it;
+      * :class:`~shoal.errors.SerializationError` if the reply cannot be decoded here (any
+        exception while unpickling, ``BaseException`` included); the agent is unharmed.
+
+      ``call`` may also raise :class:`~shoal.errors.SerializationError` (the call cannot be
+      encoded; the agent is unharmed) or ``AgentLost(delivered=False)`` directly. Every call
+      carries an id that its reply echoes. Cancelling the future abandons the call: its late
+      reply is ignored, and the pool kills an agent whose call it abandoned.
     - ``check_health`` answers whether an idle agent is alive and responsive.
     - ``stop`` asks the agent to exit, and kills it if it has not within ``grace`` seconds.
     - ``kill`` ends it at once. Both return once the agent is gone; both are idempotent.
@@ -70,16 +85,33 @@ class Backend(Protocol):
 
     async def start(self, spec: AgentSpec) -> AgentHandle: ...
 
-    async def call(
+    def call(
         self,
         handle: Any,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
-    ) -> Any: ...
+    ) -> asyncio.Future[Any]: ...
 
     async def check_health(self, handle: Any) -> bool: ...
 
     async def stop(self, handle: Any, grace: float) -> None: ...
 
     async def kill(self, handle: Any) -> None: ...
+
+
+@runtime_checkable
+class ReportsLiveness(Protocol):
+    """A backend whose agents show they are alive while they run a call (heartbeats, CPU)."""
+
+    def unresponsive_for(self, handle: Any, now: float) -> float:
+        """Seconds (on the loop's clock) since the agent last showed any sign of life: a
+        heartbeat, a reply, or progress of its CPU time. 0 for an agent running no call."""
+        ...
+
+
+@runtime_checkable
+class MeasuresMemory(Protocol):
+    """A backend that can read an agent's resident memory."""
+
+    def memory_bytes(self, handle: Any) -> int | None: ...
