@@ -35,6 +35,7 @@ if _typing.TYPE_CHECKING:
     from shoal.pool import (
         AgentPool,
         AgentState,
+        Lease,
         PooledAgent,
         PoolManager,
         PoolMetrics,
@@ -58,7 +59,7 @@ _WHERE = {
         "PoolBroken PoolClosed PoolError PoolTimeout RemoteError RemoteTraceback RunStopped "
         "SerializationError ShoalError StepFailed WorkflowError"
     ),
-    "shoal.pool": "AgentPool AgentState PooledAgent ScalingEvent PoolManager PoolMetrics",
+    "shoal.pool": "AgentPool AgentState Lease PooledAgent ScalingEvent PoolManager PoolMetrics",
     "shoal.runtime": "RunHandle Runtime run",
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names.split()}
@@ -78,6 +79,7 @@ __all__ = [
     "ConfigError",
     "Context",
     "FakeBackend",
+    "Lease",
     "LoopClock",
     "PoolAtCapacity",
     "PoolBroken",

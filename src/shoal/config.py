@@ -60,6 +60,10 @@ class PoolConfig(BaseModel):
     max_memory_mb: float | None = Field(default=None, gt=0)
     # Spread max_lifetime over [1 - jitter, 1] of it, so agents do not all recycle at once.
     lifetime_jitter: float = Field(default=0.1, ge=0, lt=1)
+    # Take an agent running a call for frozen (and kill it, failing that call with AgentLost)
+    # after this many seconds without a heartbeat, a reply or CPU progress; None turns it off.
+    # Generous, so that a long computation in C that holds the GIL is not taken for frozen.
+    heartbeat_timeout: float | None = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _sizes_in_order(self) -> Self:

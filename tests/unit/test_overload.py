@@ -37,7 +37,7 @@ async def test_a_hundred_thousand_waiting_callers_cost_little_and_are_served_in_
             await pool.release_agent(agent)
         await asyncio.gather(*tasks)
         assert order == list(range(N))  # first come, first served
-        assert len(pool._waiters) == 0 and pool.metrics.queue_depth == 0
+        assert len(pool._state.queue) == 0 and pool.metrics.queue_depth == 0
 
 
 async def test_a_bounded_queue_refuses_fast_and_keeps_memory_flat() -> None:

@@ -350,10 +350,12 @@ async def test_release_rules() -> None:
     async with make_pool(min_size=1, max_size=2) as pool, make_pool(min_size=1) as other:
         agent = await pool.get_agent()
         await pool.release_agent(agent)
-        with pytest.raises(PoolError, match="not held"):
-            await pool.release_agent(agent)
-        with pytest.raises(PoolError, match="not held"):
+        await pool.release_agent(agent)  # a second release of the same lease does nothing
+        assert pool.metrics.idle == 1
+        with pytest.raises(PoolError, match="already released"):
             await agent.run(who)
+        with pytest.raises(PoolError, match="takes the Lease"):
+            await pool.release_agent(pool.agents[0])  # type: ignore[arg-type]
         foreign = await other.get_agent()
         with pytest.raises(PoolError, match="belongs to pool"):
             await pool.release_agent(foreign)

@@ -235,7 +235,7 @@ async def test_timed_out_waiters_do_not_accumulate() -> None:
         for _ in range(10_000):
             with pytest.raises(PoolTimeout):
                 await pool.get_agent(timeout=0.01)
-            longest = max(longest, len(pool._waiters))
+            longest = max(longest, len(pool._state.queue))
         assert longest <= 1100  # compacted once more than 1024 are dead
         assert pool.metrics.queue_depth == 0
         await pool.release_agent(held)

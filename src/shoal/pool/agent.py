@@ -1,4 +1,5 @@
-"""A pooled agent: one backend agent plus the pool's bookkeeping about it."""
+"""A pooled agent (one backend agent plus the pool's bookkeeping about it) and the lease under
+which a caller holds it."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ T = TypeVar("T")
 
 
 class AgentState(enum.Enum):
-    """Where an agent is in its life. ``STOPPED`` agents have left the pool."""
+    """Where an agent is in its life. ``STOPPED`` agents have left the pool.
+
+    ``CHECKING`` is an idle agent set aside for a health check: alive, but not assignable.
+    """
 
     STARTING = "starting"
     IDLE = "idle"
+    CHECKING = "checking"
     BUSY = "busy"
     STOPPING = "stopping"
     STOPPED = "stopped"
@@ -25,30 +30,26 @@ class AgentState(enum.Enum):
 class PooledAgent:
     """The seed's ``PooledAgent``: an agent, when it was last used, how often, and its state.
 
-    Obtained from :meth:`AgentPool.get_agent` or :meth:`AgentPool.acquire`; run calls on it with
-    :meth:`run` and give it back with :meth:`AgentPool.release_agent`.
+    Callers do not hold a ``PooledAgent`` directly: :meth:`AgentPool.get_agent` returns a
+    :class:`Lease` on one.
     """
 
     __slots__ = (
-        "acquired_at",
-        "acquired_stack",
         "agent_id",
         "created_at",
         "expires_at",
         "handle",
+        "in_call",
         "last_checked",
         "last_used",
-        "leak_reported",
-        "pool",
+        "lease",
         "ready_at",
-        "reserved",
         "retire_reason",
         "state",
         "usage_count",
     )
 
-    def __init__(self, pool: AgentPool, agent_id: str, now: float) -> None:
-        self.pool = pool
+    def __init__(self, agent_id: str, now: float) -> None:
         self.agent_id = agent_id
         self.handle: Any = None
         self.state = AgentState.STARTING
@@ -56,23 +57,82 @@ class PooledAgent:
         self.ready_at: float | None = None
         self.last_used = now
         self.last_checked = now
-        self.acquired_at: float | None = None
         self.usage_count = 0
-        # True while the pool holds an idle agent aside (health check); it is not assignable.
-        self.reserved = False
+        # The lease of the caller holding it (BUSY), else None.
+        self.lease: Lease | None = None
+        # True while a call is outstanding on it (sent, not yet answered).
+        self.in_call = False
+        # Set when the agent must not take another call (lost, timed out, unresponsive): the
+        # holder's release retires it with this reason.
         self.retire_reason: str | None = None
         self.expires_at = float("inf")  # when max_lifetime (with its jitter) retires it
-        self.acquired_stack: str | None = None  # where it was taken, when leaks are watched
-        self.leak_reported = False
 
     @property
     def agent(self) -> Any:
         """The backend's handle (the seed's ``PooledAgent.Agent``)."""
         return self.handle
 
+    @property
+    def alive(self) -> bool:
+        """False once the backend has seen the agent exit."""
+        handle = self.handle
+        return handle is None or handle.exit_code is None
+
+    def expired(self, now: float) -> bool:
+        """Past its ``max_lifetime`` (with jitter)."""
+        return self.expires_at <= now
+
+    def idle_past(self, timeout: float, now: float) -> bool:
+        """Unused for ``timeout`` seconds or more."""
+        return self.last_used + timeout <= now
+
+    def health_due(self, interval: float, now: float) -> bool:
+        return self.last_checked + interval <= now
+
+    def __repr__(self) -> str:
+        return f"<PooledAgent {self.agent_id} {self.state.value} uses={self.usage_count}>"
+
+
+class Lease:
+    """One caller's hold on one agent, from :meth:`AgentPool.get_agent` until it is released.
+
+    Run calls with :meth:`run` / :meth:`call` and give it back with
+    :meth:`AgentPool.release_agent` (or use :meth:`AgentPool.acquire`). A lease is good for one
+    hold only: once released, its calls raise :class:`~shoal.errors.PoolError` and a second
+    release does nothing, so a stale release can never hand someone else's agent on.
+    """
+
+    __slots__ = ("_pool", "acquired_at", "agent", "leak_reported", "lease_id", "released", "stack")
+
+    def __init__(self, pool: AgentPool, agent: PooledAgent, lease_id: int, now: float) -> None:
+        self._pool = pool
+        self.agent = agent
+        self.lease_id = lease_id
+        self.acquired_at = now
+        self.released = False
+        self.stack: str | None = None  # where it was taken, when leaks are watched
+        self.leak_reported = False
+
+    @property
+    def pool(self) -> AgentPool:
+        return self._pool
+
+    @property
+    def agent_id(self) -> str:
+        return self.agent.agent_id
+
+    @property
+    def handle(self) -> Any:
+        """The backend's handle of the agent held."""
+        return self.agent.handle
+
+    @property
+    def usage_count(self) -> int:
+        return self.agent.usage_count
+
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` on this agent, which the caller must hold."""
-        return await self.pool._call(self, fn, args, kwargs)
+        """Run ``fn(*args, **kwargs)`` on the agent held."""
+        return await self._pool._call(self, fn, args, kwargs, None)
 
     async def call(
         self,
@@ -82,11 +142,10 @@ class PooledAgent:
         *,
         timeout: float | None = None,
     ) -> T:
-        """:meth:`run` with a ``timeout`` for the call (the agent is killed when it expires)."""
-        return await self.pool._call(self, fn, args, kwargs or {}, timeout)
+        """:meth:`run` with a ``timeout`` for the call (the agent is killed if it expires and
+        the reply has not arrived)."""
+        return await self._pool._call(self, fn, args, kwargs or {}, timeout)
 
     def __repr__(self) -> str:
-        return (
-            f"<PooledAgent {self.agent_id} {self.state.value} uses={self.usage_count}"
-            f"{' reserved' if self.reserved else ''}>"
-        )
+        state = "released" if self.released else "held"
+        return f"<Lease {self.lease_id} on {self.agent.agent_id} {state}>"

@@ -46,6 +46,7 @@ class PoolMetrics:
     agents_retired: int
     start_failures: int
     time: float
+    checking: int = 0  # idle agents set aside for a health check (not assignable meanwhile)
 
 
 class RateCounter:

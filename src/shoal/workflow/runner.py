@@ -24,7 +24,7 @@ from shoal.errors import (
     WorkflowError,
     agent_failed,
 )
-from shoal.pool import AgentPool, PooledAgent
+from shoal.pool import AgentPool, Lease
 from shoal.workflow.spec import MapReduceSpec, PoolRequest, StepSpec, WorkflowSpec
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class Runner:
         self.input = input
         self.ctx = Context(run_id=run_id, workflow=spec.name, input=input)
         self.progress = progress
-        self._held: PooledAgent | None = None  # the run's instance, for instance-pool workflows
+        self._held: Lease | None = None  # the run's instance, for instance-pool workflows
         self.stopping = False  # set by RunHandle.stop(): take no new work
 
     async def run(self) -> Any:

@@ -1,0 +1,691 @@
+"""The pool's bookkeeping as a state machine without I/O, without asyncio and without a clock.
+
+:class:`PoolState` owns every agent's state, the wait queue, leases, the target size, the
+crash-loop breaker and the metrics. Each event (a request, a release, a start that finished, an
+agent that died, a tick of time, ...) updates it synchronously and appends the I/O to perform to
+:attr:`PoolState.actions`: hand an agent to a waiter, fail a waiter, start an agent, stop or kill
+one, health-check one, log. The async shell (:class:`~shoal.pool.pool.AgentPool`) performs them.
+This is the shape of httpcore's connection pool, and what lets the property-based tests drive
+every interleaving directly.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from shoal.config import PoolConfig
+from shoal.errors import (
+    AgentLost,
+    AgentStartError,
+    ConfigError,
+    PoolAtCapacity,
+    PoolBroken,
+    PoolClosed,
+    PoolError,
+)
+from shoal.pool import leaks, lifecycle
+from shoal.pool.agent import AgentState, Lease, PooledAgent
+from shoal.pool.breaker import CrashLoopBreaker
+from shoal.pool.events import ScalingEvent
+from shoal.pool.metrics import MetricsRecorder, PoolMetrics, mean, percentile
+from shoal.pool.waitqueue import Waiter, WaitQueue
+
+STARTING, IDLE, CHECKING, BUSY, STOPPING, STOPPED = (
+    AgentState.STARTING,
+    AgentState.IDLE,
+    AgentState.CHECKING,
+    AgentState.BUSY,
+    AgentState.STOPPING,
+    AgentState.STOPPED,
+)
+Status = Literal["new", "running", "closing", "closed"]
+
+
+# -- actions: what the shell must do --------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Assign:
+    """Hand ``lease`` to ``waiter`` (resolve its future). If the waiter is already gone, the
+    shell gives the lease back unused."""
+
+    waiter: Waiter
+    lease: Lease
+
+
+@dataclass(slots=True)
+class Reject:
+    """Fail ``waiter`` with ``error``."""
+
+    waiter: Waiter
+    error: BaseException
+
+
+@dataclass(slots=True)
+class Start:
+    agent: PooledAgent
+
+
+@dataclass(slots=True)
+class Stop:
+    """Stop (or kill) an agent the pool has retired; report back with ``agent_stopped``."""
+
+    agent: PooledAgent
+    kill: bool
+
+
+@dataclass(slots=True)
+class Kill:
+    """Kill a held agent now (its call is failing); its holder's release retires it."""
+
+    agent: PooledAgent
+
+
+@dataclass(slots=True)
+class Check:
+    """Health-check an agent set aside (``CHECKING``); report back with ``check_done``."""
+
+    agent: PooledAgent
+
+
+@dataclass(slots=True)
+class Log:
+    level: int
+    message: str
+
+
+Action = Assign | Reject | Start | Stop | Kill | Check | Log
+WARNING, ERROR = 30, 40
+
+
+class PoolState:
+    """Everything a pool knows, and the rules that change it. ``now`` always comes in."""
+
+    def __init__(self, config: PoolConfig, owner: Any = None, max_events: int = 1000) -> None:
+        self.config = config
+        self.name = config.name
+        self._owner = owner  # what leases point back to (the shell), for lease.run()
+        self.agents: dict[str, PooledAgent] = {}
+        self.idle: deque[PooledAgent] = deque()  # oldest use first
+        self._mru = config.assignment == "mru"
+        self.queue = WaitQueue()
+        self.counts = dict.fromkeys(AgentState, 0)
+        self.target = config.min_size
+        self.ceiling = config.max_size
+        self._shrink = 0  # retirements owed to a resize below the live size
+        self._agent_ids = 0
+        self._lease_ids = 0
+        self.status: Status = "new"
+        self.breaker = CrashLoopBreaker(config.crash_loop_starts, config.crash_loop_window)
+        # Seeded by name: lifetimes are spread, yet a simulation replays identically.
+        self._rng = random.Random(zlib.crc32(config.name.encode()))
+        self.metrics = MetricsRecorder()
+        self.events: deque[ScalingEvent] = deque(maxlen=max_events)
+        self.actions: list[Action] = []
+        # Set when a deadline may have moved earlier than the one the shell sleeps until.
+        self.poke = False
+        self.wake_at = float("inf")
+
+    # -- sizes ------------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Live agents: starting, idle, checking and busy (not those being stopped)."""
+        c = self.counts
+        return c[STARTING] + c[IDLE] + c[CHECKING] + c[BUSY]
+
+    @property
+    def busy(self) -> int:
+        return self.counts[BUSY]
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    def _room(self) -> int:
+        return self.ceiling - self.size - self.counts[STOPPING]
+
+    def _set(self, agent: PooledAgent, state: AgentState) -> None:
+        c = self.counts
+        c[agent.state] -= 1
+        c[state] += 1
+        agent.state = state
+
+    # -- lifecycle of the pool --------------------------------------------------------------------
+
+    def open(self, now: float) -> None:
+        if self.status != "new":
+            raise PoolError(f"pool {self.name!r} was already started")
+        self.status = "running"
+        self._start_needed(now, None)
+
+    def not_running(self) -> PoolError:
+        if self.status == "new":
+            return PoolError(
+                f"pool {self.name!r} is not started; use 'async with pool:' or 'await pool.start()'"
+            )
+        return PoolClosed(f"pool {self.name!r} is closed and takes no more calls")
+
+    def close(self, now: float) -> None:
+        """Refuse new calls, fail the waiting ones, retire idle agents; busy ones may finish."""
+        self.status = "closing"
+        closed = PoolClosed(f"pool {self.name!r} closed while the call waited for an agent")
+        for waiter in self.queue.drain():
+            self.actions.append(Reject(waiter, closed))
+        while self.idle:
+            self._retire(self.idle.popleft(), "pool closing", now)
+        for agent in [a for a in self.agents.values() if a.state is CHECKING]:
+            self._retire(agent, "pool closing", now)
+
+    def close_busy(self, now: float) -> None:
+        """The grace period is over: kill the agents still running calls."""
+        for agent in [a for a in self.agents.values() if a.state is BUSY]:
+            self._retire(agent, "pool closing: call outlived stop_grace", now, kill=True)
+
+    def closed(self) -> None:
+        self.status = "closed"
+
+    # -- callers ----------------------------------------------------------------------------------
+
+    def request(self, now: float) -> Lease | None:
+        """A caller asks for an agent: a lease at once if one is idle and nobody waits ahead,
+        else None (then :meth:`enqueue` it). Raises if the pool takes no calls."""
+        if self.status != "running":
+            raise self.not_running()
+        m = self.metrics
+        m.requests_total += 1
+        m.arrivals.add(now)
+        if self.idle and not self.queue:
+            agent = self._checkout(now)
+            if agent is not None:
+                m.warm_hits += 1
+                m.wait_times.append(0.0)
+                return self._lease(agent, now)
+        return None
+
+    def enqueue(self, waiter: Waiter, now: float) -> None:
+        """Queue a caller (after :meth:`request` gave nothing). Raises :class:`PoolBroken` in a
+        crash loop and :class:`PoolAtCapacity` when ``max_queue`` callers wait already and no
+        agent can be started for this one."""
+        if self.breaker.broken is not None:
+            raise self.broken_error()
+        cfg = self.config
+        if cfg.max_queue is not None and len(self.queue) >= cfg.max_queue:
+            why = self._why_no_start(now)
+            if why is not None:
+                raise PoolAtCapacity(
+                    f"pool {self.name!r} is at capacity: {why}, and max_queue={cfg.max_queue} "
+                    "callers are waiting; raise max_size or max_queue, or retry later.",
+                    self.state_line(),
+                )
+        self.queue.push(waiter)
+        self._pump(now)
+
+    def _why_no_start(self, now: float) -> str | None:
+        """Why no agent can be started for one more waiter right now, or None if one can."""
+        if self._room() <= 0:
+            return f"its {self.ceiling} agents (max_size={self.config.max_size}) are in use"
+        if not self.config.on_demand:
+            return "it starts agents only to reach its target (on_demand=False)"
+        if not self.breaker.may_start(now):
+            return "agent starts are backing off after a failed start"
+        if len(self.queue) - self.counts[STARTING] >= self._room():
+            return "every agent it may still start is spoken for"
+        return None
+
+    def abandon(self, waiter: Waiter) -> bool:
+        """A waiting caller gave up; False if it was no longer waiting (it was assigned)."""
+        return self.queue.remove(waiter)
+
+    def release(
+        self, lease: Lease, now: float, *, used: bool = True, rss_mb: float | None = None
+    ) -> None:
+        """A caller gives its agent back. A second release of a lease does nothing."""
+        if lease.released:
+            return
+        lease.released = True
+        agent = lease.agent
+        if agent.lease is not lease:
+            return
+        agent.lease = None
+        if agent.state is not BUSY:
+            return  # retired while held (pool closing)
+        if used:
+            agent.usage_count += 1
+            agent.last_used = now
+            agent.last_checked = now  # it just answered: as good as a health check
+        reason = lifecycle.after_call(agent, self.config, now, rss_mb)
+        if reason is None and self.status != "running":
+            reason = "pool closing"
+        if reason is None and self._shrink and not self.queue and self.size > self.target:
+            self._shrink -= 1
+            reason = f"resize to {self.target}"
+        if reason is not None:
+            kill = agent.retire_reason is not None or not agent.alive
+            self._retire(agent, reason, now, kill=kill)
+            self._pump(now)
+            return
+        waiter = self.queue.pop()
+        if waiter is not None:
+            self._assign(waiter, agent, now)
+            return
+        self._set(agent, IDLE)
+        self._push_idle(agent)
+
+    def lease_error(self, lease: Lease) -> PoolError | None:
+        """Why ``lease`` cannot carry a call, or None if it can."""
+        agent = lease.agent
+        if lease.released or agent.lease is not lease:
+            holder = agent.lease
+            now_held = (
+                f"it is now held under lease {holder.lease_id}"
+                if holder is not None
+                else f"it is {agent.state.value}"
+            )
+            return PoolError(
+                f"lease {lease.lease_id} on agent {agent.agent_id} of pool {self.name!r} was "
+                f"already released ({now_held}); take an agent again with get_agent() or "
+                "acquire()"
+            )
+        return None
+
+    # -- calls ------------------------------------------------------------------------------------
+
+    def begin_call(self, lease: Lease) -> PooledAgent:
+        """A call is about to be sent on ``lease``'s agent."""
+        err = self.lease_error(lease)
+        if err is not None:
+            raise err
+        agent = lease.agent
+        if agent.retire_reason is not None or agent.state is not BUSY:
+            raise AgentLost(
+                f"agent {agent.agent_id} cannot take another call: "
+                f"{agent.retire_reason or agent.state.value}; release it and take another",
+                agent.agent_id,
+                delivered=False,
+            )
+        agent.in_call = True
+        self.metrics.requests_active += 1
+        return agent
+
+    def end_call(self, agent: PooledAgent, started: float, now: float, failed: bool) -> None:
+        agent.in_call = False
+        m = self.metrics
+        m.requests_active -= 1
+        if failed:
+            m.requests_failed += 1
+        m.exec_times.append(now - started)
+        m.completions.add(now)
+
+    def call_failed(self, agent: PooledAgent, reason: str, *, kill: bool) -> None:
+        """The agent running a call can serve no more (lost, timed out, abandoned, frozen):
+        its holder's release retires it; with ``kill`` it is killed now."""
+        if agent.retire_reason is None:
+            agent.retire_reason = reason
+        if kill and agent.state is BUSY:
+            self.actions.append(Kill(agent))
+
+    def calls_in_flight(self) -> list[PooledAgent]:
+        """Agents with a call outstanding, not already condemned: those whose liveness counts."""
+        return [
+            a
+            for a in self.agents.values()
+            if a.state is BUSY and a.in_call and a.retire_reason is None
+        ]
+
+    def unresponsive(self, agent: PooledAgent, seconds: float, now: float) -> None:
+        """The backend says ``agent`` has shown no sign of life for ``seconds`` in its call."""
+        reason = lifecycle.unresponsive(seconds, self.config)
+        if reason is None or agent.retire_reason is not None or agent.state is not BUSY:
+            return
+        self.call_failed(agent, reason, kill=True)
+        self.note(f"agent {agent.agent_id} {reason}: killed", now)
+        self.actions.append(Log(WARNING, f"pool {self.name!r}: agent {agent.agent_id} {reason}"))
+
+    # -- agents, as the backend reports them -------------------------------------------------
+
+    def agent_started(self, agent: PooledAgent, handle: Any, now: float) -> None:
+        agent.handle = handle
+        self.metrics.agents_started += 1
+        if self.breaker.succeeded():
+            self.note("recovered: an agent started", now)
+            self.actions.append(Log(WARNING, f"pool {self.name!r} recovered: an agent started"))
+        agent.ready_at = agent.last_used = agent.last_checked = now
+        agent.expires_at = lifecycle.lifetime_end(self.config, now, self._rng)
+        if self.status != "running":
+            self._set(agent, IDLE)
+            self._retire(agent, "pool closing", now)
+            return
+        self._set(agent, IDLE)
+        self._push_idle(agent)
+        self._pump(now)
+
+    def start_failed(self, agent: PooledAgent, exc: BaseException | None, now: float) -> None:
+        """A start failed (``exc``) or was cancelled (None)."""
+        before = self.size
+        self._remove(agent)
+        if exc is None:
+            self._event("start_failed", agent, before, "start cancelled", now)
+            return
+        err = self._start_error(agent, exc)
+        self.metrics.start_failures += 1
+        self._event("start_failed", agent, before, str(err), now)
+        broke = self.breaker.failed(err, now, self.name)
+        self.poke = True  # the back-off is a deadline
+        if broke:
+            window = self.config.crash_loop_window
+            self.note(f"broken: failed starts in {window:.0f} s reached crash_loop_starts", now)
+            self.actions.append(Log(ERROR, str(self.breaker.broken)))
+        if self.breaker.broken is not None:
+            # Nobody waits on a crash loop: every waiting caller learns at once.
+            for waiter in self.queue.drain():
+                self.actions.append(Reject(waiter, self.broken_error()))
+        elif len(self.queue) > self.counts[STARTING] + self.counts[BUSY]:
+            # A caller that nothing in flight can serve gets the error rather than waiting.
+            head = self.queue.pop()
+            if head is not None:
+                self.actions.append(Reject(head, err))
+        self._pump(now)
+
+    def _start_error(self, agent: PooledAgent, exc: BaseException) -> AgentStartError:
+        if isinstance(exc, AgentStartError):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return AgentStartError(
+                f"pool {self.name!r}: agent {agent.agent_id} was not warm within "
+                f"start_timeout={self.config.start_timeout} s",
+                agent.agent_id,
+            )
+        err = AgentStartError(
+            f"pool {self.name!r}: agent {agent.agent_id} failed to start: "
+            f"{type(exc).__name__}: {exc}",
+            agent.agent_id,
+        )
+        err.__cause__ = exc
+        return err
+
+    def agent_exited(self, agent: PooledAgent, now: float) -> None:
+        """The backend saw an agent die on its own."""
+        if agent.state is IDLE:
+            self.idle.remove(agent)
+            self._retire(agent, lifecycle.while_idle(agent, self.config, now, False) or "", now)
+            self._pump(now)
+        elif agent.state is CHECKING:
+            self._retire(agent, "agent died during its health check", now)
+            self._pump(now)
+        elif agent.state is BUSY and agent.retire_reason is None:
+            code = agent.handle.exit_code if agent.handle is not None else None
+            agent.retire_reason = f"agent lost (exit code {code})"
+        # A starting agent's start fails on its own.
+
+    def agent_stopped(self, agent: PooledAgent, now: float) -> None:
+        self._remove(agent)
+        self._pump(now)
+
+    def check_done(self, agent: PooledAgent, ok: bool | BaseException, now: float) -> None:
+        agent.last_checked = now
+        if agent.state is not CHECKING:
+            return  # died meanwhile and was already retired
+        if ok is True and self.status == "running":
+            self._set(agent, IDLE)
+            self._reinsert_idle(agent)
+        else:
+            why = (
+                "pool closing"
+                if ok is True
+                else "failed its health check"
+                if ok is False
+                else f"health check error: {ok}"
+            )
+            self._retire(agent, why, now, kill=ok is not True)
+        self._pump(now)
+
+    # -- size -------------------------------------------------------------------------------------
+
+    def set_target(self, size: int, reason: str, now: float, metrics: PoolMetrics | None) -> None:
+        lo, hi = self.config.min_size, self.config.max_size
+        if isinstance(size, bool) or not isinstance(size, int) or not lo <= size <= hi:
+            raise ConfigError(
+                f"pool {self.name!r}: cannot resize to {size!r}; "
+                f"the size must be an integer in [min_size={lo}, max_size={hi}]"
+            )
+        if self.status != "running":
+            raise self.not_running()
+        if size != self.target:
+            self.events.append(ScalingEvent(now, "scale", "", self.target, size, reason, metrics))
+        self.target = size
+        self._shrink = max(0, self.size - size)
+        while self._shrink and self.idle and not self.queue:
+            self._shrink -= 1
+            self._retire(self.idle.popleft(), reason, now)
+        self._start_needed(now, reason)
+        self.poke = True
+
+    def set_ceiling(self, size: int, reason: str, now: float) -> None:
+        size = max(self.config.min_size, min(size, self.config.max_size))
+        if size != self.ceiling:
+            self.ceiling = size
+            self.note(f"at most {size} agents: {reason}", now)
+            if self.target > size:
+                self.set_target(size, reason, now, None)
+
+    def note(self, reason: str, now: float) -> None:
+        size = self.target
+        self.events.append(ScalingEvent(now, "note", "", size, size, reason))
+
+    # -- time -------------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> float:
+        """Retire idle agents past their time, set aside those due a health check, report
+        leaks, retry the floor; returns when the next of these is due."""
+        cfg = self.config
+        idle = self.idle
+        while idle and self.size > self.target and idle[0].idle_past(cfg.idle_timeout, now):
+            agent = idle.popleft()
+            self._retire(agent, lifecycle.idle_too_long(agent, cfg, now), now)
+        for agent in [a for a in idle if a.expired(now) or not a.alive]:
+            idle.remove(agent)
+            self._retire(agent, lifecycle.while_idle(agent, cfg, now, False) or "", now)
+        interval = cfg.health_check_interval
+        for agent in [a for a in idle if a.health_due(interval, now)]:
+            idle.remove(agent)
+            self._set(agent, CHECKING)
+            self.actions.append(Check(agent))
+        deadline = now + interval
+        threshold = cfg.leak_threshold
+        if threshold is not None:
+            held = [a.lease for a in self.agents.values() if a.lease is not None]
+            found, due = leaks.overdue(held, threshold, now)
+            for lease in found:
+                lease.leak_reported = True
+                self.actions.append(Log(WARNING, leaks.message(self.name, lease, threshold, now)))
+                held_s = now - lease.acquired_at
+                self.note(f"agent {lease.agent_id} held {held_s:.0f} s: possible leak", now)
+            deadline = min(deadline, due)
+        self._pump(now)
+        return min(deadline, self._next_deadline(now))
+
+    def _next_deadline(self, now: float) -> float:
+        cfg = self.config
+        deadline = float("inf")
+        for agent in self.idle:
+            deadline = min(deadline, agent.last_checked + cfg.health_check_interval)
+            deadline = min(deadline, agent.expires_at)
+        if self.idle and self.size > self.target:
+            deadline = min(deadline, self.idle[0].last_used + cfg.idle_timeout)
+        if self.breaker.backoff_until > now:
+            deadline = min(deadline, self.breaker.backoff_until)
+        if cfg.heartbeat_timeout is not None and self.counts[BUSY]:
+            deadline = min(deadline, now + max(0.05, cfg.heartbeat_timeout / 4))
+        return deadline
+
+    # -- observation ------------------------------------------------------------------------------
+
+    def broken_error(self) -> PoolBroken:
+        broken = self.breaker.broken
+        assert broken is not None
+        err = PoolBroken(str(broken), self.state_line())
+        err.__cause__ = broken.__cause__
+        return err
+
+    def oldest_wait(self, now: float) -> float:
+        head = self.queue.oldest()
+        return now - head.enqueued_at if head is not None else 0.0
+
+    def snapshot(self, now: float) -> PoolMetrics:
+        m, c = self.metrics, self.counts
+        size = self.size
+        return PoolMetrics(
+            name=self.name,
+            size=size,
+            starting=c[STARTING],
+            idle=c[IDLE],
+            busy=c[BUSY],
+            stopping=c[STOPPING],
+            min_size=self.config.min_size,
+            max_size=self.config.max_size,
+            target_size=self.target,
+            requests_total=m.requests_total,
+            requests_active=m.requests_active,
+            requests_failed=m.requests_failed,
+            queue_depth=len(self.queue),
+            oldest_wait=self.oldest_wait(now),
+            avg_wait_time=mean(m.wait_times),
+            avg_execution_time=mean(m.exec_times),
+            wait_p50=percentile(m.wait_times, 0.50),
+            wait_p99=percentile(m.wait_times, 0.99),
+            utilization_rate=c[BUSY] / size if size else 0.0,
+            throughput=m.completions.rate(now),
+            arrival_rate=m.arrivals.rate(now),
+            warm_hits=m.warm_hits,
+            cold_starts=m.cold_starts,
+            agents_started=m.agents_started,
+            agents_retired=m.agents_retired,
+            start_failures=m.start_failures,
+            time=now,
+            checking=c[CHECKING],
+        )
+
+    def state_line(self) -> str:
+        """The pool's state in one line, as carried by its errors."""
+        c = self.counts
+        queue = "" if self.config.max_queue is None else f"/{self.config.max_queue}"
+        checking = f", {c[CHECKING]} checking" if c[CHECKING] else ""
+        return (
+            f"[pool {self.name!r}: size {self.size}/{self.config.max_size} "
+            f"({c[BUSY]} busy, {c[IDLE]} idle{checking}, {c[STARTING]} starting, "
+            f"{c[STOPPING]} stopping) | waiting {len(self.queue)}{queue}]"
+        )
+
+    # -- the rules --------------------------------------------------------------------------------
+
+    def _lease(self, agent: PooledAgent, now: float) -> Lease:
+        self._lease_ids += 1
+        lease = Lease(self._owner, agent, self._lease_ids, now)
+        agent.lease = lease
+        return lease
+
+    def _checkout(self, now: float) -> PooledAgent | None:
+        """Take an idle agent for a call, retiring the ones found stale on the way."""
+        idle, cfg = self.idle, self.config
+        while idle:
+            agent = idle.pop() if self._mru else idle.popleft()
+            reason = lifecycle.while_idle(agent, cfg, now, self.size > self.target)
+            if reason is not None:
+                self._retire(agent, reason, now)
+                continue
+            self._set(agent, BUSY)
+            return agent
+        return None
+
+    def _assign(self, waiter: Waiter, agent: PooledAgent, now: float) -> None:
+        """Give ``agent`` (idle or just released) to ``waiter``, under a new lease."""
+        if agent.state is not BUSY:
+            self._set(agent, BUSY)
+        m = self.metrics
+        m.wait_times.append(now - waiter.enqueued_at)
+        if agent.usage_count == 0 and (agent.ready_at or 0.0) >= waiter.enqueued_at:
+            m.cold_starts += 1
+        else:
+            m.warm_hits += 1
+        self.actions.append(Assign(waiter, self._lease(agent, now)))
+
+    def _pump(self, now: float) -> None:
+        """Hand idle agents to waiting callers, retire owed surplus, start what is needed."""
+        queue = self.queue
+        while queue and self.idle:
+            agent = self._checkout(now)
+            if agent is None:
+                break
+            head = queue.pop()
+            assert head is not None
+            self._assign(head, agent, now)
+        while self._shrink and self.idle and not queue and self.size > self.target:
+            self._shrink -= 1
+            self._retire(self.idle.popleft(), f"resize to {self.target}", now)
+        self._start_needed(now, None)
+
+    def _start_needed(self, now: float, reason: str | None) -> None:
+        if self.status != "running":
+            return
+        room = self._room()
+        if room <= 0 or not self.breaker.may_start(now):
+            return
+        c = self.counts
+        size = self.size
+        waiting = len(self.queue)
+        demand = waiting - c[STARTING] if self.config.on_demand else 0
+        floor = self.target - size
+        if self.breaker.broken is not None and not c[STARTING]:
+            floor = max(floor, 1)  # keep probing, one start per back-off, to notice recovery
+        n = min(max(demand, floor), room)
+        if n <= 0:
+            return
+        why = reason or (
+            f"{waiting} caller(s) waiting, {c[STARTING]} agent(s) starting"
+            if demand >= floor
+            else f"below target size {self.target}"
+        )
+        for _ in range(n):
+            self._agent_ids += 1
+            agent = PooledAgent(f"{self.name}-{self._agent_ids}", now)
+            before = self.size
+            self.agents[agent.agent_id] = agent
+            self.counts[STARTING] += 1
+            self._event("start", agent, before, why, now)
+            self.actions.append(Start(agent))
+
+    def _push_idle(self, agent: PooledAgent) -> None:
+        if not self.idle or agent.expires_at < self.wake_at:
+            self.poke = True  # a deadline earlier than the one maintenance sleeps until
+        self.idle.append(agent)
+
+    def _reinsert_idle(self, agent: PooledAgent) -> None:
+        """Put an agent back among the idle ones, keeping them ordered by last use."""
+        idle = self.idle
+        i = len(idle)
+        while i and idle[i - 1].last_used > agent.last_used:
+            i -= 1
+        if not idle:
+            self.poke = True
+        idle.insert(i, agent)
+
+    def _retire(self, agent: PooledAgent, reason: str, now: float, *, kill: bool = False) -> None:
+        """Take an idle, checking or busy agent out of service; the shell stops it."""
+        before = self.size
+        self._set(agent, STOPPING)
+        self.metrics.agents_retired += 1
+        lost = agent.handle is not None and not agent.alive
+        self._event("lost" if lost else "retire", agent, before, reason, now)
+        self.actions.append(Stop(agent, kill))
+
+    def _remove(self, agent: PooledAgent) -> None:
+        self._set(agent, STOPPED)
+        self.agents.pop(agent.agent_id, None)
+
+    def _event(self, kind: str, agent: PooledAgent, before: int, reason: str, now: float) -> None:
+        self.events.append(ScalingEvent(now, kind, agent.agent_id, before, self.size, reason))

@@ -1,0 +1,64 @@
+"""The queue of callers waiting for an agent: first come, first served.
+
+Like trio's ``ParkingLot``, it is an ordered mapping, so a caller who gives up (a timeout, a
+cancel) leaves in O(1) and is never handed an agent afterwards; no tombstones to sweep.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+
+class Waiter:
+    """One waiting caller. ``token`` is the shell's (its future); the queue never reads it."""
+
+    __slots__ = ("enqueued_at", "token")
+
+    def __init__(self, enqueued_at: float, token: Any = None) -> None:
+        self.enqueued_at = enqueued_at
+        self.token = token
+
+
+class WaitQueue:
+    """Waiters in arrival order."""
+
+    __slots__ = ("_q",)
+
+    def __init__(self) -> None:
+        self._q: OrderedDict[Waiter, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def __bool__(self) -> bool:
+        return bool(self._q)
+
+    def __iter__(self) -> Iterator[Waiter]:
+        return iter(self._q)
+
+    def __contains__(self, waiter: object) -> bool:
+        return waiter in self._q
+
+    def push(self, waiter: Waiter) -> None:
+        self._q[waiter] = None
+
+    def pop(self) -> Waiter | None:
+        """The oldest waiter, removed; None if nobody waits."""
+        if not self._q:
+            return None
+        return self._q.popitem(last=False)[0]
+
+    def remove(self, waiter: Waiter) -> bool:
+        """Take ``waiter`` out (it gave up); False if it was no longer waiting."""
+        return self._q.pop(waiter, False) is None
+
+    def oldest(self) -> Waiter | None:
+        return next(iter(self._q), None)
+
+    def drain(self) -> list[Waiter]:
+        """Every waiter, oldest first, removed."""
+        waiters = list(self._q)
+        self._q.clear()
+        return waiters

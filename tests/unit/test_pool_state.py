@@ -1,0 +1,367 @@
+"""Property-based tests of :class:`PoolState`, driven directly with random interleavings.
+
+Requests, releases (stale and second ones included), calls and their replies, timeouts and
+cancels, agent deaths, starts that succeed or fail, health checks, resizes, ticks of time and
+closing — in any order — must never exceed ``max_size``, must serve waiting callers first come,
+first served, must answer every caller exactly once, and must never leave one agent in two hands.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from shoal.config import PoolConfig
+from shoal.errors import AgentLost, PoolAtCapacity, PoolBroken, PoolError
+from shoal.pool.agent import AgentState, Lease, PooledAgent
+from shoal.pool.state import Assign, Check, Kill, Log, PoolState, Reject, Start, Stop
+from shoal.pool.waitqueue import Waiter
+
+
+class Handle:
+    def __init__(self) -> None:
+        self.exit_code: int | None = None
+
+
+class Caller:
+    """One caller: it waits, holds a lease, or is done; ``answers`` counts its answers."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.waiter: Waiter | None = None
+        self.lease: Lease | None = None
+        self.answers = 0
+        self.gone = False  # gave up (timeout, cancel) while waiting
+
+
+class PoolStateMachine(RuleBasedStateMachine):
+    @initialize(
+        min_size=st.integers(0, 2),
+        extra=st.integers(0, 3),
+        max_queue=st.none() | st.integers(0, 3),
+        on_demand=st.booleans(),
+        mru=st.booleans(),
+    )
+    def setup(
+        self, min_size: int, extra: int, max_queue: int | None, on_demand: bool, mru: bool
+    ) -> None:
+        self.config = PoolConfig(
+            name="p",
+            min_size=min_size,
+            max_size=max(1, min_size + extra),
+            max_queue=max_queue,
+            on_demand=on_demand,
+            assignment="mru" if mru else "round_robin",
+            idle_timeout=5.0,
+            health_check_interval=3.0,
+            crash_loop_starts=3,
+            crash_loop_window=10.0,
+            max_uses=4,
+            heartbeat_timeout=2.0,
+        )
+        self.now = 0.0
+        self.state = PoolState(self.config)
+        self.starting: list[PooledAgent] = []
+        self.stopping: list[PooledAgent] = []
+        self.checking: list[PooledAgent] = []
+        self.all_callers: list[Caller] = []
+        self.waiting_order: list[Caller] = []  # callers in the order they queued
+        self.served_order: list[Caller] = []  # queued callers in the order they were served
+        self.released: list[Lease] = []
+        self.n = 0
+        self.state.open(self.now)
+        self.perform()
+
+    # -- the shell's part, done synchronously --------------------------------------------------
+
+    def perform(self) -> None:
+        st_ = self.state
+        while st_.actions:
+            actions, st_.actions = st_.actions, []
+            for action in actions:
+                if isinstance(action, Assign):
+                    caller: Caller = action.waiter.token
+                    assert caller.waiter is action.waiter
+                    assert caller.lease is None
+                    caller.answers += 1
+                    self.served_order.append(caller)
+                    if caller.gone:  # left in the same pass: the shell gives it back unused
+                        st_.release(action.lease, self.now, used=False)
+                        self.released.append(action.lease)
+                    else:
+                        caller.lease = action.lease
+                    caller.waiter = None
+                elif isinstance(action, Reject):
+                    caller = action.waiter.token
+                    caller.answers += 1
+                    caller.waiter = None
+                    if caller in self.waiting_order:
+                        self.waiting_order.remove(caller)
+                elif isinstance(action, Start):
+                    assert action.agent.state is AgentState.STARTING
+                    self.starting.append(action.agent)
+                elif isinstance(action, Stop):
+                    assert action.agent.state is AgentState.STOPPING
+                    assert action.agent not in self.stopping
+                    self.stopping.append(action.agent)
+                elif isinstance(action, Kill):
+                    assert action.agent.state is AgentState.BUSY
+                    if action.agent.handle is not None:
+                        action.agent.handle.exit_code = -9
+                elif isinstance(action, Check):
+                    assert action.agent.state is AgentState.CHECKING
+                    self.checking.append(action.agent)
+                else:
+                    assert isinstance(action, Log)
+
+    # -- callers ---------------------------------------------------------------------------------
+
+    @rule()
+    def request(self) -> None:
+        self.n += 1
+        caller = Caller(self.n)
+        self.all_callers.append(caller)
+        try:
+            lease = self.state.request(self.now)
+        except PoolError:
+            caller.answers += 1
+            return
+        if lease is not None:
+            assert not self.waiting_now(), "served ahead of callers already waiting"
+            caller.answers += 1
+            caller.lease = lease
+            return
+        caller.waiter = Waiter(self.now, caller)
+        try:
+            self.state.enqueue(caller.waiter, self.now)
+        except (PoolAtCapacity, PoolBroken):
+            caller.answers += 1
+            caller.waiter = None
+            return
+        self.waiting_order.append(caller)
+        self.perform()
+
+    def waiting_now(self) -> list[Caller]:
+        return [c for c in self.all_callers if c.waiter is not None and not c.gone]
+
+    def holders(self) -> list[Caller]:
+        return [c for c in self.all_callers if c.lease is not None]
+
+    @precondition(lambda self: bool(self.waiting_now()))
+    @rule(data=st.data())
+    def give_up_waiting(self, data: st.DataObject) -> None:
+        caller = data.draw(st.sampled_from(self.waiting_now()))
+        assert caller.waiter is not None
+        caller.gone = True
+        assert self.state.abandon(caller.waiter)
+        caller.waiter = None
+        caller.answers += 1  # the timeout or cancel is its answer
+        self.waiting_order.remove(caller)
+        self.perform()
+
+    @precondition(lambda self: bool(self.holders()))
+    @rule(data=st.data(), used=st.booleans())
+    def release(self, data: st.DataObject, used: bool) -> None:
+        caller = data.draw(st.sampled_from(self.holders()))
+        lease = caller.lease
+        assert lease is not None
+        self.state.release(lease, self.now, used=used)
+        self.released.append(lease)
+        caller.lease = None
+        self.perform()
+
+    @precondition(lambda self: bool(self.released))
+    @rule(data=st.data())
+    def stale_release(self, data: st.DataObject) -> None:
+        lease = data.draw(st.sampled_from(self.released))
+        before = (dict(self.state.counts), len(self.state.queue), list(self.state.idle))
+        held = {a.agent_id: a.lease for a in self.state.agents.values()}
+        self.state.release(lease, self.now)
+        assert not self.state.actions, "a stale release did something"
+        after = (dict(self.state.counts), len(self.state.queue), list(self.state.idle))
+        assert before == after
+        assert held == {a.agent_id: a.lease for a in self.state.agents.values()}
+        assert self.state.lease_error(lease) is not None
+
+    @precondition(lambda self: bool(self.holders()))
+    @rule(data=st.data(), outcome=st.sampled_from(["ok", "lost", "timeout", "abandoned"]))
+    def call(self, data: st.DataObject, outcome: str) -> None:
+        caller = data.draw(st.sampled_from(self.holders()))
+        lease = caller.lease
+        assert lease is not None
+        try:
+            agent = self.state.begin_call(lease)
+        except AgentLost:
+            assert lease.agent.retire_reason is not None or lease.agent.state is not AgentState.BUSY
+            return
+        assert agent.state is AgentState.BUSY and agent.lease is lease
+        if outcome != "ok":
+            self.state.call_failed(agent, outcome, kill=True)
+        self.state.end_call(agent, self.now, self.now, outcome != "ok")
+        self.perform()
+
+    # -- agents ------------------------------------------------------------------------------------
+
+    @precondition(lambda self: bool(self.starting))
+    @rule(data=st.data(), ok=st.booleans())
+    def finish_start(self, data: st.DataObject, ok: bool) -> None:
+        agent = data.draw(st.sampled_from(self.starting))
+        self.starting.remove(agent)
+        if ok:
+            self.state.agent_started(agent, Handle(), self.now)
+        else:
+            self.state.start_failed(agent, RuntimeError("no"), self.now)
+        self.perform()
+
+    @precondition(lambda self: bool(self.stopping))
+    @rule(data=st.data())
+    def finish_stop(self, data: st.DataObject) -> None:
+        agent = data.draw(st.sampled_from(self.stopping))
+        self.stopping.remove(agent)
+        self.state.agent_stopped(agent, self.now)
+        self.perform()
+
+    @precondition(lambda self: bool(self.checking))
+    @rule(data=st.data(), ok=st.booleans())
+    def finish_check(self, data: st.DataObject, ok: bool) -> None:
+        agent = data.draw(st.sampled_from(self.checking))
+        self.checking.remove(agent)
+        self.state.check_done(agent, ok, self.now)
+        self.perform()
+
+    def live_agents(self) -> list[PooledAgent]:
+        return [
+            a
+            for a in self.state.agents.values()
+            if a.handle is not None and a.alive and a.state is not AgentState.STOPPING
+        ]
+
+    @precondition(lambda self: bool(self.live_agents()))
+    @rule(data=st.data())
+    def agent_dies(self, data: st.DataObject) -> None:
+        agent = data.draw(st.sampled_from(self.live_agents()))
+        agent.handle.exit_code = -9
+        self.state.agent_exited(agent, self.now)
+        self.perform()
+
+    @precondition(lambda self: bool(self.state.calls_in_flight()))
+    @rule(data=st.data(), seconds=st.floats(0, 5))
+    def liveness(self, data: st.DataObject, seconds: float) -> None:
+        busy = self.state.calls_in_flight()
+        self.state.unresponsive(data.draw(st.sampled_from(busy)), seconds, self.now)
+        self.perform()
+
+    # -- time and size -----------------------------------------------------------------------------
+
+    @rule(dt=st.floats(0, 8))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        deadline = self.state.tick(self.now)
+        assert deadline >= self.now or self.state.actions
+        self.perform()
+
+    @precondition(lambda self: self.state.running)
+    @rule(data=st.data())
+    def resize(self, data: st.DataObject) -> None:
+        size = data.draw(st.integers(self.config.min_size, self.config.max_size))
+        self.state.set_target(size, "test", self.now, None)
+        self.perform()
+
+    @precondition(lambda self: self.state.running)
+    @rule()
+    def close(self) -> None:
+        self.state.close(self.now)
+        self.perform()
+
+    # -- invariants --------------------------------------------------------------------------------
+
+    @invariant()
+    def never_above_max_size(self) -> None:
+        c = self.state.counts
+        assert self.state.size + c[AgentState.STOPPING] <= self.config.max_size
+
+    @invariant()
+    def counts_match_agents(self) -> None:
+        counted = dict.fromkeys(AgentState, 0)
+        for agent in self.state.agents.values():
+            counted[agent.state] += 1
+        counted[AgentState.STOPPED] = self.state.counts[AgentState.STOPPED]
+        assert counted == self.state.counts
+        idle = list(self.state.idle)
+        assert len(idle) == len(set(idle)) == self.state.counts[AgentState.IDLE]
+        assert all(a.state is AgentState.IDLE for a in idle)
+
+    @invariant()
+    def no_agent_in_two_hands(self) -> None:
+        holders = [c for c in self.all_callers if c.lease is not None]
+        agents = [c.lease.agent for c in holders if c.lease is not None]
+        assert len(agents) == len(set(agents)), "one agent held by two callers"
+        for c in holders:
+            assert c.lease is not None
+            if c.lease.agent.state is AgentState.BUSY:
+                assert c.lease.agent.lease is c.lease
+        for agent in self.state.agents.values():
+            if agent.state is AgentState.BUSY:
+                assert agent.lease is not None and not agent.lease.released
+                assert any(c.lease is agent.lease for c in holders)
+            else:
+                assert agent.lease is None
+
+    @invariant()
+    def first_come_first_served(self) -> None:
+        served = [c for c in self.served_order if c in self.waiting_order]
+        assert served == self.waiting_order[: len(served)], "served out of order"
+
+    @invariant()
+    def every_caller_answered_at_most_once(self) -> None:
+        for c in self.all_callers:
+            assert c.answers <= 1, f"caller {c.n} answered {c.answers} times"
+            if c.waiter is not None:
+                assert c.answers == 0 and c.waiter in self.state.queue
+
+    def teardown(self) -> None:
+        """Let every caller finish and every agent settle: each caller got exactly one answer."""
+        if not hasattr(self, "state"):
+            return
+        st_ = self.state
+        for c in self.all_callers:
+            if c.lease is not None:
+                st_.release(c.lease, self.now)
+                c.lease = None
+        if st_.running:
+            st_.close(self.now)
+        st_.close_busy(self.now)
+        self.perform()
+        for _ in range(100):
+            if not (self.starting or self.stopping or self.checking):
+                break
+            for agent in self.starting:
+                st_.agent_started(agent, Handle(), self.now)
+            for agent in self.checking:
+                st_.check_done(agent, True, self.now)
+            self.starting, self.checking = [], []
+            self.perform()
+            for agent in self.stopping:
+                st_.agent_stopped(agent, self.now)
+            self.stopping = []
+            self.perform()
+        assert not st_.agents, st_.agents
+        assert not st_.queue
+        for c in self.all_callers:
+            assert c.answers == 1, f"caller {c.n} answered {c.answers} times"
+
+
+TestPoolState = PoolStateMachine.TestCase
+TestPoolState.settings = settings(
+    max_examples=300,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
