@@ -127,3 +127,14 @@ class Box:
 def count_partials() -> int:
     """How many functools.partial objects are alive in this process."""
     return sum(1 for o in gc.get_objects() if isinstance(o, functools.partial))
+
+
+def sleep_and_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def raise_agent_lost() -> None:
+    from shoal.errors import AgentLost
+
+    raise AgentLost("a nested pool lost its agent", "nested-1")
