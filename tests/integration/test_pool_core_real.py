@@ -24,7 +24,7 @@ async def test_a_reply_and_a_deadline_in_the_same_pass_give_the_caller_its_resul
         call = asyncio.create_task(pool.call(workers.sleep_and_pid, (0.05,), timeout=0.5))
         await asyncio.sleep(0)  # the call goes out
         await asyncio.sleep(0)
-        time.sleep(0.8)  # the loop stalls (a big unpickle elsewhere) past reply and deadline
+        time.sleep(0.8)  # noqa: ASYNC251 - the loop stalls (a big unpickle) past reply and deadline
         assert await call == first  # no CallTimeout: the reply was there
         assert pool.agents[0].handle.pid == first  # and the healthy agent was not killed
         assert not [e for e in pool.events if e.kind in ("retire", "lost")]
@@ -38,7 +38,7 @@ async def test_a_cancel_landing_after_the_reply_keeps_the_agent_warm() -> None:
         await asyncio.sleep(0)
         # A timer runs after the pass's I/O: the cancel lands once the reply has been read.
         asyncio.get_running_loop().call_later(0.1, call.cancel)
-        time.sleep(0.8)
+        time.sleep(0.8)  # noqa: ASYNC251 - the loop stalls with the reply in the pipe
         with pytest.raises(asyncio.CancelledError):
             await call
         assert await pool.run(workers.pid) == first  # the same agent, still warm

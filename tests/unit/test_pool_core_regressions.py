@@ -83,7 +83,7 @@ async def test_agent_lost_raised_by_user_code_keeps_the_agent() -> None:
         assert not [e for e in pool.events if e.kind in ("lost", "retire")]
 
 
-# -- 6. max_queue holds whenever no agent can be started ---------------------------------------------
+# -- 6. max_queue holds whenever no agent can be started -------------------------------------
 
 
 async def test_max_queue_holds_while_starts_back_off() -> None:
@@ -130,7 +130,7 @@ async def test_a_slow_but_live_agent_is_not_taken_for_frozen() -> None:
         assert not any("unresponsive" in e.reason for e in pool.events)
 
 
-# -- 8. an agent under health check is its own state, not a hidden flag -----------------------------
+# -- 8. an agent under health check is its own state, not a hidden flag -----------------------
 
 
 async def test_an_agent_under_health_check_is_counted_as_checking() -> None:
