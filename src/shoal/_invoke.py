@@ -51,7 +51,21 @@ class StepInvoker:
         self.__qualname__ = f"{cls.__qualname__}.{method}"  # named so in errors
 
     def __call__(self, ctx: Any, *args: Any) -> Any:
-        return getattr(_instance(self.cls), self.method)(ctx, *args)
+        return getattr(_instance(self.cls), self.method)(ctx.resolved(), *args)
 
     def __repr__(self) -> str:
         return f"{self.cls.__qualname__}.{self.method}"
+
+
+class ContextCall:
+    """Calls a mapreduce's function with its context's input restored (see ``Context``)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.__qualname__ = getattr(fn, "__qualname__", repr(fn))  # named so in errors
+
+    def __call__(self, ctx: Any, *args: Any) -> Any:
+        return self.fn(ctx.resolved(), *args)
+
+    def __repr__(self) -> str:
+        return self.__qualname__

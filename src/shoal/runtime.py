@@ -12,6 +12,7 @@ import asyncio
 import functools
 import itertools
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -76,17 +77,29 @@ class Runtime:
     """Owns pools (by name, in :attr:`pools`) and the runs submitted to them.
 
     ``backend`` is ``"process"`` (local worker processes, the default) or any
-    :class:`~shoal.backends.Backend` instance; every pool of this runtime uses it.
+    :class:`~shoal.backends.Backend` instance; every pool of this runtime uses it. The runtime
+    remembers the runs in flight and the last ``history`` finished ones (for :attr:`runs`);
+    an older run lives on only in the :class:`RunHandle` its caller kept.
     """
 
-    def __init__(self, backend: Backend | str | None = None, *, clock: Clock | None = None):
+    def __init__(
+        self,
+        backend: Backend | str | None = None,
+        *,
+        clock: Clock | None = None,
+        history: int = 1000,
+    ):
+        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
+            raise ShoalError(f"Runtime: history={history!r} must be an integer >= 0")
         self.backend = _make_backend(backend)
         self._owns_backend = backend is None or isinstance(backend, str)
         self._clock: Clock = clock or LoopClock()
         self.pools = PoolManager()
         self._pool_options: dict[str, Mapping[str, Any]] = {}
         self._pool_ready: dict[str, asyncio.Future[AgentPool]] = {}
-        self._runs: dict[str, RunHandle] = {}
+        self._runs: dict[str, RunHandle] = {}  # in flight
+        self._finished: OrderedDict[str, RunHandle] = OrderedDict()  # the last `history`
+        self._history = history
         self._ids = itertools.count(1)
         self._starters: set[asyncio.Task[None]] = set()
         self.autoscalers: dict[str, AutoScaler] = {}
@@ -109,7 +122,12 @@ class Runtime:
 
     @property
     def runs(self) -> list[RunHandle]:
-        return list(self._runs.values())
+        """The recent finished runs (up to ``history``), then the runs in flight."""
+        return [*self._finished.values(), *self._runs.values()]
+
+    def get_run(self, run_id: str) -> RunHandle | None:
+        """A run in flight or among the recent finished ones, by id."""
+        return self._runs.get(run_id) or self._finished.get(run_id)
 
     async def run(self, target: Any, input: Any = None) -> Any:
         """Run a ``@workflow`` class or ``@mapreduce`` function on ``input``; return the result."""
@@ -140,7 +158,7 @@ class Runtime:
         """Cancel unfinished runs, then close every pool."""
         self._open = False
         self._closed = True
-        tasks = [h._task for h in self._runs.values() if h._task is not None and not h.done]
+        tasks = [h._task for h in list(self._runs.values()) if h._task is not None and not h.done]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -155,10 +173,18 @@ class Runtime:
                 shutdown()  # e.g. the local Ray instance a "ray" backend started
 
     def _settle(self, handle: RunHandle, task: asyncio.Task[Any]) -> None:
-        """A run cancelled before it began never ran _drive: give it its final status."""
+        """A run ended: move it to the bounded history. One cancelled before it began never
+        ran _drive: give it its final status."""
         if task.cancelled() and handle.status == "pending":
             handle.status = "cancelled"
             handle.finished = self._clock.now()
+        handle._runner = None  # the run's working state is no longer needed
+        if self._runs.pop(handle.run_id, None) is not None and self._history:
+            self._finished[handle.run_id] = handle
+            while len(self._finished) > self._history:
+                self._finished.popitem(last=False)
+        if not task.cancelled():
+            task.exception()  # retrieved: the handle's owner may never ask for it
 
     async def _drive(self, handle: RunHandle, runner: Runner) -> Any:
         handle.status = "running"

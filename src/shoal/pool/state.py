@@ -301,6 +301,12 @@ class PoolState:
         if err is not None:
             raise err
         agent = lease.agent
+        if agent.in_call:
+            raise PoolError(
+                f"agent {agent.agent_id} of pool {self.name!r} is already running a call under "
+                f"lease {lease.lease_id}; an agent runs one call at a time: await that call "
+                "first, or take another agent"
+            )
         if agent.retire_reason is not None or agent.state is not BUSY:
             raise AgentLost(
                 f"agent {agent.agent_id} cannot take another call: "

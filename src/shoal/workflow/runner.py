@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shoal.context import Context
+from shoal._invoke import ContextCall
+from shoal.context import Context, InputMissing
 from shoal.errors import (
     AgentLost,
     CallTimeout,
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
     from shoal.runtime import Runtime
 
 _RETRYABLE = (AgentLost, CallTimeout)
+_UNDELIVERED_RETRIES = 3
+
+
+class _Skipped(Exception):
+    """An item that had waited for an agent found the run failed or stopping: not sent."""
 
 
 @dataclass
@@ -90,6 +96,8 @@ class Runner:
         self.progress = progress
         self._held: Lease | None = None  # the run's instance, for instance-pool workflows
         self.stopping = False  # set by RunHandle.stop(): take no new work
+        self._failed = False  # an item failed: send no further item
+        self._input_on: set[str] = set()  # agents that hold this run's input already
 
     async def run(self) -> Any:
         if isinstance(self.spec, MapReduceSpec):
@@ -139,6 +147,8 @@ class Runner:
         limit = step.max_parallel
         if limit is None:
             limit = await self._natural_parallelism(step)
+        elif self._on_held(step):
+            limit = 1  # the run's own instance serves one call at a time
         return await self._map(
             items, limit, lambda i, item: self._call_step(step, (item,), i), prog
         )
@@ -147,11 +157,19 @@ class Runner:
         assert isinstance(self.spec, WorkflowSpec)
         if step.execution_mode != "pooled":
             return 1 if step.execution_mode == "inline" else self.rt.default_parallelism
-        request = self.spec.pool_for(step)
-        if self._held is not None and request.name == self.spec.name:
+        if self._on_held(step):
             return 1  # the run's own instance serves one call at a time
-        pool = await self.rt._pool(request, self.spec.setup())
+        pool = await self.rt._pool(self.spec.pool_for(step), self.spec.setup())
         return pool.max_size
+
+    def _on_held(self, step: StepSpec) -> bool:
+        """True when ``step`` runs on the instance this run holds."""
+        assert isinstance(self.spec, WorkflowSpec)
+        return (
+            self._held is not None
+            and step.execution_mode == "pooled"
+            and self.spec.pool_for(step).name == self.spec.name
+        )
 
     async def _map(
         self,
@@ -166,12 +184,15 @@ class Runner:
 
         async def worker() -> None:
             for i, item in pending:
-                if failure or self.stopping:
+                if failure or self.stopping or self._failed:
                     return
                 try:
                     results[i] = await call(i, item)
+                except _Skipped:
+                    return
                 except StepFailed as exc:
                     failure.append(exc)
+                    self._failed = True
                     return
                 prog.done += 1
 
@@ -205,33 +226,73 @@ class Runner:
                     request, spec.setup(), invoker, (ctx, *args), step.timeout
                 ),
             )
-        if self._held is not None and request.name == spec.name:
+        if self._on_held(step):
             return await self._attempt(
                 step.name,
                 item,
                 step.retries,
-                lambda ctx: self._call_held(invoker, (ctx, *args), step.timeout),
+                lambda ctx: self._call_held(invoker, ctx, args, step.timeout),
             )
         pool = await self.rt._pool(request, spec.setup())
         return await self._attempt(
             step.name,
             item,
             step.retries,
-            lambda ctx: pool.call(invoker, (ctx, *args), timeout=step.timeout),
+            lambda ctx: self._on_pool(pool, invoker, ctx, args, step.timeout),
         )
 
+    async def _on_pool(
+        self,
+        pool: AgentPool,
+        fn: Callable[..., Any],
+        ctx: Context,
+        args: tuple[Any, ...],
+        timeout: float | None,
+    ) -> Any:
+        """One call on an agent of ``pool``; one that never reached its agent is retried."""
+        for attempt in itertools.count(1):
+            lease = await pool.get_agent()
+            try:
+                if self.stopping or self._failed:
+                    raise _Skipped  # waited for an agent while the run failed or was stopped
+                return await self._send(lease, fn, ctx, args, timeout)
+            except AgentLost as exc:
+                if exc.delivered or exc.remote or attempt >= _UNDELIVERED_RETRIES:
+                    raise
+            finally:
+                await pool.release_agent(lease)
+        raise AssertionError("unreachable")
+
+    async def _send(
+        self,
+        lease: Lease,
+        fn: Callable[..., Any],
+        ctx: Context,
+        args: tuple[Any, ...],
+        timeout: float | None,
+    ) -> Any:
+        """Call ``fn(ctx, *args)`` on the agent held; the run's input goes to it only once."""
+        agent = lease.agent_id
+        if agent in self._input_on:
+            try:
+                return await lease.call(fn, (ctx.without_input(), *args), timeout=timeout)
+            except InputMissing:
+                pass  # the agent dropped it (it keeps the inputs of its recent runs only)
+        self._input_on.add(agent)
+        return await lease.call(fn, (ctx, *args), timeout=timeout)
+
     async def _call_held(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | None
+        self, fn: Callable[..., Any], ctx: Context, args: tuple[Any, ...], timeout: float | None
     ) -> Any:
         assert self._held is not None and isinstance(self.spec, WorkflowSpec)
-        agent = self._held
+        lease = self._held
         try:
-            return await agent.call(fn, args, timeout=timeout)
+            return await self._send(lease, fn, ctx, args, timeout)
         except _RETRYABLE:
             # The run's instance is gone: give it back (the pool retires it) and take another.
-            pool = agent.pool
+            pool = lease.pool
             self._held = None
-            await pool.release_agent(agent)
+            await pool.release_agent(lease)
             self._held = await pool.get_agent()
             raise
 
@@ -249,6 +310,8 @@ class Runner:
             ctx = self.ctx.for_step(step, item_index=item, attempt=attempt)
             try:
                 return await call(ctx)
+            except _Skipped:
+                raise
             except _RETRYABLE as exc:
                 if attempt > retries or not agent_failed(exc):
                     raise StepFailed(
@@ -277,13 +340,14 @@ class Runner:
             prog.total = len(items)
             pool: AgentPool = await self.rt._pool(spec.pool(), None)
             limit = spec.max_parallel or pool.max_size
+            fn = ContextCall(spec.fn)
 
             def call(i: int, item: Any) -> Any:
                 return self._attempt(
                     spec.name,
                     i,
                     spec.retries,
-                    lambda ctx: pool.call(spec.fn, (ctx, item), timeout=spec.timeout),
+                    lambda ctx: self._on_pool(pool, fn, ctx, (item,), spec.timeout),
                 )
 
             results = await self._map(items, limit, call, prog)
