@@ -132,7 +132,7 @@ async def test_the_history_can_be_sized() -> None:
         assert rt.get_run(handles[0].run_id) is None
 
 
-# -- 8. nothing starts after a failure or a stop ------------------------------------------------------
+# -- 8. nothing starts after a failure or a stop ---------------------------------------------------
 
 
 @workflow(name="fails_early")
