@@ -42,6 +42,7 @@ if _typing.TYPE_CHECKING:
         ScalingEvent,
     )
     from shoal.runtime import RunHandle, Runtime, run
+    from shoal.sync import SyncPool
 
 # Bound eagerly, and cheaply (the decorators import only the standard library until they are
 # used): the subpackage shoal.workflow would otherwise shadow the decorator of the same name.
@@ -61,6 +62,7 @@ _WHERE = {
     ),
     "shoal.pool": "AgentPool AgentState Lease PooledAgent ScalingEvent PoolManager PoolMetrics",
     "shoal.runtime": "RunHandle Runtime run",
+    "shoal.sync": "SyncPool",
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names.split()}
 
@@ -100,6 +102,7 @@ __all__ = [
     "SerializationError",
     "ShoalError",
     "StepFailed",
+    "SyncPool",
     "VirtualTimeLoop",
     "WorkflowError",
     "__version__",
@@ -112,6 +115,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> _typing.Any:
+    if name == "pool":  # the subpackage, callable: ``with shoal.pool(...) as p`` (shoal.sync)
+        return _importlib.import_module("shoal.pool")
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'shoal' has no attribute {name!r}")

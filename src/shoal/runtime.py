@@ -13,7 +13,7 @@ import functools
 import itertools
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from shoal.backends.base import Backend
@@ -22,7 +22,7 @@ from shoal.errors import BackendError, PoolClosed, RunStopped, ShoalError, Workf
 from shoal.pool import AgentPool, PoolManager
 from shoal.scaling.autoscaler import AutoScaler
 from shoal.workflow.runner import Runner, RunProgress, plan_progress, pool_requests
-from shoal.workflow.spec import PoolRequest, WorkflowSpec, spec_of
+from shoal.workflow.spec import MapReduceSpec, PoolRequest, WorkflowSpec, spec_of
 
 RunStatus = Literal["pending", "running", "succeeded", "failed", "stopped", "cancelled"]
 
@@ -134,11 +134,68 @@ class Runtime:
         handle = await self.submit(target, input)
         return await handle.result()
 
+    async def stream(
+        self, target: Any, items: Iterable[Any], *, ordered: bool = False
+    ) -> AsyncIterator[Any]:
+        """Run a ``@mapreduce`` over ``items`` and yield each item's result as it finishes
+        (``ordered=True``: in input order, each as soon as those before it are done).
+
+        ``reduce`` is not applied. With ``on_error="collect"`` a failed item yields its
+        exception; otherwise the run's error is raised after the results that came before it.
+        Leaving the loop early cancels the rest of the run.
+        """
+        spec = spec_of(target)
+        if not isinstance(spec, MapReduceSpec):
+            raise WorkflowError(
+                f"stream() maps a @mapreduce function over items; {spec.name!r} is a workflow: "
+                "use run() or submit()"
+            )
+        done: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        handle = await self._submit(spec, items, lambda i, r: done.put_nowait((i, r)))
+        assert handle._task is not None
+        ended = asyncio.ensure_future(asyncio.shield(handle._task))
+        waiting: dict[int, Any] = {}
+        next_i = 0
+        try:
+            while True:
+                if done.empty():
+                    if ended.done():
+                        break
+                    got = asyncio.ensure_future(done.get())
+                    await asyncio.wait({got, ended}, return_when=asyncio.FIRST_COMPLETED)
+                    if not got.done():
+                        got.cancel()
+                        continue
+                    i, result = got.result()
+                else:
+                    i, result = done.get_nowait()
+                if not ordered:
+                    yield result
+                    continue
+                waiting[i] = result
+                while next_i in waiting:
+                    yield waiting.pop(next_i)
+                    next_i += 1
+            for i in sorted(waiting):  # after a gap a failed item left
+                yield waiting[i]
+            ended.result()  # the run's error, if it failed
+        finally:
+            if not handle.done:
+                handle.cancel()
+            ended.cancel()
+
     async def submit(self, target: Any, input: Any = None) -> RunHandle:
         """Start a run and return its handle at once."""
+        return await self._submit(spec_of(target), input, None)
+
+    async def _submit(
+        self,
+        spec: WorkflowSpec | MapReduceSpec,
+        input: Any,
+        on_result: Callable[[int, Any], None] | None,
+    ) -> RunHandle:
         if not self._open:
             raise ShoalError("the runtime is not open: use 'async with Runtime() as rt:'")
-        spec = spec_of(target)
         run_id = f"run-{next(self._ids)}"
         requests = pool_requests(spec)
         handle = RunHandle(run_id, spec.name, plan_progress(spec), [r.name for r in requests])
@@ -146,6 +203,7 @@ class Runtime:
             setup = spec.setup() if isinstance(spec, WorkflowSpec) else None
             self._start_pool(request, setup)  # warm every pool of the run up front
         runner = Runner(self, spec, input, run_id, handle.progress)
+        runner.on_result = on_result
         handle._runner = runner
         handle._task = asyncio.get_running_loop().create_task(
             self._drive(handle, runner), name=f"shoal-{run_id}"
@@ -306,10 +364,15 @@ def _make_backend(backend: Backend | str | None) -> Backend:
 
 
 def run(target: Any, input: Any = None, *, backend: Backend | str | None = None) -> Any:
-    """Run a workflow or mapreduce to completion from synchronous code and return its result."""
+    """Run a workflow or mapreduce to completion from synchronous code and return its result.
+
+    Works in a notebook too, where an event loop already runs (the run then gets a loop of
+    its own in another thread); in async code, ``await Runtime().run(...)`` instead.
+    """
+    from shoal.sync import run_blocking
 
     async def main() -> Any:
         async with Runtime(backend) as rt:
             return await rt.run(target, input)
 
-    return asyncio.run(main())
+    return run_blocking(main)

@@ -45,3 +45,12 @@ def test_decorators_are_not_shadowed_by_their_subpackage() -> None:
     import shoal.workflow.runner
 
     assert callable(shoal.workflow) and callable(shoal.step) and callable(shoal.mapreduce)
+
+
+def test_the_pool_subpackage_is_the_synchronous_pool_too() -> None:
+    import shoal.pool.state  # importing submodules must not make shoal.pool uncallable
+
+    assert callable(shoal.pool)
+    from shoal.pool import AgentPool
+
+    assert AgentPool is shoal.AgentPool

@@ -26,7 +26,7 @@ from shoal.errors import (
     agent_failed,
 )
 from shoal.pool import AgentPool, Lease
-from shoal.workflow.spec import MapReduceSpec, PoolRequest, StepSpec, WorkflowSpec
+from shoal.workflow.spec import ErrorPolicy, MapReduceSpec, PoolRequest, StepSpec, WorkflowSpec
 
 if TYPE_CHECKING:
     from shoal.runtime import Runtime
@@ -98,6 +98,8 @@ class Runner:
         self.stopping = False  # set by RunHandle.stop(): take no new work
         self._failed = False  # an item failed: send no further item
         self._input_on: set[str] = set()  # agents that hold this run's input already
+        # Set for a streamed mapreduce: hears of each item's result as it finishes.
+        self.on_result: Callable[[int, Any], None] | None = None
 
     async def run(self) -> Any:
         if isinstance(self.spec, MapReduceSpec):
@@ -150,7 +152,11 @@ class Runner:
         elif self._on_held(step):
             limit = 1  # the run's own instance serves one call at a time
         return await self._map(
-            items, limit, lambda i, item: self._call_step(step, (item,), i), prog
+            items,
+            limit,
+            lambda i, item: self._call_step(step, (item,), i),
+            prog,
+            step.errors.on_error == "collect",
         )
 
     async def _natural_parallelism(self, step: StepSpec) -> int:
@@ -177,7 +183,15 @@ class Runner:
         limit: int,
         call: Callable[[int, Any], Any],
         prog: StepProgress,
+        collect: bool = False,
+        on_result: Callable[[int, Any], None] | None = None,
     ) -> list[Any]:
+        """Call ``call(i, item)`` for every item, ``limit`` at a time; results in input order.
+
+        A failed item stops the others from starting, unless ``collect``: then its exception
+        (the step's own, not the StepFailed around it) takes its place in the results.
+        ``on_result`` hears of each item as it finishes.
+        """
         results: list[Any] = [None] * len(items)
         pending = iter(enumerate(items))
         failure: list[BaseException] = []
@@ -191,10 +205,14 @@ class Runner:
                 except _Skipped:
                     return
                 except StepFailed as exc:
-                    failure.append(exc)
-                    self._failed = True
-                    return
+                    if not collect:
+                        failure.append(exc)
+                        self._failed = True
+                        return
+                    results[i] = exc.__cause__ if exc.__cause__ is not None else exc
                 prog.done += 1
+                if on_result is not None:
+                    on_result(i, results[i])
 
         await asyncio.gather(*(worker() for _ in range(min(limit, len(items)))))
         if failure:
@@ -215,13 +233,15 @@ class Runner:
         assert isinstance(spec, WorkflowSpec) and step.invoker is not None
         invoker = step.invoker
         if step.execution_mode == "inline":
-            return await self._attempt(step.name, item, 0, lambda ctx: invoker(ctx, *args))
+            return await self._attempt(
+                step.name, item, ErrorPolicy(retries=0), lambda ctx: invoker(ctx, *args)
+            )
         request = spec.pool_for(step)
         if step.execution_mode == "dedicated":
             return await self._attempt(
                 step.name,
                 item,
-                step.retries,
+                step.errors,
                 lambda ctx: self.rt._dedicated(
                     request, spec.setup(), invoker, (ctx, *args), step.timeout
                 ),
@@ -230,14 +250,14 @@ class Runner:
             return await self._attempt(
                 step.name,
                 item,
-                step.retries,
+                step.errors,
                 lambda ctx: self._call_held(invoker, ctx, args, step.timeout),
             )
         pool = await self.rt._pool(request, spec.setup())
         return await self._attempt(
             step.name,
             item,
-            step.retries,
+            step.errors,
             lambda ctx: self._on_pool(pool, invoker, ctx, args, step.timeout),
         )
 
@@ -300,18 +320,29 @@ class Runner:
         self,
         step: str,
         item: int | None,
-        retries: int,
+        errors: ErrorPolicy,
         call: Callable[[Context], Any],
     ) -> Any:
         where = f"workflow {self.spec.name!r} step {step!r}" + (
             f" item {item}" if item is not None else ""
         )
+        retries = errors.retries
         for attempt in itertools.count(1):
             ctx = self.ctx.for_step(step, item_index=item, attempt=attempt)
             try:
                 return await call(ctx)
             except _Skipped:
                 raise
+            except errors.retry_on as exc:  # the step's own exception, retried as asked
+                if attempt > retries or self.stopping or self._failed:
+                    raise StepFailed(
+                        f"{where} raised {type(exc).__name__}: {exc} (after {attempt} attempt(s))",
+                        workflow=self.spec.name,
+                        step=step,
+                        item_index=item,
+                        attempts=attempt,
+                    ) from exc
+                await asyncio.sleep(errors.delay(attempt))
             except _RETRYABLE as exc:
                 if attempt > retries or not agent_failed(exc):
                     raise StepFailed(
@@ -346,11 +377,14 @@ class Runner:
                 return self._attempt(
                     spec.name,
                     i,
-                    spec.retries,
+                    spec.errors,
                     lambda ctx: self._on_pool(pool, fn, ctx, (item,), spec.timeout),
                 )
 
-            results = await self._map(items, limit, call, prog)
+            collect = spec.errors.on_error == "collect"
+            results = await self._map(items, limit, call, prog, collect, self.on_result)
+            if self.on_result is not None:
+                return None  # streamed: each result went out as it came
             return spec.reduce(results) if spec.reduce is not None else results
 
 

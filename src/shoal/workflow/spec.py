@@ -38,6 +38,35 @@ class PoolRequest:
     shared: bool = False  # named with pool="..." and possibly used by other steps
 
 
+OnError = Literal["raise", "collect"]
+_ON_ERROR = ("raise", "collect")
+MAX_BACKOFF_S = 60.0
+
+
+@dataclass(frozen=True)
+class ErrorPolicy:
+    """What a step or mapreduce does when a call fails.
+
+    ``retries`` is how many times a call is tried again: always after its agent was lost or
+    timed out, and after the step's own exception when it is one of ``retry_on`` (like Celery's
+    ``autoretry_for``), waiting ``retry_backoff`` seconds, doubled at each retry (at most 60 s).
+    ``on_error="collect"`` (parallel steps and mapreduce) keeps going past failed items: their
+    exceptions stand in the results in place of the items' results, as with
+    ``asyncio.gather(return_exceptions=True)``.
+    """
+
+    retries: int = 1
+    retry_on: tuple[type[BaseException], ...] = ()
+    retry_backoff: float = 0.0
+    on_error: OnError = "raise"
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before try ``attempt + 1``."""
+        if not self.retry_backoff:
+            return 0.0
+        return float(min(self.retry_backoff * 2 ** (attempt - 1), MAX_BACKOFF_S))
+
+
 @dataclass(frozen=True)
 class StepSpec:
     """One step, as ``@step`` declared it and ``@workflow`` completed it."""
@@ -55,6 +84,7 @@ class StepSpec:
     scaling_policy: ScalingPolicyConfig | None
     pool: str | None
     invoker: StepInvoker | None = None
+    errors: ErrorPolicy = ErrorPolicy()
 
     @property
     def own_pool(self) -> bool:
@@ -112,6 +142,7 @@ class MapReduceSpec:
     pool_config: Mapping[str, Any] | None
     retries: int
     timeout: float | None
+    errors: ErrorPolicy = ErrorPolicy()
 
     def pool(self) -> PoolRequest:
         options: dict[str, Any] = dict(self.pool_config or {})
@@ -134,6 +165,9 @@ def step(
     pool: str | None = None,
     retries: int = DEFAULT_RETRIES,
     timeout: float | None = None,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+    retry_backoff: float = 0.0,
+    on_error: OnError = "raise",
 ) -> Any:
     """Mark an ``async def`` method of a ``@workflow`` class as a step.
 
@@ -141,7 +175,10 @@ def step(
     ``max_parallel`` at a time. ``execution_mode`` is ``"pooled"`` (a warm agent),
     ``"dedicated"`` (a fresh agent per call, stopped after it) or ``"inline"`` (in this process).
     ``retries`` is how many times a call whose agent was lost or timed out is tried again on
-    another agent; exceptions raised by the step itself are never retried.
+    another agent; the step's own exceptions are retried only when listed in ``retry_on``
+    (after ``retry_backoff`` seconds, doubling). ``on_error="collect"`` lets a parallel step
+    finish its other items and put each failed item's exception in its place (see
+    :class:`ErrorPolicy`).
     """
 
     def mark(f: F) -> F:
@@ -179,6 +216,7 @@ def step(
             pool_size=pool_size,
             scaling_policy=_scaling(f"{label} scaling_policy", scaling_policy),
             pool=pool,
+            errors=_errors(label, parallel, retries, retry_on, retry_backoff, on_error),
         )
         if parallel and not spec.takes_input:
             raise WorkflowError(f"{label} is parallel, so it must take (self, ctx, item)")
@@ -247,12 +285,16 @@ def mapreduce(
     pool_config: Mapping[str, Any] | None = None,
     retries: int = DEFAULT_RETRIES,
     timeout: float | None = None,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+    retry_backoff: float = 0.0,
+    on_error: OnError = "raise",
 ) -> Any:
     """Make ``async def fn(ctx, item)`` a standalone fan-out over an iterable.
 
     Running it (``await rt.run(fn, items)``) maps ``fn`` over the items on a pool of
     ``pool_size`` agents, at most ``max_parallel`` at a time, and returns ``reduce(results)``
-    (the list of results, in input order, when there is no ``reduce``).
+    (the list of results, in input order, when there is no ``reduce``). ``retries``,
+    ``retry_on``, ``retry_backoff`` and ``on_error`` are as for :func:`step`.
     """
 
     def build(f: F) -> F:
@@ -273,11 +315,41 @@ def mapreduce(
             pool_config=_check_pool_config(f"{label} pool_config", pool_config),
             retries=retries,
             timeout=timeout,
+            errors=_errors(label, True, retries, retry_on, retry_backoff, on_error),
         )
         setattr(f, _WORKFLOW_ATTR, spec)
         return f
 
     return build(fn) if fn is not None else build
+
+
+def _errors(
+    label: str,
+    parallel: bool,
+    retries: int,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...],
+    retry_backoff: float,
+    on_error: str,
+) -> ErrorPolicy:
+    kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    for kind in kinds:
+        if not (isinstance(kind, type) and issubclass(kind, Exception)):
+            raise WorkflowError(
+                f"{label}: retry_on={retry_on!r} must be an exception class or a tuple of them "
+                "(subclasses of Exception)"
+            )
+    if not isinstance(retry_backoff, int | float) or retry_backoff < 0:
+        raise WorkflowError(
+            f"{label}: retry_backoff={retry_backoff!r} must be a number of seconds >= 0"
+        )
+    if on_error not in _ON_ERROR:
+        raise WorkflowError(f"{label}: on_error={on_error!r}; allowed: {', '.join(_ON_ERROR)}")
+    if on_error == "collect" and not parallel:
+        raise WorkflowError(
+            f"{label}: on_error='collect' applies to parallel steps and mapreduce only; a "
+            "single call's failure is the run's"
+        )
+    return ErrorPolicy(retries, kinds, float(retry_backoff), on_error)  # type: ignore[arg-type]
 
 
 def spec_of(target: Any) -> WorkflowSpec | MapReduceSpec:
