@@ -27,7 +27,7 @@ def seconds(value: float | None) -> str:
 
 def frame(rt: Runtime, handle: RunHandle) -> list[str]:
     """The lines of one progress frame: a bar per step, then each pool's agents and queue."""
-    now = rt._clock.now()
+    now = rt.clock.now()
     elapsed = now - handle.started if handle.started is not None else 0.0
     lines = [f"{handle.workflow}  {handle.run_id}  {handle.status}  {elapsed:.1f} s"]
     width = max(len(s.name) for s in handle.progress.steps)

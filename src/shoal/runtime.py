@@ -93,7 +93,7 @@ class Runtime:
             raise ShoalError(f"Runtime: history={history!r} must be an integer >= 0")
         self.backend = _make_backend(backend)
         self._owns_backend = backend is None or isinstance(backend, str)
-        self._clock: Clock = clock or LoopClock()
+        self.clock: Clock = clock or LoopClock()
         self.pools = PoolManager()
         self._pool_options: dict[str, Mapping[str, Any]] = {}
         self._pool_ready: dict[str, asyncio.Future[AgentPool]] = {}
@@ -235,7 +235,7 @@ class Runtime:
         ran _drive: give it its final status."""
         if task.cancelled() and handle.status == "pending":
             handle.status = "cancelled"
-            handle.finished = self._clock.now()
+            handle.finished = self.clock.now()
         handle._runner = None  # the run's working state is no longer needed
         if self._runs.pop(handle.run_id, None) is not None and self._history:
             self._finished[handle.run_id] = handle
@@ -246,7 +246,7 @@ class Runtime:
 
     async def _drive(self, handle: RunHandle, runner: Runner) -> Any:
         handle.status = "running"
-        handle.started = self._clock.now()
+        handle.started = self.clock.now()
         try:
             result = await runner.run()
         except asyncio.CancelledError:
@@ -259,11 +259,11 @@ class Runtime:
             handle.status = "failed"
             raise
         finally:
-            handle.finished = self._clock.now()
+            handle.finished = self.clock.now()
         handle.status = "succeeded"
         return result
 
-    # -- for the runner -----------------------------------------------------------------------
+    # -- the runner's host (workflow.runner.PoolHost) ---------------------------------------
 
     def _start_pool(
         self, request: PoolRequest, setup: Callable[[], object] | None
@@ -279,7 +279,7 @@ class Runtime:
         pool = AgentPool(
             request.name,
             backend=self.backend,
-            clock=None if isinstance(self._clock, LoopClock) else self._clock,
+            clock=None if isinstance(self.clock, LoopClock) else self.clock,
             setup=setup,
             **dict(request.options),
         )
@@ -316,12 +316,13 @@ class Runtime:
         ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         return ready
 
-    async def _pool(self, request: PoolRequest, setup: Callable[[], object] | None) -> AgentPool:
+    async def pool_for(self, request: PoolRequest, setup: Callable[[], object] | None) -> AgentPool:
+        """The pool ``request`` names, warm; created (and its autoscaler started) on first use."""
         if not self._open:
             raise PoolClosed("the runtime is closed")
         return await asyncio.shield(self._start_pool(request, setup))
 
-    async def _dedicated(
+    async def dedicated_call(
         self,
         request: PoolRequest,
         setup: Callable[[], object] | None,

@@ -13,9 +13,10 @@ import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from shoal._invoke import ContextCall
+from shoal.clock import Clock
 from shoal.context import Context, InputMissing
 from shoal.errors import (
     AgentLost,
@@ -28,8 +29,28 @@ from shoal.errors import (
 from shoal.pool import AgentPool, Lease
 from shoal.workflow.spec import ErrorPolicy, MapReduceSpec, PoolRequest, StepSpec, WorkflowSpec
 
-if TYPE_CHECKING:
-    from shoal.runtime import Runtime
+
+class PoolHost(Protocol):
+    """What the runner needs of whoever owns the pools (the :class:`~shoal.runtime.Runtime`)."""
+
+    clock: Clock
+    default_parallelism: int  # how many calls a non-pooled parallel step runs at once
+
+    async def pool_for(self, request: PoolRequest, setup: Callable[[], object] | None) -> AgentPool:
+        """The (warm) pool ``request`` names, created on first use."""
+        ...
+
+    async def dedicated_call(
+        self,
+        request: PoolRequest,
+        setup: Callable[[], object] | None,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        timeout: float | None,
+    ) -> Any:
+        """``fn(*args)`` on a fresh agent, stopped after it."""
+        ...
+
 
 _RETRYABLE = (AgentLost, CallTimeout)
 _UNDELIVERED_RETRIES = 3
@@ -83,7 +104,7 @@ class Runner:
 
     def __init__(
         self,
-        rt: Runtime,
+        rt: PoolHost,
         spec: WorkflowSpec | MapReduceSpec,
         input: Any,
         run_id: str,
@@ -107,7 +128,7 @@ class Runner:
         spec = self.spec
         if not spec.instance_pool:
             return await self._run_steps(spec)
-        pool = await self.rt._pool(spec.workflow_pool(), spec.setup())
+        pool = await self.rt.pool_for(spec.workflow_pool(), spec.setup())
         self._held = await pool.get_agent()
         try:
             return await self._run_steps(spec)
@@ -118,7 +139,7 @@ class Runner:
     @contextlib.contextmanager
     def _tracking(self, prog: StepProgress) -> Iterator[None]:
         """Keep a step's progress record: running, then done or failed, with its times."""
-        clock = self.rt._clock
+        clock = self.rt.clock
         prog.status, prog.started = "running", clock.now()
         try:
             yield
@@ -165,7 +186,7 @@ class Runner:
             return 1 if step.execution_mode == "inline" else self.rt.default_parallelism
         if self._on_held(step):
             return 1  # the run's own instance serves one call at a time
-        pool = await self.rt._pool(self.spec.pool_for(step), self.spec.setup())
+        pool = await self.rt.pool_for(self.spec.pool_for(step), self.spec.setup())
         return pool.max_size
 
     def _on_held(self, step: StepSpec) -> bool:
@@ -242,7 +263,7 @@ class Runner:
                 step.name,
                 item,
                 step.errors,
-                lambda ctx: self.rt._dedicated(
+                lambda ctx: self.rt.dedicated_call(
                     request, spec.setup(), invoker, (ctx, *args), step.timeout
                 ),
             )
@@ -253,7 +274,7 @@ class Runner:
                 step.errors,
                 lambda ctx: self._call_held(invoker, ctx, args, step.timeout),
             )
-        pool = await self.rt._pool(request, spec.setup())
+        pool = await self.rt.pool_for(request, spec.setup())
         return await self._attempt(
             step.name,
             item,
@@ -369,7 +390,7 @@ class Runner:
         with self._tracking(prog):
             items = _as_items(spec.name, spec.name, self.input)
             prog.total = len(items)
-            pool: AgentPool = await self.rt._pool(spec.pool(), None)
+            pool: AgentPool = await self.rt.pool_for(spec.pool(), None)
             limit = spec.max_parallel or pool.max_size
             fn = ContextCall(spec.fn)
 
