@@ -122,7 +122,7 @@ async def test_heartbeats_show_a_sleeping_call_is_alive() -> None:
         call = backend.call(handle, workers.sleep, (3,), {})
         worst = await _worst_silence(backend, handle, call)
         assert await call == 3
-        assert worst < 1.0
+        assert worst < 1.0, f"silent for {worst:.2f} s while sleeping"
         assert backend.unresponsive_for(handle, asyncio.get_running_loop().time()) == 0.0
 
 
@@ -131,4 +131,4 @@ async def test_cpu_time_shows_a_call_holding_the_gil_is_alive() -> None:
         call = backend.call(handle, workers.big_power, (), {})
         worst = await _worst_silence(backend, handle, call)
         assert await call > 0
-        assert worst < 1.0
+        assert worst < 1.0, f"silent for {worst:.2f} s while computing"
