@@ -91,9 +91,10 @@ class AgentLost(AgentError):
 def agent_failed(exc: BaseException) -> bool:
     """True when ``exc`` is the loss of an agent (or a call timeout) seen here, which is worth a
     retry on another agent — not such an error raised by the user's code inside the agent."""
-    return isinstance(exc, AgentLost | CallTimeout) and not isinstance(
-        exc.__cause__, RemoteTraceback
-    )
+    if isinstance(exc, AgentLost):
+        return not exc.remote
+    # A CallTimeout carries no such flag; one raised inside an agent has its remote traceback.
+    return isinstance(exc, CallTimeout) and not isinstance(exc.__cause__, RemoteTraceback)
 
 
 class CallTimeout(AgentError, TimeoutError):

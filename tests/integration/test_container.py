@@ -163,3 +163,26 @@ async def test_a_cancelled_container_start_leaves_no_container() -> None:
     with pytest.raises(asyncio.CancelledError):
         await start
     # no_leaked_containers checks that the engine's container was removed anyway
+
+
+async def test_a_container_agent_reports_liveness_by_heartbeat_and_host_pid() -> None:
+    from shoal.backends.base import AgentSpec
+
+    b = backend()
+    handle = await b.start(AgentSpec(pool="box", agent_id="box-live", heartbeat_interval=0.2))
+    try:
+        assert handle.cpu is not None, "the agent's host pid was not found"
+        loop = asyncio.get_running_loop()
+        call = b.call(handle, workers.sleep, (2,), {})
+        worst = 0.0
+        while not call.done():
+            worst = max(worst, b.unresponsive_for(handle, loop.time()))
+            await asyncio.wait({call}, timeout=0.05)
+        assert await call == 2
+        assert worst < 1.0
+        # The same channel machinery as a local agent: a forking step does not shift results.
+        assert await b.call(handle, workers.fork_and_return, (1,), {}) == "parent 1"
+        for i in range(10):
+            assert await b.call(handle, workers.add, (i, 1), {}) == i + 1
+    finally:
+        await b.kill(handle)

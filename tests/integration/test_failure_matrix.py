@@ -29,7 +29,12 @@ from tests.integration import faults
 
 pytestmark = [pytest.mark.real_time, pytest.mark.usefixtures("no_leaked_children")]
 
-FAST = {"start_timeout": 3.0, "stop_grace": 0.5, "health_check_timeout": 0.3}
+FAST = {
+    "start_timeout": 3.0,
+    "stop_grace": 0.5,
+    "health_check_timeout": 0.3,
+    "heartbeat_timeout": 2.0,
+}
 
 
 def wrapper(tmp_path: Path, body: str) -> str:

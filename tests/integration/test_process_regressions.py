@@ -115,7 +115,7 @@ async def test_fresh_partials_do_not_accumulate_in_the_agent() -> None:
         after = await p.run(workers.count_partials)
         assert after - before < 10
         handle = p.agents[0].handle
-        assert len(handle.sent_keys) < 10
+        assert len(handle.channel.sent_keys) < 10
 
 
 async def test_exception_that_cannot_be_printed_does_not_kill_the_agent() -> None:

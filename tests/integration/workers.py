@@ -138,3 +138,43 @@ def raise_agent_lost() -> None:
     from shoal.errors import AgentLost
 
     raise AgentLost("a nested pool lost its agent", "nested-1")
+
+
+# -- for test_channel.py -------------------------------------------------------------------------
+
+
+def fork_and_return(tag: int) -> str:
+    """Fork; both copies return normally, as a careless step would."""
+    pid = os.fork()
+    return "child" if pid == 0 else f"parent {tag}"
+
+
+def _exit_on_load(code: int) -> None:
+    sys.exit(code)
+
+
+class ExitsOnLoad:
+    """Pickles in the agent; unpickling it calls sys.exit."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_exit_on_load, (3,))
+
+
+def return_exits_on_load() -> ExitsOnLoad:
+    return ExitsOnLoad()
+
+
+def write_reply_to_call(call_id: int) -> str:
+    """Write a well-formed reply frame for ``call_id`` on the agent's result pipe, then return."""
+    import pickle
+
+    from shoal.backends import _wire
+
+    res_fd = int(sys.argv[2])  # _agent_main.py CMD_FD RESULT_FD LIFELINE_FD PARENT_PID
+    _wire.send(res_fd, pickle.dumps((_wire.OK, "forged"), _wire.PROTOCOL), call_id)
+    return "real"
+
+
+def big_power() -> int:
+    """A couple of seconds inside one C call that holds the GIL (no heartbeat can be sent)."""
+    return (3**8_000_000).bit_length()

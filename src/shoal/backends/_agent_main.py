@@ -1,5 +1,8 @@
 """Entry point of an agent process: warm up once, then serve calls one at a time.
 
+Each reply echoes the id of the call it answers. While a call runs, a heartbeat thread (if the
+pool asked for one in INIT) shows the pool that the agent is alive.
+
 Started as ``python _agent_main.py CMD_FD RESULT_FD LIFELINE_FD PARENT_PID`` by the process
 backend. It deliberately imports nothing of shoal (only ``_wire``, beside it) so that a cold start
 costs the interpreter, the user's imports and the user's setup, and nothing more.
@@ -26,6 +29,61 @@ except ImportError:  # imported as part of shoal (the Ray backend's actors do)
 EXIT_PARENT_GONE = 70
 _FUNCTION_CACHE = 256  # functions kept by key; an evicted one is simply sent again
 _loop: Any = None
+_PID = os.getpid()  # a forked copy of this agent sees another pid, and must not answer
+
+
+def _exit_if_forked() -> None:
+    """End a copy of the agent that a call made with ``os.fork()`` and let return here: it
+    shares the agent's channel, and any frame it wrote would be taken for the agent's."""
+    if os.getpid() != _PID:
+        os._exit(0)
+
+
+class Heartbeat:
+    """A thread that sends a HEARTBEAT frame every ``interval`` seconds while a call runs.
+
+    It costs the main loop two attribute writes per call and no system call: the thread wakes
+    every ``interval`` and beats only if the call it saw running at its previous wake-up still
+    runs (so a call shorter than ``interval`` is never beaten for). When it finds the agent idle
+    it parks on an event, and the next call to start wakes it (one system call then, none for
+    the calls after it while it is awake).
+    """
+
+    def __init__(self, interval: float, res_fd: int, lock: threading.Lock) -> None:
+        self.interval = interval
+        self.res_fd = res_fd
+        self.lock = lock  # every write to res_fd, from any thread, holds it
+        self.calls = 0  # calls started so far
+        self.busy = False
+        self.parked = False
+        self._wake = threading.Event()
+        threading.Thread(target=self._run, name="shoal-heartbeat", daemon=True).start()
+
+    def begin(self) -> None:
+        """A call starts (main thread)."""
+        self.calls += 1
+        self.busy = True
+        if self.parked:
+            self.parked = False
+            self._wake.set()
+
+    def _run(self) -> None:
+        seen = -1
+        while True:
+            time.sleep(self.interval)
+            _exit_if_forked()
+            calls, busy = self.calls, self.busy
+            if busy and calls == seen:
+                with self.lock:
+                    _wire.send(self.res_fd, _wire.HEARTBEAT_MSG)
+            elif not busy:
+                self.parked = True
+                if not self.busy:  # begin() may have run between the two reads
+                    self._wake.wait()
+                    self._wake.clear()
+                self.parked = False
+                calls = self.calls
+            seen = calls
 
 
 def _die_with_parent(lifeline_fd: int, parent_pid: int) -> None:
@@ -179,15 +237,17 @@ def main() -> None:
     _die_with_parent(lifeline_fd, parent_pid)
     send = _wire.send
 
-    init = _wire.recv(cmd_fd)
+    init = _wire.recv_message(cmd_fd)
     if init is None:
         return
-    _, sys_path, setup_blob, spin_s = init
+    _, sys_path, setup_blob, spin_s, heartbeat_s = init
     sys.path[:] = sys_path
     failed = warm_up(setup_blob)
     if failed is not None:
         send(res_fd, failed)
         return
+    lock = threading.Lock()
+    beat = Heartbeat(heartbeat_s, res_fd, lock) if heartbeat_s else None
     send(res_fd, _dumps((_wire.READY, os.getpid())))
 
     functions: OrderedDict[int, Any] = OrderedDict()  # most recently used last
@@ -199,15 +259,27 @@ def main() -> None:
         header = _wire.read_exact(cmd_fd, _wire.HEADER.size)
         if header is None:
             return
-        body = _wire.read_exact(cmd_fd, _wire.HEADER.unpack(header)[0])
+        size, call_id = _wire.HEADER.unpack(header)
+        body = _wire.read_exact(cmd_fd, size)
         if body is None:
             return
-        if body == _wire.PING_MSG:
-            send(res_fd, _wire.PONG_MSG)
+        if call_id:
+            if beat is None:
+                reply = serve(body, functions)
+                _exit_if_forked()
+                send(res_fd, reply, call_id)
+            else:
+                beat.begin()
+                reply = serve(body, functions)
+                _exit_if_forked()
+                beat.busy = False
+                with lock:
+                    send(res_fd, reply, call_id)
+        elif body == _wire.PING_MSG:
+            with lock:
+                send(res_fd, _wire.PONG_MSG)
         elif body == _wire.STOP_MSG:
             return
-        else:
-            send(res_fd, serve(body, functions))
 
 
 if __name__ == "__main__":

@@ -124,14 +124,17 @@ def _which_argument(
 
 
 def init_message(spec: AgentSpec, spin_s: float) -> bytes:
-    """The INIT message for a new agent: the driver's sys.path and the pool's setup."""
+    """The INIT message for a new agent: the driver's sys.path, the pool's setup, how long to
+    poll for the next call and how often to heartbeat during a call (0: never)."""
     try:
         setup_blob = dumps(spec.setup)
     except Exception as exc:
         raise SerializationError(
             f"pool {spec.pool!r}: setup {spec.setup!r} cannot be sent to an agent: {exc}"
         ) from exc
-    return pickle.dumps((_wire.INIT, list(sys.path), setup_blob, spin_s), _wire.PROTOCOL)
+    heartbeat = float(spec.heartbeat_interval or 0.0)
+    msg = (_wire.INIT, list(sys.path), setup_blob, spin_s, heartbeat)
+    return pickle.dumps(msg, _wire.PROTOCOL)
 
 
 def setup_failed(spec: AgentSpec, reply: tuple[Any, ...]) -> AgentStartError:
@@ -160,6 +163,14 @@ async def call_over(
     if reply[0] == _wire.UNKNOWN_FN:
         sent.discard(reply[1])
         reply = await request(encode_call(sent, fn, args, kwargs))
+    return outcome(reply, sent, fn, agent_id)
+
+
+def outcome(reply: tuple[Any, ...], sent: set[int], fn: Callable[..., Any], agent_id: str) -> Any:
+    """The return value a decoded reply carries, or raise the error it stands for.
+
+    UNKNOWN_FN is the caller's to handle (resend the function) before this.
+    """
     kind = reply[0]
     if kind == _wire.OK:
         return reply[1]
@@ -172,19 +183,32 @@ async def call_over(
     raise AgentLost(f"agent {agent_id} sent an unexpected reply {kind!r}", agent_id)
 
 
+def undecodable(agent_id: str, exc: BaseException) -> SerializationError:
+    """The error for a reply that could not be unpickled here (the agent is unharmed)."""
+    return SerializationError(
+        f"the reply from agent {agent_id} could not be unpickled here: {type(exc).__name__}: {exc}"
+    )
+
+
 def rebuild_exception(msg: tuple[Any, ...]) -> Exception:
-    """Turn a RAISED or START_FAILED message into an exception with its remote traceback."""
+    """Turn a RAISED or START_FAILED message into an exception with its remote traceback.
+
+    An :class:`AgentLost` raised by the user's code comes back with ``remote=True``: it is
+    about some other agent, not the one that ran the code.
+    """
     _, blob, type_name, message, tb = msg
     exc: object = None
     if blob is not None:
         try:
             exc = pickle.loads(blob)
-        except Exception:
+        except BaseException:  # unpickling may run anything, sys.exit included
             exc = None
     if exc is None or not isinstance(exc, Exception):
         # SystemExit, KeyboardInterrupt or CancelledError in an agent must not end the
         # caller's program or task: they arrive as an ordinary error naming them.
         exc = RemoteError(type_name, message)
+    if isinstance(exc, AgentLost):
+        exc.remote = True
     exc.__cause__ = RemoteTraceback(tb)
     return exc
 

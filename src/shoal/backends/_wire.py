@@ -1,8 +1,11 @@
 """The framing spoken between a pool and its agent processes. Standard library only.
 
-Each message is an 8-byte big-endian length followed by a pickle. The agent process imports this
-file as a top-level module (it starts without importing shoal, to keep cold starts short), so it
-must not import anything from shoal.
+Each frame is a 16-byte big-endian header — the payload's length and a call id — followed by the
+payload, a pickle. A CALL carries a fresh id (1, 2, ...) and the agent's reply echoes it, so a
+reply can never be taken for the answer to another call; the control frames (INIT, READY,
+START_FAILED, PING, PONG, STOP, HEARTBEAT) use id 0. The agent process imports this file as a
+top-level module (it starts without importing shoal, to keep cold starts short), so it must not
+import anything from shoal.
 """
 
 from __future__ import annotations
@@ -12,33 +15,36 @@ import pickle
 import struct
 from typing import Any
 
-HEADER = struct.Struct("!Q")
+HEADER = struct.Struct("!QQ")  # payload length, call id
+CONTROL = 0  # the call id of every frame that is not a call or its reply
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 # Parent -> agent
-INIT = 0  # (INIT, sys_path, pickled_setup, spin_seconds)
-CALL = 1  # (CALL, fn_or_None, by_value_key, by_value_blob, args, kwargs)
+INIT = 0  # (INIT, sys_path, pickled_setup, spin_seconds, heartbeat_interval_or_0)
+CALL = 1  # (CALL, fn_key_or_None, pickled_fn_or_None, args, kwargs); None blob: use the kept fn
 PING = 2  # (PING,)
 STOP = 3  # (STOP,)
 
 # Agent -> parent
-READY = 10  # (READY, pid, setup_seconds)
+READY = 10  # (READY, pid)
 START_FAILED = 11  # (START_FAILED, exc_blob_or_None, type_name, message, traceback_text)
 OK = 12  # (OK, result)
 RAISED = 13  # (RAISED, exc_blob_or_None, type_name, message, traceback_text)
 UNPICKLABLE = 14  # (UNPICKLABLE, what, detail)
 PONG = 15  # (PONG,)
 UNKNOWN_FN = 16  # (UNKNOWN_FN, key): the agent no longer has that function; send it again
+HEARTBEAT = 17  # (HEARTBEAT,): still running a call, every heartbeat_interval seconds
 
 # The fixed messages, pickled once: the agent recognises them by their bytes.
 PING_MSG = pickle.dumps((PING,), PROTOCOL)
 STOP_MSG = pickle.dumps((STOP,), PROTOCOL)
 PONG_MSG = pickle.dumps((PONG,), PROTOCOL)
+HEARTBEAT_MSG = pickle.dumps((HEARTBEAT,), PROTOCOL)
 
 
-def frame(payload: bytes) -> bytes:
-    """Prefix ``payload`` with its length."""
-    return HEADER.pack(len(payload)) + payload
+def frame(payload: bytes, call_id: int = CONTROL) -> bytes:
+    """Prefix ``payload`` with its length and call id."""
+    return HEADER.pack(len(payload), call_id) + payload
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -49,9 +55,9 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
-def send(fd: int, payload: bytes) -> None:
-    """Write one message to a blocking descriptor without copying the payload."""
-    header = HEADER.pack(len(payload))
+def send(fd: int, payload: bytes, call_id: int = CONTROL) -> None:
+    """Write one frame to a blocking descriptor without copying the payload."""
+    header = HEADER.pack(len(payload), call_id)
     n = os.writev(fd, [header, payload])
     if n < len(header) + len(payload):
         write_all(fd, (header + payload)[n:])
@@ -69,40 +75,47 @@ def read_exact(fd: int, n: int) -> bytes | None:
     return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
-def recv(fd: int) -> Any:
-    """Read one message from a blocking descriptor; None at end of file."""
+def recv(fd: int) -> tuple[int, bytes] | None:
+    """Read one frame from a blocking descriptor: ``(call_id, payload)``; None at end of file."""
     header = read_exact(fd, HEADER.size)
     if header is None:
         return None
-    (size,) = HEADER.unpack(header)
+    size, call_id = HEADER.unpack(header)
     body = read_exact(fd, size)
     if body is None:
         return None
-    return pickle.loads(body)
+    return call_id, body
+
+
+def recv_message(fd: int) -> Any:
+    """Read one frame and unpickle its payload; None at end of file."""
+    got = recv(fd)
+    return None if got is None else pickle.loads(got[1])
 
 
 class FrameReader:
-    """Splits a byte stream arriving in arbitrary pieces back into payloads."""
+    """Splits a byte stream arriving in arbitrary pieces back into ``(call_id, payload)``."""
 
     __slots__ = ("_buf",)
 
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         buf = self._buf
-        if not buf and len(data) >= HEADER.size:
-            # Fast path: one whole message in one read, the common case for small calls.
-            (size,) = HEADER.unpack_from(data)
-            if len(data) == HEADER.size + size:
-                return [data[HEADER.size :]]
+        size_of = HEADER.size
+        if not buf and len(data) >= size_of:
+            # Fast path: one whole frame in one read, the common case for small calls.
+            size, call_id = HEADER.unpack_from(data)
+            if len(data) == size_of + size:
+                return [(call_id, data[size_of:])]
         buf += data
         out = []
-        while len(buf) >= HEADER.size:
-            (size,) = HEADER.unpack_from(buf)
-            end = HEADER.size + size
+        while len(buf) >= size_of:
+            size, call_id = HEADER.unpack_from(buf)
+            end = size_of + size
             if len(buf) < end:
                 break
-            out.append(bytes(buf[HEADER.size : end]))
+            out.append((call_id, bytes(buf[size_of:end])))
             del buf[:end]
         return out

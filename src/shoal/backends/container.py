@@ -2,9 +2,9 @@
 
 Each agent is a container started from the pool's ``image`` that runs shoal's agent process. It
 has no network by default: it talks to the pool over a Unix socket in a directory mounted into
-the container — the same framed messages as a local agent's pipes, so calls, errors, warm-up and
-failure handling are those of :class:`~shoal.backends.process.ProcessBackend`, which this
-backend extends. Stopping an agent removes its container; a container killed from outside is an
+the container — the same framed channel as a local agent's pipes (``_channel``), so calls,
+errors, warm-up and failure handling are those of :class:`~shoal.backends.process.ProcessBackend`.
+Stopping an agent removes its container; a container killed from outside is an
 :class:`~shoal.errors.AgentLost` like any other agent.
 
 The image needs a Python with shoal importable. By default the host's interpreter and the
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -25,29 +26,45 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from shoal.backends import _ship
-from shoal.backends.base import AgentSpec
-from shoal.backends.process import ProcessAgent, ProcessBackend
-from shoal.errors import AgentStartError, BackendError
+from shoal.backends import _channel, _ship, _wire
+from shoal.backends._channel import Channel, CpuWatch
+from shoal.backends.base import AgentHandle, AgentSpec
+from shoal.backends.process import AGENT_MAIN
+from shoal.errors import AgentLost, AgentStartError, BackendError, ConfigError
 
 _HOST_SYSTEM = ("/usr", "/lib", "/lib64", "/bin", "/etc")
 
 
-class ContainerAgent(ProcessAgent):
-    __slots__ = ("container", "folder", "removed")
+class ContainerAgent(AgentHandle):
+    """One agent container and the channel (a Unix socket) that reaches the agent in it.
 
-    def __init__(self, spec: AgentSpec, container: Any, fds: tuple[int, int, int], folder: str):
-        super().__init__(spec, None, fds, pid=None)
+    ``pid`` is the agent's pid inside the container; ``cpu`` watches it by its pid on this
+    host, when the engine tells it and this host's ``/proc`` shows it (else None).
+    """
+
+    __slots__ = ("channel", "container", "cpu", "folder", "removed", "spec", "stopping")
+
+    def __init__(self, spec: AgentSpec, container: Any, channel: Channel, folder: str):
+        super().__init__(spec.agent_id)
+        self.spec = spec
         self.container = container
+        self.channel = channel
         self.folder = folder
+        self.cpu: CpuWatch | None = None
+        self.stopping = False
         # Resolved once the exited container is removed and its socket folder deleted.
         self.removed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+    @property
+    def last_heard(self) -> float:
+        """Loop time of the last frame received from the agent (a reply, a heartbeat, ...)."""
+        return self.channel.last_heard
 
-class ContainerBackend(ProcessBackend):
+
+class ContainerBackend:
     """Start agents as containers of ``image`` (the pool's ``image`` wins when it has one).
 
     ``base_url`` is the engine's API socket (default: ``$DOCKER_HOST``, else Podman's
@@ -71,7 +88,11 @@ class ContainerBackend(ProcessBackend):
         env: Mapping[str, str] | None = None,
         spin: float = 100e-6,
     ) -> None:
-        super().__init__(python=python or sys.executable, env=env, spin=spin)
+        if spin < 0:
+            raise ConfigError(f"ContainerBackend: spin={spin!r} must be >= 0 seconds")
+        self._python = python or sys.executable
+        self._env = dict(env or {})
+        self._spin = spin
         try:
             import docker
         except ImportError:
@@ -116,7 +137,7 @@ class ContainerBackend(ProcessBackend):
             # System paths as they are named (on merged-/usr hosts /lib is a link to /usr/lib,
             # and the agent's loader looks for /lib), the rest by their real location.
             paths += [p for p in _HOST_SYSTEM if os.path.exists(p)]
-            extra = [sys.base_prefix, sys.prefix, *sys.path]
+            extra = [sys.base_prefix, sys.prefix, *sys.path, os.path.dirname(AGENT_MAIN)]
             paths += [os.path.realpath(p) for p in extra if p and os.path.isdir(p)]
         for path in sorted(set(paths), key=len):
             if not any(path == m or path.startswith(m.rstrip("/") + "/") for m in volumes):
@@ -153,8 +174,10 @@ class ContainerBackend(ProcessBackend):
                 conn = await self._accept(loop, listener, container, exit_code, spec)
                 fds.append(conn.detach())
             chan, life = fds
-            os.set_blocking(chan, False)
-            agent = ContainerAgent(spec, container, (chan, chan, life), folder)
+            kill = functools.partial(self._kill_soon, container)
+            agent = ContainerAgent(
+                spec, container, Channel(spec.agent_id, chan, chan, life, kill), folder
+            )
         except BaseException as exc:
             listener.close()
             if run is not None and not run.done():
@@ -174,22 +197,36 @@ class ContainerBackend(ProcessBackend):
                 ) from exc
             raise
         listener.close()
-        loop.add_reader(chan, self._on_readable, agent)
-        self._watchers.add(task := loop.create_task(self._watch_container(agent, exit_code)))
-        task.add_done_callback(self._watchers.discard)
-        await self._warm_up(agent, spec, init, f" (container {_short(container)})")
+        self._keep(loop.create_task(self._watch_container(agent, exit_code)))
+        try:
+            agent.pid = await _channel.warm_up(
+                agent.channel, spec, init, f" (container {_short(container)})"
+            )
+            agent.cpu = await asyncio.to_thread(_host_cpu_watch, container, agent.pid)
+        except BaseException:
+            await self.kill(agent)
+            raise
         return agent
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    def _kill_soon(self, container: Any) -> None:
+        """Kill a container from a loop callback (an agent that broke the protocol)."""
+        self._keep(asyncio.get_running_loop().create_task(_kill_container(container)))
+
+    def _agent_main(self) -> list[str]:
+        """How the container runs the agent: this very file when the host's paths are mounted
+        (the agent then speaks exactly this driver's protocol), else the image's shoal."""
+        if self.mount_host_python:
+            return [AGENT_MAIN]
+        return ["-m", "shoal.backends._agent_main"]
 
     def _options(self, spec: AgentSpec, name: str, folder: str) -> dict[str, Any]:
         volumes = self._mounts(folder)
         options: dict[str, Any] = {
-            "command": [
-                self._python,
-                "-m",
-                "shoal.backends._agent_main",
-                "--socket",
-                "/shoal/agent.sock",
-            ],
+            "command": [self._python, *self._agent_main(), "--socket", "/shoal/agent.sock"],
             "name": name,
             "detach": True,
             # An init as PID 1, so the agent is an ordinary process: signals (a SIGKILL it
@@ -241,29 +278,88 @@ class ContainerBackend(ProcessBackend):
     async def _watch_container(self, agent: ContainerAgent, exit_code: asyncio.Future[int]) -> None:
         """Learn the container's exit status, however it ended, and settle the agent."""
         code = await exit_code
-        self._finish(agent, code)
+        agent.channel.finish(
+            code,
+            f"agent {agent.agent_id} (container {_short(agent.container)}) died with exit "
+            f"code {code} while running a call",
+        )
+        agent.exit_code = code
+        if not agent.stopping and agent.spec.on_exit is not None:
+            agent.spec.on_exit(agent)
         try:
             await asyncio.to_thread(_remove, agent.container)
             shutil.rmtree(agent.folder, ignore_errors=True)
         finally:
             agent.removed.set_result(None)
 
-    async def stop(self, handle: ProcessAgent, grace: float) -> None:
-        assert isinstance(handle, ContainerAgent)
-        await super().stop(handle, grace)
+    def call(
+        self,
+        handle: ContainerAgent,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> asyncio.Future[Any]:
+        return handle.channel.call(fn, args, kwargs)
+
+    async def check_health(self, handle: ContainerAgent) -> bool:
+        if not handle.alive or handle.stopping:
+            return False
+        return await _channel.ping(handle.channel)
+
+    async def stop(self, handle: ContainerAgent, grace: float) -> None:
+        if handle.alive and not handle.stopping:
+            handle.stopping = True
+            with contextlib.suppress(AgentLost):
+                handle.channel.send(_wire.STOP_MSG)
+        try:
+            await asyncio.wait_for(asyncio.shield(handle.channel.exited), grace)
+        except TimeoutError:
+            await self.kill(handle)
         await asyncio.shield(handle.removed)
 
-    async def kill(self, handle: ProcessAgent) -> None:
-        assert isinstance(handle, ContainerAgent)
+    async def kill(self, handle: ContainerAgent) -> None:
         handle.stopping = True
         if handle.alive:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(handle.container.kill)
-        await asyncio.shield(handle.exited)
+            await _kill_container(handle.container)
+        await asyncio.shield(handle.channel.exited)
         await asyncio.shield(handle.removed)
 
-    def memory_bytes(self, handle: ProcessAgent) -> int | None:
+    def unresponsive_for(self, handle: ContainerAgent, now: float) -> float:
+        """Seconds since the agent last showed life during its current call: a reply, a
+        heartbeat (``AgentSpec.heartbeat_interval``), or CPU time of its process read through
+        this host's ``/proc`` under the host pid that the engine reports for the container
+        (``State.Pid``, the container's init; the agent is its child). Where that pid is not
+        visible here (a remote engine, a VM), heartbeats alone tell. 0 when it runs no call."""
+        return _channel.unresponsive_for(handle.channel, handle.cpu, now)
+
+    def memory_bytes(self, handle: ContainerAgent) -> int | None:
         return None  # the agent's pid lives in the container's namespace, not ours
+
+
+async def _kill_container(container: Any) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.to_thread(container.kill)
+
+
+def _host_cpu_watch(container: Any, agent_pid: int) -> CpuWatch | None:
+    """A CPU watch on the agent by its pid on this host, or None where it cannot be found.
+
+    The engine reports the host pid of the container's init (``State.Pid``); the agent is the
+    child of it whose innermost namespace pid (``NSpid`` in ``/proc``) is ``agent_pid``.
+    """
+    try:
+        container.reload()
+        init = int(container.attrs["State"]["Pid"])
+        with open(f"/proc/{init}/task/{init}/children") as f:
+            children = [int(c) for c in f.read().split()]
+        for pid in [init, *children]:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("NSpid:") and int(line.split()[-1]) == agent_pid:
+                        return CpuWatch(pid)
+    except Exception:
+        return None
+    return None
 
 
 def _working_dir(volumes: Mapping[str, Any]) -> str:

@@ -1,10 +1,11 @@
 """Agents as long-lived local Python processes: the embedded default backend.
 
 Each agent is a child interpreter that warms up once (imports, the pool's ``setup``) and then
-serves calls one at a time over a pair of inherited pipes; nothing listens on a port. The parent's
-event loop reads results without threads, and learns of a child's death from a pidfd (Linux) or by
-polling. A child never outlives its parent: it has ``PR_SET_PDEATHSIG`` on Linux and, everywhere,
-a lifeline pipe whose end-of-file means the parent is gone.
+serves calls one at a time over a pair of inherited pipes (the framed channel of ``_channel``);
+nothing listens on a port. The parent's event loop reads results without threads, and learns of a
+child's death from a pidfd (Linux) or by polling. A child never outlives its parent: it has
+``PR_SET_PDEATHSIG`` on Linux and, everywhere, a lifeline pipe whose end-of-file means the parent
+is gone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -21,51 +21,33 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from shoal.backends import _ship, _wire
+from shoal.backends import _channel, _ship, _wire
+from shoal.backends._channel import Channel, CpuWatch
 from shoal.backends.base import AgentHandle, AgentSpec
-from shoal.errors import AgentLost, AgentStartError, ConfigError, SerializationError
+from shoal.errors import AgentLost, ConfigError
 
 AGENT_MAIN = str(Path(__file__).with_name("_agent_main.py"))
-_READ_SIZE = 1 << 18
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class ProcessAgent(AgentHandle):
-    """One child process and the descriptors that reach it."""
+    """One child process and the channel that reaches it."""
 
-    __slots__ = (
-        "_exit_watch",
-        "cmd_fd",
-        "exited",
-        "lifeline_fd",
-        "out_buf",
-        "pending",
-        "popen",
-        "reader",
-        "res_fd",
-        "sent_keys",
-        "spec",
-        "stopping",
-    )
+    __slots__ = ("_exit_watch", "channel", "cpu", "popen", "spec", "stopping")
 
-    def __init__(
-        self,
-        spec: AgentSpec,
-        popen: subprocess.Popen[bytes] | None,
-        fds: tuple[int, int, int],
-        pid: int | None = None,
-    ):
-        super().__init__(spec.agent_id, popen.pid if popen is not None else pid)
+    def __init__(self, spec: AgentSpec, popen: subprocess.Popen[bytes], channel: Channel):
+        super().__init__(spec.agent_id, popen.pid)
         self.spec = spec
         self.popen = popen
-        self.cmd_fd, self.res_fd, self.lifeline_fd = fds
-        self.reader = _wire.FrameReader()
-        self.pending: asyncio.Future[tuple[Any, ...]] | None = None
-        self.out_buf = bytearray()
-        self.sent_keys: set[int] = set()
-        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.channel = channel
+        self.cpu = CpuWatch(popen.pid)
         self.stopping = False
         self._exit_watch: int | None = None
+
+    @property
+    def last_heard(self) -> float:
+        """Loop time of the last frame received from the agent (a reply, a heartbeat, ...)."""
+        return self.channel.last_heard
 
 
 class ProcessBackend:
@@ -91,6 +73,7 @@ class ProcessBackend:
         self._python = python or sys.executable
         self._env = dict(env or {})
         self._spin = spin
+        self._pollers: set[asyncio.Task[None]] = set()  # exit watchers where pidfd is missing
 
     def __repr__(self) -> str:
         return f"ProcessBackend(python={self._python!r})"
@@ -100,69 +83,47 @@ class ProcessBackend:
     async def start(self, spec: AgentSpec) -> ProcessAgent:
         init = _ship.init_message(spec, self._spin)
         agent = self._spawn(spec)
-        await self._warm_up(agent, spec, init, " (see its output above)")
-        return agent
-
-    async def _warm_up(self, agent: ProcessAgent, spec: AgentSpec, init: bytes, hint: str) -> None:
-        """Send INIT and wait for READY; on any failure the agent is killed before raising."""
         try:
-            reply = await self._request(agent, init)
-        except AgentLost as exc:
-            await self.kill(agent)
-            raise AgentStartError(
-                f"pool {spec.pool!r}: agent {spec.agent_id} exited with code {exc.exit_code} "
-                f"while warming up{hint}",
-                spec.agent_id,
-            ) from exc
+            agent.pid = await _channel.warm_up(agent.channel, spec, init, " (see its output above)")
         except BaseException:
             await self.kill(agent)
             raise
-        if reply[0] != _wire.READY:
-            await self.kill(agent)
-            raise _ship.setup_failed(spec, reply)
-        agent.pid = reply[1]
+        return agent
 
-    async def call(
+    def call(
         self,
         handle: ProcessAgent,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
-    ) -> Any:
-        return await _ship.call_over(
-            functools.partial(self._request, handle),
-            handle.sent_keys,
-            fn,
-            args,
-            kwargs,
-            handle.agent_id,
-        )
+    ) -> asyncio.Future[Any]:
+        return handle.channel.call(fn, args, kwargs)
 
     async def check_health(self, handle: ProcessAgent) -> bool:
         if not handle.alive or handle.stopping:
             return False
-        try:
-            reply = await self._request(handle, _wire.PING_MSG)
-        except AgentLost:
-            return False
-        return bool(reply[0] == _wire.PONG)
+        return await _channel.ping(handle.channel)
 
     async def stop(self, handle: ProcessAgent, grace: float) -> None:
         if handle.alive and not handle.stopping:
             handle.stopping = True
             with contextlib.suppress(AgentLost):
-                self._send(handle, _wire.STOP_MSG)
+                handle.channel.send(_wire.STOP_MSG)
         try:
-            await asyncio.wait_for(asyncio.shield(handle.exited), grace)
+            await asyncio.wait_for(asyncio.shield(handle.channel.exited), grace)
         except TimeoutError:
             await self.kill(handle)
 
     async def kill(self, handle: ProcessAgent) -> None:
         handle.stopping = True
-        if handle.alive and handle.popen is not None:
-            with contextlib.suppress(ProcessLookupError):
-                handle.popen.send_signal(signal.SIGKILL)
-        await asyncio.shield(handle.exited)
+        _sigkill(handle.popen)
+        await asyncio.shield(handle.channel.exited)
+
+    def unresponsive_for(self, handle: ProcessAgent, now: float) -> float:
+        """Seconds since the agent last showed life during its current call: a reply, a
+        heartbeat (``AgentSpec.heartbeat_interval``) or CPU time used by its main thread
+        (``/proc``; a SIGSTOPped agent never counts as progressing). 0 when it runs no call."""
+        return _channel.unresponsive_for(handle.channel, handle.cpu, now)
 
     def memory_bytes(self, handle: ProcessAgent) -> int | None:
         """The agent's resident memory (Linux ``/proc``), or None where it cannot be read."""
@@ -201,102 +162,25 @@ class ProcessBackend:
             raise
         for fd in child_fds:
             os.close(fd)
-        os.set_blocking(cmd_w, False)
-        os.set_blocking(res_r, False)
-        agent = ProcessAgent(spec, popen, (cmd_w, res_r, life_w))
-        loop = asyncio.get_running_loop()
-        loop.add_reader(res_r, self._on_readable, agent)
-        self._watch_exit(agent, loop)
+        channel = _channel.Channel(
+            spec.agent_id, cmd_w, res_r, life_w, kill=functools.partial(_sigkill, popen)
+        )
+        agent = ProcessAgent(spec, popen, channel)
+        self._watch_exit(agent, asyncio.get_running_loop())
         return agent
-
-    async def _request(self, agent: ProcessAgent, payload: bytes) -> tuple[Any, ...]:
-        if agent.pending is not None:
-            raise RuntimeError(f"agent {agent.agent_id} is already running a call")
-        fut: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
-        self._send(agent, payload)
-        agent.pending = fut
-        try:
-            return await fut
-        finally:
-            agent.pending = None
-
-    def _send(self, agent: ProcessAgent, payload: bytes) -> None:
-        if not agent.alive or agent.cmd_fd < 0:
-            raise AgentLost(
-                f"agent {agent.agent_id} is gone (exit code {agent.exit_code})",
-                agent.agent_id,
-                exit_code=agent.exit_code,
-                delivered=False,
-            )
-        header = _wire.HEADER.pack(len(payload))
-        if agent.out_buf:
-            agent.out_buf += header + payload
-            return
-        try:
-            n = os.writev(agent.cmd_fd, [header, payload])
-        except BlockingIOError:
-            n = 0
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise AgentLost(
-                f"agent {agent.agent_id} is gone; the call was not delivered",
-                agent.agent_id,
-                delivered=False,
-            ) from exc
-        total = len(header) + len(payload)
-        if n < total:
-            agent.out_buf += (header + payload)[n:]
-            asyncio.get_running_loop().add_writer(agent.cmd_fd, self._on_writable, agent)
-
-    def _on_writable(self, agent: ProcessAgent) -> None:
-        try:
-            n = os.write(agent.cmd_fd, agent.out_buf)
-        except BlockingIOError:
-            return
-        except OSError:
-            n = len(agent.out_buf)  # the exit watcher reports the loss
-        del agent.out_buf[:n]
-        if not agent.out_buf:
-            asyncio.get_running_loop().remove_writer(agent.cmd_fd)
-
-    def _on_readable(self, agent: ProcessAgent) -> None:
-        try:
-            data = os.read(agent.res_fd, _READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            # End of file: the process is exiting; its exit watcher fails any pending call.
-            asyncio.get_running_loop().remove_reader(agent.res_fd)
-            return
-        for payload in agent.reader.feed(data):
-            self._deliver(agent, payload)
-
-    def _deliver(self, agent: ProcessAgent, payload: bytes) -> None:
-        fut = agent.pending
-        if fut is None or fut.done():
-            return  # the reply to a call whose caller was cancelled; the pool kills this agent
-        try:
-            fut.set_result(pickle.loads(payload))
-        except Exception as exc:
-            fut.set_exception(
-                SerializationError(
-                    f"the reply from agent {agent.agent_id} could not be unpickled here: "
-                    f"{type(exc).__name__}: {exc}"
-                )
-            )
 
     def _watch_exit(self, agent: ProcessAgent, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            pidfd = os.pidfd_open(agent.pid or -1)
+            pidfd = os.pidfd_open(agent.popen.pid)
         except (AttributeError, OSError):
-            loop.create_task(self._poll_exit(agent))
+            task = loop.create_task(self._poll_exit(agent))
+            self._pollers.add(task)
+            task.add_done_callback(self._pollers.discard)
             return
         agent._exit_watch = pidfd
         loop.add_reader(pidfd, self._on_exit, agent)
 
     async def _poll_exit(self, agent: ProcessAgent) -> None:
-        assert agent.popen is not None
         delay = 0.001
         while agent.popen.poll() is None:
             await asyncio.sleep(delay)
@@ -304,44 +188,25 @@ class ProcessBackend:
         self._on_exit(agent)
 
     def _on_exit(self, agent: ProcessAgent) -> None:
-        loop = asyncio.get_running_loop()
         if agent._exit_watch is not None:
-            loop.remove_reader(agent._exit_watch)
+            asyncio.get_running_loop().remove_reader(agent._exit_watch)
             os.close(agent._exit_watch)
             agent._exit_watch = None
-        assert agent.popen is not None
-        self._finish(agent, agent.popen.wait())
-
-    def _finish(self, agent: ProcessAgent, code: int) -> None:
-        """The agent is gone with exit status ``code``: settle its call and free its fds."""
-        loop = asyncio.get_running_loop()
-        # A reply written just before the exit may still sit in the pipe: take it first.
-        if agent.res_fd >= 0:
-            loop.remove_reader(agent.res_fd)
-            with contextlib.suppress(OSError):
-                while data := os.read(agent.res_fd, _READ_SIZE):
-                    for payload in agent.reader.feed(data):
-                        self._deliver(agent, payload)
+        code = agent.popen.wait()
+        agent.channel.finish(
+            code,
+            f"agent {agent.agent_id} (pid {agent.pid}) died with exit code {code} "
+            f"{_signal_name(code)}while running a call",
+        )
         agent.exit_code = code
-        if agent.out_buf:
-            loop.remove_writer(agent.cmd_fd)
-            agent.out_buf.clear()
-        for fd in {agent.cmd_fd, agent.res_fd, agent.lifeline_fd}:  # a socket may be both
-            os.close(fd)
-        agent.cmd_fd = agent.res_fd = agent.lifeline_fd = -1
-        fut = agent.pending
-        if fut is not None and not fut.done():
-            fut.set_exception(
-                AgentLost(
-                    f"agent {agent.agent_id} (pid {agent.pid}) died with exit code {code} "
-                    f"{_signal_name(code)}while running a call",
-                    agent.agent_id,
-                    exit_code=code,
-                )
-            )
-        agent.exited.set_result(code)
         if not agent.stopping and agent.spec.on_exit is not None:
             agent.spec.on_exit(agent)
+
+
+def _sigkill(popen: subprocess.Popen[bytes]) -> None:
+    if popen.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            popen.send_signal(signal.SIGKILL)
 
 
 def _signal_name(code: int) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 from shoal.backends import _ship, _wire
 from shoal.backends.base import AgentHandle, AgentSpec
-from shoal.errors import AgentLost, AgentStartError, BackendError, SerializationError
+from shoal.errors import AgentLost, AgentStartError, BackendError
 
 _ACTOR_CLASS: Any = None
 _LOCAL_USERS = [0]  # backends sharing the local Ray instance one of them started
@@ -176,15 +176,25 @@ class RayBackend:
             raise _ship.setup_failed(spec, reply)
         return RayAgent(spec.agent_id, actor, reply[1])
 
-    async def call(
+    def call(
+        self,
+        handle: RayAgent,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> asyncio.Future[Any]:
+        # A task per call: nothing next to what a call to an actor costs.
+        if not handle.alive:
+            raise AgentLost(f"agent {handle.agent_id} is gone", handle.agent_id, delivered=False)
+        return asyncio.get_running_loop().create_task(self._call(handle, fn, args, kwargs))
+
+    async def _call(
         self,
         handle: RayAgent,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
     ) -> Any:
-        if not handle.alive:
-            raise AgentLost(f"agent {handle.agent_id} is gone", handle.agent_id, delivered=False)
         return await _ship.call_over(
             functools.partial(self._request, handle),
             handle.sent_keys,
@@ -207,11 +217,8 @@ class RayBackend:
             ) from exc
         try:
             reply: tuple[Any, ...] = pickle.loads(raw)
-        except Exception as exc:
-            raise SerializationError(
-                f"the reply from agent {handle.agent_id} could not be unpickled here: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        except BaseException as exc:  # unpickling may run anything, sys.exit included
+            raise _ship.undecodable(handle.agent_id, exc) from exc
         return reply
 
     async def check_health(self, handle: RayAgent) -> bool:

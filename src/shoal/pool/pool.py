@@ -427,8 +427,6 @@ class AgentPool:
         fut: asyncio.Future[Any] | None = None
         try:
             fut = self._backend.call(agent.handle, fn, args, kwargs)
-            if not isinstance(fut, asyncio.Future):  # MERGE-SHIM: until backends return futures
-                fut = asyncio.ensure_future(fut)
             if timeout is None:
                 result: T = await fut
             else:

@@ -14,7 +14,7 @@ import asyncio
 import inspect
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from shoal.backends.base import AgentHandle, AgentSpec
@@ -110,24 +110,32 @@ class SimBackend:
         agent.ready_at = ready
         return agent
 
-    async def call(
+    def call(
         self,
         handle: SimAgent,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
-    ) -> Any:
+    ) -> asyncio.Future[Any]:
         if handle.exit_code is not None:
             raise AgentLost(f"agent {handle.agent_id} is gone", handle.agent_id, delivered=False)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         if fn is serve:
+            # A plain future and a timer, no task: the simulator runs millions of these.
             duration = args[0] if args else kwargs["duration"]
             self.busy_seconds += duration
-            await asyncio.sleep(duration)
-            return None
-        result = fn(*args, **kwargs)
+            loop.call_later(duration, _resolve, fut)
+            return fut
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            fut.set_exception(_as_remote(exc))
+            return fut
         if inspect.isawaitable(result):
-            result = await result
-        return result
+            return loop.create_task(_awaited(result))
+        fut.set_result(result)
+        return fut
 
     async def check_health(self, handle: SimAgent) -> bool:
         return handle.exit_code is None
@@ -143,3 +151,22 @@ class SimBackend:
             handle.exit_code = exit_code
             self._advance(asyncio.get_running_loop().time())
             self.live -= 1
+
+
+def _resolve(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():  # a cancelled call stays cancelled
+        fut.set_result(None)
+
+
+def _as_remote(exc: BaseException) -> BaseException:
+    if isinstance(exc, AgentLost):
+        exc.remote = True  # raised by the user's code: about another agent, not this one
+    return exc
+
+
+async def _awaited(result: Awaitable[Any]) -> Any:
+    try:
+        return await result
+    except AgentLost as exc:
+        exc.remote = True
+        raise

@@ -1,0 +1,354 @@
+"""The framed channel to one agent process, and the calls outstanding on it.
+
+The process and container backends both reach their agents through a :class:`Channel`: a pair
+of pipes or one Unix socket carrying ``_wire`` frames, written without blocking (what the pipe
+does not take waits in an out buffer) and read by the event loop. Each call goes out under a
+fresh id and is settled by the reply that echoes it; a reply to an id that is not outstanding
+means something else writes on the agent's channel (a forked copy of it, say), so the agent
+can no longer be trusted: every call on it fails and it is killed. When the agent exits, the
+backend that noticed calls :meth:`Channel.finish`, which fails whatever is still outstanding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from shoal.backends import _ship, _wire
+from shoal.backends.base import AgentSpec
+from shoal.errors import AgentLost, AgentStartError
+
+_READ_SIZE = 1 << 18
+
+
+class PendingCall:
+    """An outstanding call: its future, and what sending it again needs."""
+
+    __slots__ = ("args", "fn", "future", "kwargs")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        self.future = future
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+
+class Channel:
+    """One agent's framed channel: its descriptors, its outstanding calls, its last sign of life.
+
+    ``out_fd`` carries frames to the agent, ``in_fd`` its replies (one socket may be both);
+    the pool holds ``lifeline_fd`` open so that the agent sees end-of-file when the pool's
+    process is gone. ``kill`` ends the agent at once; it is used when the agent breaks the
+    protocol. ``pending`` maps each outstanding call id to its call (a call whose future was
+    cancelled stays there until its reply comes: that id was abandoned, not answered).
+    ``last_heard`` is the loop time of the last frame received, ``busy_since`` when the agent
+    last went from no outstanding call to one.
+    """
+
+    __slots__ = (
+        "_control",
+        "_in",
+        "_kill",
+        "_last_id",
+        "_lifeline",
+        "_loop",
+        "_out",
+        "_out_buf",
+        "_reader",
+        "_reading",
+        "agent_id",
+        "broken",
+        "busy_since",
+        "exit_code",
+        "exited",
+        "last_heard",
+        "pending",
+        "sent_keys",
+    )
+
+    def __init__(
+        self,
+        agent_id: str,
+        out_fd: int,
+        in_fd: int,
+        lifeline_fd: int,
+        kill: Callable[[], None],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.agent_id = agent_id
+        self._out, self._in, self._lifeline = out_fd, in_fd, lifeline_fd
+        self._kill = kill
+        self._reader = _wire.FrameReader()
+        self._out_buf = bytearray()
+        self._last_id = 0
+        self._control: asyncio.Future[tuple[Any, ...]] | None = None
+        self.pending: dict[int, PendingCall] = {}
+        self.sent_keys: set[int] = set()  # function keys the agent has been sent
+        self.broken: str | None = None  # why the agent can no longer be trusted
+        self.exit_code: int | None = None
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self.last_heard = self.busy_since = loop.time()
+        os.set_blocking(out_fd, False)
+        os.set_blocking(in_fd, False)
+        loop.add_reader(in_fd, self._on_readable)
+        self._reading = True
+
+    # -- calls --------------------------------------------------------------------------------
+
+    def call(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> asyncio.Future[Any]:
+        """Send ``fn(*args, **kwargs)``; a future for its outcome (see ``Backend.call``)."""
+        payload = _ship.encode_call(self.sent_keys, fn, args, kwargs)
+        call = PendingCall(self._loop.create_future(), fn, args, kwargs)
+        self._send_call(call, payload)
+        return call.future
+
+    def _send_call(self, call: PendingCall, payload: bytes) -> None:
+        call_id = self._last_id + 1
+        self.send(payload, call_id)
+        self._last_id = call_id
+        if not self.pending:
+            self.busy_since = self._loop.time()
+        self.pending[call_id] = call
+
+    def request(self, payload: bytes) -> asyncio.Future[tuple[Any, ...]]:
+        """Send a control message (INIT, PING) and return a future for the agent's answer."""
+        if self._control is not None and not self._control.done():
+            raise RuntimeError(f"agent {self.agent_id} is already answering a control message")
+        self.send(payload, _wire.CONTROL)
+        fut: asyncio.Future[tuple[Any, ...]] = self._loop.create_future()
+        self._control = fut
+        return fut
+
+    def send(self, payload: bytes, call_id: int = _wire.CONTROL) -> None:
+        """Write one frame, or queue what the pipe does not take now; never blocks."""
+        if self.exit_code is not None or self.broken is not None or self._out < 0:
+            raise AgentLost(
+                self.broken or f"agent {self.agent_id} is gone (exit code {self.exit_code})",
+                self.agent_id,
+                exit_code=self.exit_code,
+                delivered=False,
+            )
+        header = _wire.HEADER.pack(len(payload), call_id)
+        if self._out_buf:
+            self._out_buf += header + payload
+            return
+        try:
+            n = os.writev(self._out, [header, payload])
+        except BlockingIOError:
+            n = 0
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise AgentLost(
+                f"agent {self.agent_id} is gone; the call was not delivered",
+                self.agent_id,
+                delivered=False,
+            ) from exc
+        if n < len(header) + len(payload):
+            self._out_buf += (header + payload)[n:]
+            self._loop.add_writer(self._out, self._on_writable)
+
+    # -- the loop's callbacks -----------------------------------------------------------------
+
+    def _on_writable(self) -> None:
+        try:
+            n = os.write(self._out, self._out_buf)
+        except BlockingIOError:
+            return
+        except OSError:
+            n = len(self._out_buf)  # whoever watches the agent's exit reports the loss
+        del self._out_buf[:n]
+        if not self._out_buf:
+            self._loop.remove_writer(self._out)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._in, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            # End of file: the agent is exiting; its exit watcher fails any pending call.
+            self._stop_reading()
+            return
+        self._frames(data)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._in)
+
+    def _frames(self, data: bytes) -> None:
+        self.last_heard = self._loop.time()
+        for call_id, payload in self._reader.feed(data):
+            if call_id:
+                self._reply(call_id, payload)
+                if self.broken is not None:
+                    return
+            elif payload != _wire.HEARTBEAT_MSG:
+                self._control_reply(payload)
+
+    def _reply(self, call_id: int, payload: bytes) -> None:
+        call = self.pending.pop(call_id, None)
+        if call is None:
+            self._break(
+                f"agent {self.agent_id} broke the protocol: reply to call {call_id}, which is "
+                "not outstanding (a forked copy of the agent?); it was killed"
+            )
+            return
+        fut = call.future
+        if fut.done():
+            return  # an abandoned call's late reply; the pool kills this agent
+        try:
+            reply = pickle.loads(payload)
+        except BaseException as exc:  # unpickling may run anything, sys.exit included
+            fut.set_exception(_ship.undecodable(self.agent_id, exc))
+            return
+        kind = reply[0]
+        if kind == _wire.OK:
+            fut.set_result(reply[1])
+        elif kind == _wire.UNKNOWN_FN:
+            # The agent evicted the function: send it again, whole, under a new id.
+            self.sent_keys.discard(reply[1])
+            try:
+                self._send_call(
+                    call, _ship.encode_call(self.sent_keys, call.fn, call.args, call.kwargs)
+                )
+            except Exception as exc:
+                fut.set_exception(exc)
+        else:
+            try:
+                fut.set_result(_ship.outcome(reply, self.sent_keys, call.fn, self.agent_id))
+            except Exception as exc:
+                fut.set_exception(exc)
+
+    def _control_reply(self, payload: bytes) -> None:
+        fut = self._control
+        if fut is None or fut.done():
+            return  # a PONG for a health check whose caller gave up
+        self._control = None
+        try:
+            fut.set_result(pickle.loads(payload))
+        except BaseException as exc:
+            fut.set_exception(_ship.undecodable(self.agent_id, exc))
+
+    def _break(self, why: str) -> None:
+        """The agent broke the protocol: fail all its calls, stop listening, kill it."""
+        self.broken = why
+        self._stop_reading()
+        self._fail_all(lambda: AgentLost(why, self.agent_id, delivered=True))
+        self._kill()
+
+    def _fail_all(self, error: Callable[[], BaseException]) -> None:
+        for call in self.pending.values():
+            if not call.future.done():
+                call.future.set_exception(error())
+        self.pending.clear()
+        if self._control is not None and not self._control.done():
+            self._control.set_exception(error())
+        self._control = None
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def finish(self, code: int, lost: str) -> None:
+        """The agent is gone with exit status ``code``: take the replies still in the pipe,
+        fail every call left outstanding with ``AgentLost(lost)``, close the descriptors."""
+        if self.exit_code is not None:
+            return
+        self._stop_reading()
+        if self.broken is None and self._in >= 0:
+            # A reply written just before the exit may still sit in the pipe: take it first.
+            with contextlib.suppress(OSError):
+                while data := os.read(self._in, _READ_SIZE):
+                    self._frames(data)
+        self.exit_code = code
+        if self._out_buf:
+            self._loop.remove_writer(self._out)
+            self._out_buf.clear()
+        for fd in {self._out, self._in, self._lifeline}:  # a socket may be both
+            os.close(fd)
+        self._out = self._in = self._lifeline = -1
+        self._fail_all(lambda: AgentLost(lost, self.agent_id, exit_code=code))
+        self.exited.set_result(code)
+
+
+async def warm_up(channel: Channel, spec: AgentSpec, init: bytes, hint: str) -> int:
+    """Send INIT and wait for READY; the agent's pid. Raises AgentStartError (the caller
+    kills the agent on any exception)."""
+    try:
+        reply = await channel.request(init)
+    except AgentLost as exc:
+        raise AgentStartError(
+            f"pool {spec.pool!r}: agent {spec.agent_id} exited with code {exc.exit_code} "
+            f"while warming up{hint}",
+            spec.agent_id,
+        ) from exc
+    if reply[0] != _wire.READY:
+        raise _ship.setup_failed(spec, reply)
+    pid: int = reply[1]
+    return pid
+
+
+async def ping(channel: Channel) -> bool:
+    """Whether the agent answers a PING."""
+    try:
+        reply = await channel.request(_wire.PING_MSG)
+    except AgentLost:
+        return False
+    return bool(reply[0] == _wire.PONG)
+
+
+class CpuWatch:
+    """Whether a process's main thread is making progress, read from Linux's ``/proc``.
+
+    Only the main thread is read: it runs the calls, and the agent's own helper threads (the
+    heartbeat, the lifeline) must not pass for progress of a deadlocked call. A stopped process
+    (state ``T``/``t``, SIGSTOP or a debugger) never counts as progressing.
+    """
+
+    __slots__ = ("_path", "_sampled_at", "_ticks", "progress_at")
+
+    def __init__(self, pid: int) -> None:
+        self._path = f"/proc/{pid}/task/{pid}/stat"
+        self._ticks = -1
+        self._sampled_at = float("-inf")
+        self.progress_at = float("-inf")
+
+    def sample(self, now: float, since: float) -> float:
+        """The loop time at which the thread was last seen using CPU since ``since`` (or
+        -inf). Progress is seen between two samples, so sample at the rate you check."""
+        try:
+            with open(self._path, "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            state, ticks = fields[0], int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            return self.progress_at
+        if state in (b"T", b"t"):
+            ticks = self._ticks  # stopped: no progress, whatever the counters say
+        elif self._sampled_at >= since and ticks != self._ticks:
+            self.progress_at = now
+        self._ticks, self._sampled_at = ticks, now
+        return self.progress_at
+
+
+def unresponsive_for(channel: Channel, cpu: CpuWatch | None, now: float) -> float:
+    """Seconds since the agent behind ``channel`` last showed life during its current call."""
+    if not channel.pending or channel.exit_code is not None:
+        return 0.0
+    since = channel.busy_since
+    last = max(since, channel.last_heard)
+    if cpu is not None:
+        last = max(last, cpu.sample(now, since))
+    return max(0.0, now - last)
