@@ -127,3 +127,17 @@ class Box:
 def count_partials() -> int:
     """How many functools.partial objects are alive in this process."""
     return sum(1 for o in gc.get_objects() if isinstance(o, functools.partial))
+
+
+def start_sleeper(pid_file: str | None = None, hang: bool = False) -> int:
+    """Start ``sleep 120`` as a child of the agent (and maybe hang): a step's subprocess."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "120"], stdin=subprocess.DEVNULL)
+    if pid_file is not None:
+        with open(pid_file + ".tmp", "w") as f:
+            f.write(str(child.pid))
+        os.replace(pid_file + ".tmp", pid_file)
+    while hang:
+        time.sleep(1)
+    return child.pid

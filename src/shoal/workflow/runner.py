@@ -170,7 +170,7 @@ class Runner:
                     return
                 try:
                     results[i] = await call(i, item)
-                except StepFailed as exc:
+                except (StepFailed, RunStopped) as exc:
                     failure.append(exc)
                     return
                 prog.done += 1
@@ -250,6 +250,13 @@ class Runner:
             try:
                 return await call(ctx)
             except _RETRYABLE as exc:
+                if self.stopping and agent_failed(exc):
+                    # A stopping run starts nothing new, a retry included: the agent may have
+                    # died of the very signal that is stopping us, and the call may have run.
+                    raise RunStopped(
+                        f"run {self.ctx.run_id} of {self.spec.name!r} was stopped; {where} "
+                        f"lost its agent during the stop and was not retried: {exc}"
+                    ) from exc
                 if attempt > retries or not agent_failed(exc):
                     raise StepFailed(
                         f"{where} failed after {attempt} attempt(s): {type(exc).__name__}: {exc}",
