@@ -141,3 +141,26 @@ def start_sleeper(pid_file: str | None = None, hang: bool = False) -> int:
     while hang:
         time.sleep(1)
     return child.pid
+
+
+def write_and_read(path: str) -> str:
+    with open(path, "w") as f:
+        f.write("ok")
+    with open(path) as f:
+        return f.read()
+
+
+def can_read(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError:
+        return False
+    return True
+
+
+def capabilities() -> tuple[int, int]:
+    """This process's effective and bounding capability sets, from /proc."""
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["CapEff"], 16), int(fields["CapBnd"], 16)
