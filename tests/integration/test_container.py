@@ -67,8 +67,12 @@ def cpool(**options: Any) -> AgentPool:
 
 
 def containers() -> list[str]:
+    """This process's agent containers (the engine may be shared with other test runs)."""
+    mine = f"label=shoal.owner={_owner_of(os.getpid())}"
     out = subprocess.run(
-        ["podman", "ps", "-aq", "--filter", "label=shoal.pool"], capture_output=True, text=True
+        ["podman", "ps", "-aq", "--filter", "label=shoal.pool", "--filter", mine],
+        capture_output=True,
+        text=True,
     )
     return out.stdout.split()
 
