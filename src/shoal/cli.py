@@ -2,9 +2,10 @@
 
 On a terminal ``run`` draws live progress — a bar per step and, per pool, its agents by state
 and its queue — then prints the result, the wall time, the time per step and warm hits against
-cold starts. ``--json`` prints one JSON object and nothing else. The first SIGINT or SIGTERM
-takes no new work and gives the calls in flight ``--grace`` seconds; a second one cancels them;
-every agent is stopped and the exit status is 128 + the signal.
+cold starts. ``--json`` prints one JSON object and nothing else: agents' output goes to stderr
+then (each line prefixed with its agent's id, as on stdout otherwise). The first SIGINT or
+SIGTERM takes no new work and gives the calls in flight ``--grace`` seconds; a second one
+cancels them; every agent is stopped and the exit status is 128 + the signal.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import os
 import signal
 import sys
 import traceback
@@ -94,6 +96,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    if not args.json:
+        return _run(args, None)
+    # One JSON object on stdout and nothing else: whatever else would be printed there while
+    # the run is under way (agents' output, the workflow file's prints, Ray's logs) goes to
+    # stderr. At the descriptor level, so that child processes get it too.
+    report: list[str] = []
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        code = _run(args, report)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+    for text in report:
+        print(text)
+    return code
+
+
+def _run(args: argparse.Namespace, json_report: list[str] | None) -> int:
     target = load_target(args.target)
     payload = parse_input(args.input)
     live = not args.json and sys.stdout.isatty()
@@ -116,8 +139,8 @@ def _run_command(args: argparse.Namespace) -> int:
         )
         return 128 + stopper.signal
     report = _report(handle, result, error, pools)
-    if args.json:
-        print(json.dumps(report, default=repr))
+    if json_report is not None:
+        json_report.append(json.dumps(report, default=repr))
     else:
         _print_summary(report, error, sys.stdout)
     return EXIT_ERROR if error is not None else 0

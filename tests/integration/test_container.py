@@ -9,7 +9,9 @@ skipping them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -65,8 +67,12 @@ def cpool(**options: Any) -> AgentPool:
 
 
 def containers() -> list[str]:
+    """This process's agent containers (the engine may be shared with other test runs)."""
+    mine = f"label=shoal.owner={_owner_of(os.getpid())}"
     out = subprocess.run(
-        ["podman", "ps", "-aq", "--filter", "label=shoal.pool"], capture_output=True, text=True
+        ["podman", "ps", "-aq", "--filter", "label=shoal.pool", "--filter", mine],
+        capture_output=True,
+        text=True,
     )
     return out.stdout.split()
 
@@ -186,3 +192,103 @@ async def test_a_container_agent_reports_liveness_by_heartbeat_and_host_pid() ->
             assert await b.call(handle, workers.add, (i, 1), {}) == i + 1
     finally:
         await b.kill(handle)
+
+
+# -- isolation: what an agent's container is given -------------------------------------------
+
+
+async def test_a_container_is_confined_as_configured() -> None:
+    from shoal.backends.container import ContainerBackend
+
+    confined = ContainerBackend(IMAGE, base_url=f"unix://{SOCKET}", pids_limit=256)
+    async with AgentPool("box", min_size=1, max_size=1, backend=confined) as p:
+        container = p.agents[0].handle.container
+        await asyncio.to_thread(container.reload)
+        config, host = container.attrs["Config"], container.attrs["HostConfig"]
+        sources = {m["Source"] for m in container.attrs["Mounts"]}
+        assert "/" not in sources and "/etc" not in sources, sources
+        assert config["User"] == f"{os.getuid()}:{os.getgid()}"
+        dropped = {c.upper().removeprefix("CAP_") for c in host.get("CapDrop") or []}
+        assert "ALL" in dropped or {"CHOWN", "DAC_OVERRIDE", "SETUID", "NET_RAW"} <= dropped
+        assert await p.run(workers.capabilities) == (0, 0)  # effective, bounding
+        assert host["ReadonlyRootfs"] is True
+        assert any("no-new-privileges" in o for o in host.get("SecurityOpt") or []), host
+        assert host["PidsLimit"] == 256
+        assert await p.run(workers.write_and_read, "/tmp/scratch") == "ok"  # tmpfs /tmp
+        with pytest.raises(OSError):
+            await p.run(workers.write_and_read, "/usr/scratch")  # read-only everything else
+
+
+async def test_an_agent_cannot_read_the_hosts_secrets_or_another_agents_socket_folder(
+    tmp_path: Path,
+) -> None:
+    # `shoal run /tmp/flow.py` puts the whole temporary folder on sys.path, where every
+    # agent's socket folder lives: it must not be mounted because of that.
+    import tempfile
+
+    sys.path.append(tempfile.gettempdir())
+    try:
+        async with cpool(min_size=2, max_size=2) as p:
+            one, other = (a.handle for a in p.agents)
+            secret = Path(other.folder) / "secret"
+            secret.write_text("only for the other agent")
+            probes = [str(secret), "/etc/shadow"]
+            assert one.folder != other.folder
+            seen = await asyncio.gather(*(p.run(workers.can_read, path) for path in probes))
+            assert seen == [False, False], dict(zip(probes, seen, strict=True))
+    finally:
+        sys.path.remove(tempfile.gettempdir())
+
+
+# -- orphans: only those whose controller is provably gone ----------------------------------
+
+
+def _labelled_container(client: Any, owner: str, folder: str) -> Any:
+    return client.containers.run(
+        IMAGE,
+        ["/usr/bin/sleep", "120"],
+        detach=True,
+        network_mode="none",
+        volumes={p: {"bind": p, "mode": "ro"} for p in ("/usr", "/lib", "/lib64", "/bin")},
+        labels={"shoal.pool": "orphans", "shoal.owner": owner, "shoal.folder": folder},
+    )
+
+
+def _owner_of(pid: int) -> str:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot = f.read().strip()
+    with open(f"/proc/{pid}/stat") as f:
+        started = f.read().rsplit(")", 1)[1].split()[19]
+    return f"{boot}/{pid}/{started}"
+
+
+def test_orphan_cleanup_spares_live_controllers_and_removes_dead_ones_with_their_folders() -> None:
+    import docker
+
+    client = docker.DockerClient(base_url=f"unix://{SOCKET}")
+    live = subprocess.Popen(["sleep", "120"])  # stands for another controller, still running
+    dead = subprocess.Popen(["true"])
+    dead_owner = _owner_of(dead.pid)
+    dead.wait()
+    import tempfile
+
+    live_folder = tempfile.mkdtemp(prefix="shoal-", dir="/tmp")
+    dead_folder = tempfile.mkdtemp(prefix="shoal-", dir="/tmp")
+    made = []
+    try:
+        made.append(spared := _labelled_container(client, _owner_of(live.pid), live_folder))
+        made.append(removed := _labelled_container(client, dead_owner, dead_folder))
+        backend()._engine()  # a backend connecting to the engine cleans up
+        names = {c.id for c in client.containers.list(all=True)}
+        assert spared.id in names, "a live controller's running container was removed"
+        assert os.path.isdir(live_folder)
+        assert removed.id not in names, "a dead controller's container was left"
+        assert not os.path.exists(dead_folder), "a dead controller's socket folder was left"
+    finally:
+        live.kill()
+        live.wait()
+        for c in made:
+            with contextlib.suppress(Exception):
+                c.remove(force=True)
+        for folder in (live_folder, dead_folder):
+            shutil.rmtree(folder, ignore_errors=True)

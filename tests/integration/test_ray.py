@@ -19,7 +19,6 @@ import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.real_time]
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind Ray to loopback only
 ray = pytest.importorskip("ray")
 
 from shoal import (  # noqa: E402
@@ -30,15 +29,15 @@ from shoal import (  # noqa: E402
     RemoteTraceback,
     Runtime,
 )
-from shoal.backends.ray import RayBackend  # noqa: E402
-from tests.integration import faults, workers  # noqa: E402
+from shoal.backends.ray import RayBackend, init_on_loopback  # noqa: E402
+from tests.integration import faults, sockets, workers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_on_loopback(ray, num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:
@@ -148,3 +147,40 @@ def test_shoal_run_backend_ray_runs_a_script_workflow_unchanged(tmp_path: Path) 
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["result"] == [2, 4, 6]
+
+
+LOOPBACK_PROBE = """
+import asyncio, json, os, sys
+from shoal import AgentPool
+from shoal.backends.ray import RayBackend
+from tests.integration import sockets, workers
+
+async def main():
+    backend = RayBackend(num_cpus=0.1, init_kwargs={"num_cpus": 1, "log_to_driver": False})
+    async with AgentPool("probe", min_size=1, max_size=1, backend=backend) as pool:
+        assert await pool.run(workers.add, 1, 2) == 3
+        print(json.dumps(sockets.listeners_of(os.getpid())))
+    backend.shutdown()
+
+asyncio.run(main())
+"""
+
+
+def test_a_local_ray_instance_listens_on_loopback_only() -> None:
+    # Without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: nobody should need to know about it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONPATH"] = f"{ROOT / 'src'}{os.pathsep}{ROOT}"
+    done = subprocess.run(
+        [sys.executable, "-c", LOOPBACK_PROBE],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=180,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    listeners = json.loads(done.stdout.strip().splitlines()[-1])
+    commands = {comm for _, _, comm in listeners}
+    assert {"gcs_server", "raylet"} <= commands, listeners  # the probe saw Ray's processes
+    exposed = [row for row in listeners if not sockets.is_loopback(row[0])]
+    assert exposed == [], f"Ray listens beyond loopback: {exposed}"

@@ -178,3 +178,40 @@ def write_reply_to_call(call_id: int) -> str:
 def big_power() -> int:
     """A couple of seconds inside one C call that holds the GIL (no heartbeat can be sent)."""
     return (3**8_000_000).bit_length()
+
+
+def start_sleeper(pid_file: str | None = None, hang: bool = False) -> int:
+    """Start ``sleep 120`` as a child of the agent (and maybe hang): a step's subprocess."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "120"], stdin=subprocess.DEVNULL)
+    if pid_file is not None:
+        with open(pid_file + ".tmp", "w") as f:
+            f.write(str(child.pid))
+        os.replace(pid_file + ".tmp", pid_file)
+    while hang:
+        time.sleep(1)
+    return child.pid
+
+
+def write_and_read(path: str) -> str:
+    with open(path, "w") as f:
+        f.write("ok")
+    with open(path) as f:
+        return f.read()
+
+
+def can_read(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError:
+        return False
+    return True
+
+
+def capabilities() -> tuple[int, int]:
+    """This process's effective and bounding capability sets, from /proc."""
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["CapEff"], 16), int(fields["CapBnd"], 16)

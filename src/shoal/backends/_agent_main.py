@@ -10,6 +10,7 @@ costs the interpreter, the user's imports and the user's setup, and nothing more
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import select
@@ -108,6 +109,59 @@ def _die_with_parent(lifeline_fd: int, parent_pid: int) -> None:
             os._exit(EXIT_PARENT_GONE)
 
     threading.Thread(target=watch, name="shoal-lifeline", daemon=True).start()
+
+
+def _no_interrupt(signum: int, frame: Any) -> None:
+    """SIGINT does nothing to an agent (and, unlike SIG_IGN, is not inherited across exec)."""
+
+
+def _adopt_descendants() -> None:
+    """Become the child subreaper of what our calls start, and end it all when we exit.
+
+    A step's subprocess that daemonises (double fork, setsid) leaves the agent's process
+    group; as a subreaper (Linux) the agent still becomes its parent, so on the agent's way out
+    every process still below it is killed and reaped, as many generations deep as there are.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_child_subreaper = 36
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1)
+    import atexit
+
+    atexit.register(_kill_descendants, os.getpid())
+
+
+def _kill_descendants(me: int) -> None:
+    if os.getpid() != me:  # a forked child of a call, exiting normally: not ours to clean
+        return
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        children = _children(me)
+        if not children:
+            return
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.waitpid(pid, 0)
+
+
+def _children(me: int) -> list[int]:
+    """Our child processes, from /proc (empty where there is no /proc)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with (
+                    contextlib.suppress(OSError, IndexError, ValueError),
+                    open(f"/proc/{entry}/stat", "rb") as f,
+                ):
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == me:
+                        found.append(int(entry))
+    return found
 
 
 def _dumps(obj: Any) -> bytes:
@@ -231,9 +285,15 @@ def main() -> None:
         cmd_fd, res_fd, lifeline_fd, parent_pid = _connect(sys.argv[2])
     else:
         cmd_fd, res_fd, lifeline_fd, parent_pid = (int(a) for a in sys.argv[1:5])
-    # Ctrl-C in a terminal reaches the whole process group; the pool decides what happens to
-    # in-flight calls, so an agent never dies of the user's interrupt.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The pool decides what happens to in-flight calls, so an agent never dies of the user's
+    # interrupt. A handler rather than SIG_IGN: an ignored signal stays ignored across exec,
+    # and the programs a step starts must get Ctrl-C's default meaning back.
+    signal.signal(signal.SIGINT, _no_interrupt)
+    _adopt_descendants()
+    # The pool relays our output line by line, prefixed with our id: let lines out as printed.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     _die_with_parent(lifeline_fd, parent_pid)
     send = _wire.send
 

@@ -7,9 +7,10 @@ errors, warm-up and failure handling are those of :class:`~shoal.backends.proces
 Stopping an agent removes its container; a container killed from outside is an
 :class:`~shoal.errors.AgentLost` like any other agent.
 
-The image needs a Python with shoal importable. By default the host's interpreter and the
-driver's ``sys.path`` are bind-mounted read-only at the same paths (``mount_host_python``), so
-a tiny image works; an image with its own Python and shoal sets ``python`` and turns that off.
+The image needs a Python with shoal importable. By default the host's interpreter, its
+libraries and the driver's ``sys.path`` are bind-mounted read-only at the same paths
+(``mount_host_python``; never ``/etc``, never a folder as broad as ``/`` or ``/tmp``), so a tiny
+image works; an image with its own Python and shoal sets ``python`` and turns that off.
 
 The ``docker`` SDK is an optional extra (``pip install 'shoal[container]'``).
 """
@@ -35,7 +36,11 @@ from shoal.backends.base import AgentHandle, AgentSpec
 from shoal.backends.process import AGENT_MAIN
 from shoal.errors import AgentLost, AgentStartError, BackendError, ConfigError
 
-_HOST_SYSTEM = ("/usr", "/lib", "/lib64", "/bin", "/etc")
+# What the host's Python needs from the host's system: its libraries and the loader. Not /etc:
+# the interpreter runs without it (ld.so.cache is optional), and it holds the host's secrets.
+_HOST_SYSTEM = ("/usr", "/lib", "/lib64", "/bin")
+# Folders never mounted whole, whatever sys.path says: only the modules loaded from them are.
+_TOO_BROAD = ("/", "/tmp", "/var/tmp", "/etc", "/var", "/run", "/home", "/root", "/dev", "/proc")
 
 
 class ContainerAgent(AgentHandle):
@@ -68,8 +73,12 @@ class ContainerBackend:
     """Start agents as containers of ``image`` (the pool's ``image`` wins when it has one).
 
     ``base_url`` is the engine's API socket (default: ``$DOCKER_HOST``, else Podman's
-    ``unix:///run/podman/podman.sock``, else Docker's). ``cpus`` and ``memory_mb`` limit each
-    container; ``network`` is ``"none"`` unless you need one.
+    ``unix:///run/podman/podman.sock``, else Docker's). ``cpus``, ``memory_mb`` and
+    ``pids_limit`` limit each container; ``network`` is ``"none"`` unless you need one.
+
+    Every container runs as this process's uid:gid with all capabilities dropped,
+    ``no-new-privileges``, a read-only root filesystem with a private tmpfs ``/tmp``, and sees
+    only its own socket folder, the interpreter, its site-packages and the project's folders.
     """
 
     name = "container"
@@ -87,6 +96,7 @@ class ContainerBackend:
         network: str = "none",
         env: Mapping[str, str] | None = None,
         spin: float = 100e-6,
+        pids_limit: int = 1024,
     ) -> None:
         if spin < 0:
             raise ConfigError(f"ContainerBackend: spin={spin!r} must be >= 0 seconds")
@@ -108,6 +118,7 @@ class ContainerBackend:
         self.cpus = cpus
         self.memory_mb = memory_mb
         self.network = network
+        self.pids_limit = pids_limit
         self._client: Any = None
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -137,9 +148,11 @@ class ContainerBackend:
             # System paths as they are named (on merged-/usr hosts /lib is a link to /usr/lib,
             # and the agent's loader looks for /lib), the rest by their real location.
             paths += [p for p in _HOST_SYSTEM if os.path.exists(p)]
-            extra = [sys.base_prefix, sys.prefix, *sys.path, os.path.dirname(AGENT_MAIN)]
-            paths += [os.path.realpath(p) for p in extra if p and os.path.isdir(p)]
+            paths += _python_paths()
+            paths.append(os.path.realpath(os.path.dirname(AGENT_MAIN)))  # the agent's script
         for path in sorted(set(paths), key=len):
+            if _is_socket_folder(path):
+                continue  # another agent's channel: never
             if not any(path == m or path.startswith(m.rstrip("/") + "/") for m in volumes):
                 volumes[path] = {"bind": path, "mode": "ro"}
         return volumes
@@ -238,9 +251,18 @@ class ContainerBackend:
             "labels": {
                 "shoal.pool": spec.pool,
                 "shoal.agent": spec.agent_id,
-                "shoal.owner": _OWNER,
+                "shoal.owner": _owner(),
+                "shoal.folder": folder,
             },
             "working_dir": _working_dir(volumes),
+            # Nothing in the box is more than the user who started the pool, and less if
+            # possible: no capabilities, no setuid gains, nothing written outside /tmp.
+            "user": f"{os.getuid()}:{os.getgid()}",
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "read_only": True,
+            "tmpfs": {"/tmp": "rw,nosuid,nodev,mode=1777"},
+            "pids_limit": self.pids_limit,
         }
         if self.cpus:
             options["nano_cpus"] = int(self.cpus * 1e9)
@@ -395,28 +417,111 @@ def _watch_exit(container: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Futu
     return fut
 
 
-_OWNER = f"{socket.gethostname()}:{os.getpid()}"
+def _python_paths() -> list[str]:
+    """The interpreter's prefixes and the driver's ``sys.path``, never a folder too broad.
+
+    An entry such as ``/`` or ``/tmp`` (``shoal run /tmp/flow.py`` puts the script's folder on
+    the path) is replaced by just the modules this process has loaded from it.
+    """
+    found = []
+    entries = [sys.base_prefix, sys.prefix, *sys.path]
+    for entry in entries:
+        if not entry or not os.path.isdir(entry):
+            continue
+        path = os.path.realpath(entry)
+        if path not in _broad_folders():
+            found.append(path)
+            continue
+        for module in list(sys.modules.values()):
+            origin = getattr(module, "__file__", None)
+            if not origin:
+                continue
+            origin = os.path.realpath(origin)
+            if os.path.dirname(origin) != path:
+                # A package directly in the folder: the package's folder.
+                parent = os.path.dirname(os.path.dirname(origin))
+                if parent != path or not origin.endswith("__init__.py"):
+                    continue
+                origin = os.path.dirname(origin)
+            found.append(origin)
+    return found
+
+
+def _broad_folders() -> set[str]:
+    home = os.path.expanduser("~")
+    folders = {*_TOO_BROAD, tempfile.gettempdir(), home}
+    return {os.path.realpath(f) for f in folders if f}
+
+
+def _is_socket_folder(path: str) -> bool:
+    """Whether ``path`` is, or is inside, an agent's socket folder (``/tmp/shoal-*``)."""
+    rel = os.path.relpath(path, "/tmp")
+    return not rel.startswith("..") and rel.split(os.sep)[0].startswith("shoal-")
+
+
+# -- ownership and orphans ----------------------------------------------------------------------
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return socket.gethostname()
+
+
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot), or None if there is no such pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _owner(pid: int | None = None) -> str:
+    """The owner label: this boot, this pid and its start time, so a reused pid is not us."""
+    pid = os.getpid() if pid is None else pid
+    return f"{_boot_id()}/{pid}/{_start_time(pid) or 0}"
+
+
+def _owner_is_dead(label: str, running: bool) -> bool:
+    """Whether the controller named by an owner label is provably gone.
+
+    Same boot: its pid is gone or now belongs to a process that started at another time.
+    Another boot (or an older label): only a container that is no longer running — we cannot
+    see that boot's processes, and the engine may be shared by other machines.
+    """
+    boot, _, rest = label.partition("/")
+    pid, _, started = rest.partition("/")
+    if not pid.isdigit():
+        return not running and _legacy_owner_dead(label)
+    if boot != _boot_id():
+        return not running
+    return _start_time(int(pid)) != started
+
+
+def _legacy_owner_dead(label: str) -> bool:
+    host, _, pid = label.partition(":")
+    return host == socket.gethostname() and pid.isdigit() and _start_time(int(pid)) is None
 
 
 def _remove_orphans(engine: Any) -> None:
-    """Remove stopped agent containers whose owning process on this host is gone (it was
-    killed before it could remove them: its agents exit on their own, their containers stay)."""
-    host = socket.gethostname()
+    """Remove agent containers whose controller is provably gone, and their socket folders.
+
+    A controller that was SIGKILLed could not remove them: its agents exit through their
+    lifeline, their containers and folders stay. Another live controller's containers, running
+    or not, are never touched.
+    """
     with contextlib.suppress(Exception):
         for c in engine.containers.list(all=True, filters={"label": "shoal.owner"}):
-            owner_host, _, pid = c.labels.get("shoal.owner", "").partition(":")
-            if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
-                _remove(c)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+            label = c.labels.get("shoal.owner", "")
+            if label == _owner() or not _owner_is_dead(label, c.status == "running"):
+                continue
+            _remove(c)
+            folder = c.labels.get("shoal.folder", "")
+            if folder and _is_socket_folder(folder) and os.path.dirname(folder) == "/tmp":
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _name(spec: AgentSpec) -> str:

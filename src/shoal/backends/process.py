@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from shoal.errors import AgentLost, ConfigError
 
 AGENT_MAIN = str(Path(__file__).with_name("_agent_main.py"))
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_READ_SIZE = 1 << 16
 
 
 class ProcessAgent(AgentHandle):
@@ -113,11 +115,14 @@ class ProcessBackend:
             await asyncio.wait_for(asyncio.shield(handle.channel.exited), grace)
         except TimeoutError:
             await self.kill(handle)
+        else:
+            await _end_group(handle)
 
     async def kill(self, handle: ProcessAgent) -> None:
         handle.stopping = True
         _sigkill(handle.popen)
         await asyncio.shield(handle.channel.exited)
+        await _end_group(handle)
 
     def unresponsive_for(self, handle: ProcessAgent, now: float) -> float:
         """Seconds since the agent last showed life during its current call: a reply, a
@@ -136,37 +141,46 @@ class ProcessBackend:
     # -- plumbing -----------------------------------------------------------------------------
 
     def _spawn(self, spec: AgentSpec) -> ProcessAgent:
+        raise_fd_limit()
         fds: list[int] = []
         try:
-            for _ in range(3):
+            for _ in range(5):
                 fds.extend(os.pipe())
         except OSError:
             for fd in fds:
                 os.close(fd)
             raise
-        cmd_r, cmd_w, res_r, res_w, life_r, life_w = fds
+        cmd_r, cmd_w, res_r, res_w, life_r, life_w, out_r, out_w, err_r, err_w = fds
         child_fds = (cmd_r, res_w, life_r)
         env = None
         if self._env or spec.env:
             env = {**os.environ, **self._env, **spec.env}
         try:
+            # A session of its own: a signal for the controller's process group (Ctrl-C,
+            # `timeout`, `kill -- -PGID`) is not one for the agent, whose calls the controller
+            # still wants to finish; and the agent's children form a group we can kill whole.
             popen = subprocess.Popen(
                 [self._python, AGENT_MAIN, str(cmd_r), str(res_w), str(life_r), str(os.getpid())],
                 pass_fds=child_fds,
                 stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
                 env=env,
+                start_new_session=True,
             )
         except BaseException:
-            for fd in (cmd_r, cmd_w, res_r, res_w, life_r, life_w):
+            for fd in fds:
                 os.close(fd)
             raise
-        for fd in child_fds:
+        for fd in (*child_fds, out_w, err_w):
             os.close(fd)
         channel = _channel.Channel(
             spec.agent_id, cmd_w, res_r, life_w, kill=functools.partial(_sigkill, popen)
         )
         agent = ProcessAgent(spec, popen, channel)
-        self._watch_exit(agent, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        _relay_output(loop, popen.pid, spec.agent_id, ((out_r, 1), (err_r, 2)))
+        self._watch_exit(agent, loop)
         return agent
 
     def _watch_exit(self, agent: ProcessAgent, loop: asyncio.AbstractEventLoop) -> None:
@@ -204,9 +218,115 @@ class ProcessBackend:
 
 
 def _sigkill(popen: subprocess.Popen[bytes]) -> None:
+    """Kill an agent that has not been reaped, with its whole process group."""
     if popen.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            popen.send_signal(signal.SIGKILL)
+        _kill_group(popen.pid)
+
+
+# -- the agent's process group and output --------------------------------------------------------
+
+_OUTPUT: dict[int, asyncio.Future[None]] = {}  # agent pid -> relay of its output, until EOF
+_OUTPUT_DRAIN_S = 5.0  # a descendant that escaped the group may hold the pipes open
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL the agent's process group: the agent and whatever its calls started."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+async def _end_group(handle: ProcessAgent) -> None:
+    """Once the agent has exited: kill what is left of its group and relay its last output.
+
+    The agent's pid stays its group's id while any member lives, so the group cannot be
+    another's; children a step started (``sleep 120`` in a subprocess) die with it.
+    """
+    if handle.popen is None:
+        return
+    _kill_group(handle.popen.pid)
+    relay = _OUTPUT.pop(handle.popen.pid, None)
+    if relay is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(relay), _OUTPUT_DRAIN_S)
+
+
+def _relay_output(
+    loop: asyncio.AbstractEventLoop, pid: int, agent_id: str, pipes: tuple[tuple[int, int], ...]
+) -> None:
+    """Copy each line an agent writes to its stdout/stderr to ours, prefixed with its id.
+
+    Read by the event loop (no thread); a line is written whole, so agents' lines never
+    interleave mid-line; what is left at end of file is flushed. ``_OUTPUT[pid]`` is resolved
+    when both pipes have ended.
+    """
+    done: asyncio.Future[None] = loop.create_future()
+    prefix = f"[{agent_id}] ".encode()
+    open_pipes = {fd for fd, _ in pipes}
+
+    def on_readable(fd: int, target: int, partial: bytearray) -> None:
+        try:
+            data = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            partial += data
+            end = partial.rfind(b"\n") + 1
+            if not end:
+                return
+            chunk, partial[:] = bytes(partial[:end]), partial[end:]
+        else:
+            loop.remove_reader(fd)
+            os.close(fd)
+            chunk = bytes(partial) + b"\n" if partial else b""
+            partial.clear()
+            open_pipes.discard(fd)
+            if not open_pipes and not done.done():
+                done.set_result(None)
+        if chunk:
+            lines = chunk.splitlines(keepends=True)
+            with contextlib.suppress(OSError):
+                _write_all(target, b"".join(prefix + line for line in lines))
+
+    for fd, target in pipes:
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, on_readable, fd, target, bytearray())
+    _OUTPUT[pid] = done
+    done.add_done_callback(lambda f: _OUTPUT.pop(pid) if _OUTPUT.get(pid) is f else None)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [])
+
+
+_FD_LIMIT_RAISED = [False]
+
+
+def raise_fd_limit() -> None:
+    """Raise this process's soft limit on open files to the hard one, once, as servers do.
+
+    Each local agent costs the controller six descriptors (three pipes for calls and the
+    lifeline, two for its output, a pidfd): the usual soft limit of 1024 would stop at about
+    170 agents, while the hard limit is usually far higher.
+    """
+    if _FD_LIMIT_RAISED[0]:
+        return
+    _FD_LIMIT_RAISED[0] = True
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _signal_name(code: int) -> str:

@@ -65,6 +65,25 @@ class _Agent:
         return _wire.PONG_MSG
 
 
+def init_on_loopback(ray: Any, **kwargs: Any) -> Any:
+    """``ray.init`` of a new local instance whose every process listens on 127.0.0.1 only.
+
+    Ray binds its gRPC servers to the node's address, and turns a loopback
+    ``_node_ip_address`` back into the machine's routable address unless its "local only"
+    switch (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read once at import) is off; the switch is
+    turned off for the duration of the start so nobody has to set that variable.
+    """
+    from ray._private import ray_constants
+
+    kwargs.setdefault("_node_ip_address", "127.0.0.1")
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        return ray.init(**kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
 class RayAgent(AgentHandle):
     __slots__ = ("actor", "sent_keys")
 
@@ -78,13 +97,14 @@ class RayBackend:
     """Start agents as Ray actors.
 
     ``address`` is an existing cluster's address (``"auto"``, ``"ray://host:10001"``, ...); with
-    None a local Ray instance is started on first use (on loopback when
-    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set). ``num_cpus`` and ``resources`` are each
-    actor's reservation; ``num_cpus`` defaults to 1 on a cluster and to 0.1 on a local instance
-    started here, so that, as with local worker processes, a pool may hold more agents than
-    the machine has cores; ``runtime_env`` is Ray's, and a pool's ``image`` becomes its
-    ``container.image`` unless ``runtime_env`` says otherwise. ``init_kwargs`` go to
-    ``ray.init``.
+    None a local Ray instance is started on first use, and every process of it (GCS, raylet,
+    workers, this driver) listens on loopback only, unless ``expose=True`` lets Ray bind all
+    interfaces as it does by default (for other machines to join it). ``num_cpus`` and
+    ``resources`` are each actor's reservation; ``num_cpus`` defaults to 1 on a cluster and to
+    0.1 on a local instance started here, so that, as with local worker processes, a pool may
+    hold more agents than the machine has cores; ``runtime_env`` is Ray's, and a pool's
+    ``image`` becomes its ``container.image`` unless ``runtime_env`` says otherwise.
+    ``init_kwargs`` go to ``ray.init``.
     """
 
     name = "ray"
@@ -97,6 +117,7 @@ class RayBackend:
         resources: Mapping[str, float] | None = None,
         runtime_env: Mapping[str, Any] | None = None,
         init_kwargs: Mapping[str, Any] | None = None,
+        expose: bool = False,
     ) -> None:
         self._ray = _ray()
         self.address = address
@@ -104,6 +125,7 @@ class RayBackend:
         self.resources = dict(resources or {})
         self.runtime_env = dict(runtime_env or {})
         self.init_kwargs = dict(init_kwargs or {})
+        self.expose = expose
         self._init_lock: asyncio.Lock | None = None
         self._started_ray = False
         self._joined = False  # counted among the users of the local instance
@@ -127,8 +149,11 @@ class RayBackend:
             kwargs.update(self.init_kwargs)
             if self.address is not None:
                 kwargs["address"] = self.address
+            init = ray.init
+            if self.address is None and not self.expose and not os.environ.get("RAY_ADDRESS"):
+                init = functools.partial(init_on_loopback, ray)
             # ray.init blocks for seconds: keep the event loop (and every other pool) going.
-            await asyncio.to_thread(ray.init, **kwargs)
+            await asyncio.to_thread(init, **kwargs)
             self._started_ray = self.address is None  # a local instance of our own
             if self._started_ray:
                 self._joined = True

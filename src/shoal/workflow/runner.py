@@ -225,6 +225,9 @@ class Runner:
                     results[i] = await call(i, item)
                 except _Skipped:
                     return
+                except RunStopped as exc:  # its agent was lost during a stop: not retried
+                    failure.append(exc)
+                    return
                 except StepFailed as exc:
                     if not collect:
                         failure.append(exc)
@@ -365,6 +368,13 @@ class Runner:
                     ) from exc
                 await asyncio.sleep(errors.delay(attempt))
             except _RETRYABLE as exc:
+                if self.stopping and agent_failed(exc):
+                    # A stopping run starts nothing new, a retry included: the agent may have
+                    # died of the very signal that is stopping us, and the call may have run.
+                    raise RunStopped(
+                        f"run {self.ctx.run_id} of {self.spec.name!r} was stopped; {where} "
+                        f"lost its agent during the stop and was not retried: {exc}"
+                    ) from exc
                 if attempt > retries or not agent_failed(exc):
                     raise StepFailed(
                         f"{where} failed after {attempt} attempt(s): {type(exc).__name__}: {exc}",
