@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +91,8 @@ class Service:
         self.metrics = metrics or ServeMetrics(rt)
         self.runs: dict[str, RunRecord] = {}
         self.workflow_pools: dict[str, set[str]] = {}
+        self.first_pool: dict[str, str] = {}
+        self.in_flight: Counter[str] = Counter()
         self.finished: deque[str] = deque()
         self.history: dict[str, deque[dict[str, Any]]] = {}
         self.timeline: dict[str, deque[dict[str, Any]]] = {}
@@ -177,7 +179,17 @@ class Service:
         raise KeyError(name)
 
     def queue_depth(self, workflow: str) -> int:
-        return sum(1 for r in self.runs.values() if r.handle.workflow == workflow and r.queued)
+        """Runs of ``workflow`` admitted beyond what its first pool can run at once.
+
+        Counted from the service's own books (runs in flight) and the pool's ``max_size``, so
+        it covers runs waiting for an instance, for a step's agent, or for the pool to start.
+        """
+        first = self.first_pool.get(workflow)
+        capacity = 0
+        if first is not None:
+            with contextlib.suppress(KeyError):
+                capacity = self.rt.pool(first).snapshot().max_size
+        return max(0, self.in_flight[workflow] - capacity)
 
     async def submit(self, workflow: str, payload: Any) -> RunRecord:
         """Admit and start one run of ``workflow`` (a name :meth:`resolve` returned)."""
@@ -196,6 +208,10 @@ class Service:
         record = RunRecord(handle, asyncio.get_running_loop().time())
         self.runs[handle.run_id] = record
         self.workflow_pools.setdefault(workflow, set()).update(handle.pools)
+        steps = handle.progress.steps
+        if workflow not in self.first_pool and steps and steps[0].pool is not None:
+            self.first_pool[workflow] = steps[0].pool
+        self.in_flight[workflow] += 1
         task = asyncio.get_running_loop().create_task(self._settle(record))
         self._waiters.add(task)
         task.add_done_callback(self._waiters.discard)
@@ -218,6 +234,7 @@ class Service:
             record.error = exc
         finally:
             record.done.set()
+            self.in_flight[handle.workflow] -= 1
             self.metrics.observe_run(handle, record.submitted)
             self.finished.append(handle.run_id)
             while len(self.finished) > _KEEP_RUNS:
