@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck unit bench bench-scaling bench-backends clean
+.PHONY: demo test lint typecheck unit bench bench-scaling bench-backends bench-serve clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ bench-scaling: $(VENV)/.dev-installed
 
 bench-backends: $(VENV)/.dev-installed
 	$(PY) bench/backends.py
+
+# shoal serve against Ray Serve and a process-pool app under open-loop HTTP load.
+bench-serve: $(VENV)/.dev-installed
+	$(PY) -m pip install --quiet -e '.[bench-serve]'
+	$(PY) bench/serve_bench.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -49,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_command(args)
         if args.command == "simulate":
             return sim_cli.run(args)
+        if args.command == "serve":
+            return _serve_command(args)
     except (UsageError, BackendError) as exc:
         print(f"shoal {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -89,7 +91,68 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGINT/SIGTERM, how long calls in flight may finish (default: 10)",
     )
     sim_cli.add_parser(sub)
+    _add_serve_parser(sub)
     return parser
+
+
+# -- shoal serve ----------------------------------------------------------------------------------
+
+
+def _add_serve_parser(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve workflows over HTTP, with Prometheus metrics and a live dashboard",
+        description="Serve the workflows of Python files over HTTP (needs shoal[serve]).",
+    )
+    serve.add_argument(
+        "targets", nargs="+", metavar="FILE[:NAME]", help="files, and names (default: every one)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any)")
+    serve.add_argument(
+        "--backend", default="process", choices=("process", "ray", "container"), help="agents"
+    )
+    serve.add_argument(
+        "--token",
+        default=os.environ.get("SHOAL_TOKEN"),
+        help="require this bearer token on every route but /healthz (default: $SHOAL_TOKEN)",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=100,
+        metavar="N",
+        help="runs of one workflow allowed to wait before 429 (default: 100, or the pool's)",
+    )
+    serve.add_argument(
+        "--grace", type=float, default=10.0, metavar="S", help="on SIGTERM, time for runs in flight"
+    )
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    from shoal.serve import serve  # the 'serve' extra, imported only when asked for
+
+    targets: list[Any] = []
+    for spec in args.targets:
+        if ":" in spec:
+            targets.append(load_target(spec))
+            continue
+        path = Path(spec)
+        if not path.is_file():
+            raise UsageError(f"no such file: {spec}")
+        found = _targets(_import_file(path))
+        if not found:
+            raise UsageError(f"{spec} defines no workflow or mapreduce; decorate one first")
+        targets.extend(found)
+    return serve(
+        targets,
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        token=args.token or None,
+        max_queue=args.max_queue,
+        grace=args.grace,
+    )
 
 
 # -- shoal run ------------------------------------------------------------------------------------

@@ -212,6 +212,19 @@ class Runtime:
         self._runs[run_id] = handle
         return handle
 
+    async def warm(self, target: Any) -> list[AgentPool]:
+        """Create every pool ``target``'s runs use and wait until each holds its minimum warm
+        (a service does this before it calls itself ready)."""
+        spec = spec_of(target)
+        setup = spec.setup() if isinstance(spec, WorkflowSpec) else None
+        return list(await asyncio.gather(*(self._pool(r, setup) for r in pool_requests(spec))))
+
+    def forget(self, run_id: str) -> None:
+        """Drop a finished run's handle from :attr:`runs` (a long-lived service's history)."""
+        handle = self._runs.get(run_id)
+        if handle is not None and handle.done:
+            del self._runs[run_id]
+
     async def aclose(self) -> None:
         """Cancel unfinished runs, then close every pool."""
         self._open = False
