@@ -217,13 +217,13 @@ class Runtime:
         (a service does this before it calls itself ready)."""
         spec = spec_of(target)
         setup = spec.setup() if isinstance(spec, WorkflowSpec) else None
-        return list(await asyncio.gather(*(self._pool(r, setup) for r in pool_requests(spec))))
+        pools = (self.pool_for(r, setup) for r in pool_requests(spec))
+        return list(await asyncio.gather(*pools))
 
     def forget(self, run_id: str) -> None:
-        """Drop a finished run's handle from :attr:`runs` (a long-lived service's history)."""
-        handle = self._runs.get(run_id)
-        if handle is not None and handle.done:
-            del self._runs[run_id]
+        """Drop a finished run from :attr:`runs` before ``history`` would (a service that
+        keeps its own records)."""
+        self._finished.pop(run_id, None)
 
     async def aclose(self) -> None:
         """Cancel unfinished runs, then close every pool."""
