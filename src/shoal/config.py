@@ -64,6 +64,10 @@ class PoolConfig(BaseModel):
     # after this many seconds without a heartbeat, a reply or CPU progress; None turns it off.
     # Generous, so that a long computation in C that holds the GIL is not taken for frozen.
     heartbeat_timeout: float | None = Field(default=30.0, gt=0)
+    # How many calls one agent runs at once (Ray's max_concurrency, Modal's concurrent inputs):
+    # async functions run concurrently on the agent's event loop, plain ones in its threads.
+    # For I/O-bound steps (LLM calls, HTTP); CPU-bound ones gain nothing above 1.
+    max_concurrency: int = Field(default=1, ge=1, le=10_000, strict=True)
 
     @model_validator(mode="after")
     def _sizes_in_order(self) -> Self:

@@ -47,6 +47,8 @@ class PoolMetrics:
     start_failures: int
     time: float
     checking: int = 0  # idle agents set aside for a health check (not assignable meanwhile)
+    in_flight: int = 0  # calls held by callers: busy agents x the calls each runs
+    max_concurrency: int = 1  # calls one agent runs at once; utilization counts these slots
 
 
 class RateCounter:

@@ -77,6 +77,7 @@ class AgentPool:
         health_check_interval: float = 30.0,
         health_check_timeout: float = 5.0,
         heartbeat_timeout: float | None = 30.0,
+        max_concurrency: int = 1,
         start_timeout: float = 120.0,
         stop_grace: float = 10.0,
         price_per_hour: float | None = None,
@@ -103,6 +104,7 @@ class AgentPool:
             "health_check_interval": health_check_interval,
             "health_check_timeout": health_check_timeout,
             "heartbeat_timeout": heartbeat_timeout,
+            "max_concurrency": max_concurrency,
             "start_timeout": start_timeout,
             "stop_grace": stop_grace,
             "price_per_hour": price_per_hour,
@@ -456,7 +458,7 @@ class AgentPool:
                 st.call_failed(agent, "its call was cancelled", kill=True)
             raise  # (a reply already in: the agent is idle and stays warm)
         finally:
-            st.end_call(agent, started, self._now(), failed)
+            st.end_call(lease, started, self._now(), failed)
             if st.actions:
                 self._flush()
 
@@ -549,6 +551,7 @@ class AgentPool:
             setup=self.config.setup,
             on_exit=functools.partial(self._on_agent_exit, agent),
             heartbeat_interval=_heartbeat_interval(self.config.heartbeat_timeout),
+            max_concurrency=self.config.max_concurrency,
         )
         error: BaseException | None = None
         try:
