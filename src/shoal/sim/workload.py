@@ -12,7 +12,6 @@ Everything random takes a seed, so a workload is the same every time it is made.
 from __future__ import annotations
 
 import csv
-import itertools
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -552,9 +551,3 @@ def spread_counts(
     sample = (service or _DEFAULT_SERVICE).sample
     durations = tuple(sample(srng) for _ in arrivals)
     return Workload(name, tuple(arrivals), durations, len(counts) * bucket_s)
-
-
-def merge(name: str, *workloads: Workload) -> Workload:
-    """Several workloads replayed together on one pool."""
-    pairs = list(itertools.chain.from_iterable(workloads))
-    return Workload.from_pairs(name, pairs, max((w.horizon for w in workloads), default=0.0))
