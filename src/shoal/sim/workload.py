@@ -511,7 +511,6 @@ def _csv_row(path: Path, lineno: int, row: list[str]) -> tuple[float, float]:
     return time_s, duration_s
 
 
-
 def azure_trace(
     path: str | Path,
     *,
