@@ -9,6 +9,7 @@ run, and kept warm across runs until the runtime closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import os
@@ -302,22 +303,30 @@ class Runtime:
         self._pool_ready[request.name] = ready
 
         async def start() -> None:
+            # Any failure — the pool's start or its autoscaler's construction — reaches every
+            # run waiting for this pool, and the pool is closed and forgotten, so a later run
+            # may try again. Nothing here may leave `ready` unset: a run would wait forever.
+            scaler: AutoScaler | None = None
             try:
+                if request.scaling is not None and request.scaling.policy_name != "fixed":
+                    scaler = AutoScaler(pool, request.scaling)
                 await pool.start()
+                if scaler is not None:
+                    scaler.start()
+                    self.autoscalers[pool.name] = scaler
             except BaseException as exc:
                 if not ready.done():
                     ready.set_exception(exc)
-                # A pool that cannot start is forgotten, so a later run may try again.
                 self.pools.unregister_pool(request.name)
                 del self._pool_options[request.name]
                 del self._pool_ready[request.name]
+                with contextlib.suppress(Exception):
+                    if scaler is not None:
+                        await scaler.stop()
+                    await pool.aclose()
                 if isinstance(exc, asyncio.CancelledError):
                     raise
             else:
-                if request.scaling is not None and request.scaling.policy_name != "fixed":
-                    scaler = AutoScaler(pool, request.scaling)
-                    self.autoscalers[pool.name] = scaler
-                    scaler.start()
                 if not ready.done():
                     ready.set_result(pool)
 

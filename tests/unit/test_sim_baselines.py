@@ -173,8 +173,8 @@ def test_baselines_are_named_in_scaling_policy_and_get_only_bounds() -> None:
     ):
         built = build_policy(parse_scaling_policy("t", {"policy": name}))
         assert isinstance(built.inner, cls) and built.guards == "bounds"
-    fixed = build_policy(parse_scaling_policy("t", {"mode": "fixed", "min": 3, "max": 9}))
-    assert isinstance(fixed.inner, FixedPolicy)
+    fixed = build_policy(parse_scaling_policy("t", {"mode": "fixed", "min": 3}))
+    assert isinstance(fixed.inner, FixedPolicy) and fixed.config.max_instances == 3
     assert fixed.decide(snap(target=3, busy=3, queue=20), fixed.initial_state(), 0.0).desired == 3
 
 

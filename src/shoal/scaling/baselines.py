@@ -1,5 +1,6 @@
 """The field's autoscalers, as pure shoal policies: Kubernetes HPA, Knative KPA, Ray Serve, and
-FaaS keep-alive (plus ``fixed``, shoal's :class:`~shoal.scaling.policy.FixedPolicy`).
+FaaS keep-alive. (``fixed``, the fifth baseline of ``shoal simulate``, is shoal's
+:class:`~shoal.scaling.policy.FixedPolicy`.)
 
 Each follows its system's published algorithm with that system's defaults, which each class's
 docstring lists with where they come from. They implement the
@@ -24,11 +25,13 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shoal.errors import ConfigError
 from shoal.pool.metrics import PoolMetrics
-from shoal.scaling.policy import Decision, FixedPolicy, Policy
+from shoal.scaling.policy import Decision
+
+if TYPE_CHECKING:
+    from shoal.scaling.config import ScalingPolicyConfig
 
 Samples = tuple[tuple[float, float], ...]
 
@@ -392,51 +395,46 @@ class KeepAlivePolicy:
         )
 
 
-# -- by name --------------------------------------------------------------------------------------
-
-#: The baselines by name; ``fixed`` is shoal's :class:`~shoal.scaling.policy.FixedPolicy`.
-BASELINES: tuple[str, ...] = ("fixed", "hpa", "kpa", "rayserve", "keepalive")
-
-
-def on_demand(policy: object) -> bool:
-    """Whether the system ``policy`` models starts an agent for a caller who would wait."""
-    return bool(getattr(policy, "on_demand", False))
+# -- from a scaling_policy ------------------------------------------------------------------------
+# Each baseline with its defaults, and the ``scaling_policy`` keys a user gave explicitly mapped
+# onto its own knobs. Which names pick them is :mod:`shoal.scaling.registry`'s business.
 
 
-def from_config(name: str, config: Any) -> Policy[Any]:
-    """The baseline ``name``, with its defaults, and the ``scaling_policy`` keys a user gave
-    explicitly mapped onto its own knobs.
+def _given(config: ScalingPolicyConfig) -> Mapping[str, Any]:
+    return {k: getattr(config, k) for k in config.model_fields_set}
 
-    ``config`` is a :class:`~shoal.scaling.config.ScalingPolicyConfig`. Mapped keys:
-    ``target_utilization`` (hpa, kpa), ``cooldown_period`` (hpa's scale-down stabilization,
-    rayserve's downscale delay), ``idle_terminate`` (kpa's scale-to-zero grace, keepalive's
-    keep-alive). ``fixed`` keeps ``min_instances`` agents.
-    """
-    given: Mapping[str, Any] = {k: getattr(config, k) for k in config.model_fields_set}
-    if name == "fixed":
-        return FixedPolicy(config.min_instances)
-    if name == "hpa":
-        hpa = HPAPolicy()
-        if "target_utilization" in given:
-            hpa = dataclasses.replace(hpa, target_utilization=given["target_utilization"])
-        if "cooldown_period" in given:
-            hpa = dataclasses.replace(hpa, downscale_stabilization_s=given["cooldown_period"])
-        return hpa
-    if name == "kpa":
-        kpa = KPAPolicy()
-        if "target_utilization" in given:
-            kpa = dataclasses.replace(kpa, target_utilization=given["target_utilization"])
-        if "idle_terminate" in given:
-            kpa = dataclasses.replace(kpa, scale_to_zero_grace_s=given["idle_terminate"])
-        return kpa
-    if name == "rayserve":
-        ray = RayServePolicy()
-        if "cooldown_period" in given:
-            ray = dataclasses.replace(ray, downscale_delay_s=given["cooldown_period"])
-        return ray
-    if name == "keepalive":
-        keep = KeepAlivePolicy()
-        if "idle_terminate" in given:
-            keep = dataclasses.replace(keep, keep_alive_s=given["idle_terminate"])
-        return keep
-    raise ConfigError(f"unknown baseline policy {name!r}; known: {', '.join(BASELINES)}")
+
+def hpa_from_config(config: ScalingPolicyConfig) -> HPAPolicy:
+    """``target_utilization``; ``cooldown_period`` is HPA's scale-down stabilization."""
+    given, hpa = _given(config), HPAPolicy()
+    if "target_utilization" in given:
+        hpa = dataclasses.replace(hpa, target_utilization=given["target_utilization"])
+    if "cooldown_period" in given:
+        hpa = dataclasses.replace(hpa, downscale_stabilization_s=given["cooldown_period"])
+    return hpa
+
+
+def kpa_from_config(config: ScalingPolicyConfig) -> KPAPolicy:
+    """``target_utilization``; ``idle_terminate`` is KPA's scale-to-zero grace."""
+    given, kpa = _given(config), KPAPolicy()
+    if "target_utilization" in given:
+        kpa = dataclasses.replace(kpa, target_utilization=given["target_utilization"])
+    if "idle_terminate" in given:
+        kpa = dataclasses.replace(kpa, scale_to_zero_grace_s=given["idle_terminate"])
+    return kpa
+
+
+def rayserve_from_config(config: ScalingPolicyConfig) -> RayServePolicy:
+    """``cooldown_period`` is Ray Serve's downscale delay."""
+    given, ray = _given(config), RayServePolicy()
+    if "cooldown_period" in given:
+        ray = dataclasses.replace(ray, downscale_delay_s=given["cooldown_period"])
+    return ray
+
+
+def keepalive_from_config(config: ScalingPolicyConfig) -> KeepAlivePolicy:
+    """``idle_terminate`` is the keep-alive."""
+    given, keep = _given(config), KeepAlivePolicy()
+    if "idle_terminate" in given:
+        keep = dataclasses.replace(keep, keep_alive_s=given["idle_terminate"])
+    return keep

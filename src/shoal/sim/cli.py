@@ -98,6 +98,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     policies: list[str] = args.policy or list(DEFAULT_POLICIES)
     try:
+        if args.plot:
+            from shoal.sim.plot import require_matplotlib
+
+            require_matplotlib()  # before minutes of simulating, not after
         for name in policies:
             base, _, size = name.partition(":")
             if base not in POLICIES or (size and base != "fixed"):

@@ -26,19 +26,18 @@ from shoal.clock import VirtualTimeLoop, perf_counter
 from shoal.errors import ConfigError, ShoalError
 from shoal.pool.metrics import PoolMetrics
 from shoal.pool.pool import AgentPool
-from shoal.scaling import baselines
 from shoal.scaling.autoscaler import AutoScaler
-from shoal.scaling.baselines import BASELINES
-from shoal.scaling.config import POLICY_NAMES, PRESETS, parse_scaling_policy
-from shoal.scaling.guards import build_policy
+from shoal.scaling.config import PRESETS, parse_scaling_policy
 from shoal.scaling.policy import Decision, Policy
+from shoal.scaling.registry import BASELINES
+from shoal.scaling.registry import POLICIES as REGISTRY
 from shoal.sim.backend import SimBackend, serve
 from shoal.sim.workload import Distribution, Workload
 
 #: shoal's own policies: the modes, and the policies a ``scaling_policy`` may name.
 SHOAL_POLICIES: tuple[str, ...] = (
     *(m for m in PRESETS if m != "fixed"),
-    *(p for p in POLICY_NAMES if p not in BASELINES),
+    *(p for p in REGISTRY if p not in BASELINES),
 )
 #: Every name :func:`simulate` accepts (``fixed`` also as ``fixed:N``).
 POLICIES: tuple[str, ...] = (*SHOAL_POLICIES, *BASELINES)
@@ -175,22 +174,18 @@ def plan(
         if name == "fixed":
             size = _fixed_size(policy, arg, workload)
             size = max(size, min_size) if arg else min(max(size, min_size), max_size)
-            given = {"policy": "fixed", "min": size, "max": max(size, max_size)}
+            given = {"policy": "fixed", "min": size}
             label = f"fixed:{size}"
+    fixed = given.get("policy", "fixed" if given.get("mode") == "fixed" else None) == "fixed"
     if not ({"min", "min_instances"} & given.keys()):
         given["min"] = min_size
-    if not ({"max", "max_instances"} & given.keys()):
-        given["max"] = max_size
+    if not fixed and not ({"max", "max_instances"} & given.keys()):
+        given["max"] = max_size  # (a fixed pool has one size)
     config = parse_scaling_policy(f"policy {label!r}", given)
     if on_demand is None:
         # shoal's policies run as a shoal pool does; a baseline as its own system does.
-        on_demand = baselines.on_demand(build_policy(config).inner)
-        if config.policy_name not in BASELINES:
-            on_demand = True
-    lo, hi = config.min_instances, config.max_instances
-    if config.policy_name == "fixed":
-        hi = lo  # nothing to grow into
-    return _Plan(label, given, on_demand, lo, hi)
+        on_demand = REGISTRY[config.policy_name].on_demand
+    return _Plan(label, given, on_demand, config.min_instances, config.max_instances)
 
 
 def _fixed_size(policy: str, arg: str, workload: Workload) -> int:
@@ -276,10 +271,6 @@ class _Observed:
         self.events = 0
         self.reversals = 0
         self._direction = 0
-
-    @property
-    def cost_cap(self) -> int | None:
-        return getattr(self.inner, "cost_cap", None)
 
     def initial_state(self) -> Any:
         return self.inner.initial_state()
@@ -497,20 +488,12 @@ def _count_at_most(ordered: list[float], bound: float) -> int:
     return bisect.bisect_right(ordered, bound)
 
 
-def compare(
-    workload: Workload, policies: list[str | Mapping[str, Any]], **options: Any
-) -> list[SimResult]:
-    """:func:`simulate` each policy on the same workload with the same options."""
-    return [simulate(workload, p, **options) for p in policies]
-
-
 __all__ = [
     "POLICIES",
     "SHOAL_POLICIES",
     "SUMMARY_KEYS",
     "Series",
     "SimResult",
-    "compare",
     "plan",
     "simulate",
 ]

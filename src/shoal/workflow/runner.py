@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -420,6 +420,11 @@ class Runner:
 
 
 def _as_items(workflow: str, step: str, value: Any) -> list[Any]:
+    if isinstance(value, Mapping):  # iterating would hand out its keys alone
+        raise WorkflowError(
+            f"workflow {workflow!r}: parallel step {step!r} got a dict; pass a list of items "
+            "(e.g. list(d.items()))"
+        )
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         raise WorkflowError(
             f"workflow {workflow!r} step {step!r} is parallel, so its input must be an iterable "
