@@ -67,7 +67,7 @@ async def test_an_autoscaler_that_cannot_be_built_fails_every_waiting_run() -> N
     config = parse_scaling_policy("t", {"min": 4, "max": 8, "cost_threshold": 1.0})
     request = PoolRequest("priced", {"min_size": 4, "max_size": 8, "price_per_hour": 0.5}, config)
     async with Runtime(FakeBackend()) as rt:
-        waiting = [asyncio.ensure_future(rt._pool(request, None)) for _ in range(3)]
+        waiting = [asyncio.ensure_future(rt.pool_for(request, None)) for _ in range(3)]
         done, pending = await asyncio.wait(waiting, timeout=60)
         assert not pending
         for task in done:
