@@ -1,4 +1,5 @@
-"""Entry point of an agent process: warm up once, then serve calls one at a time.
+"""Entry point of an agent process: warm up once, then serve calls — one at a time, or up to
+``max_concurrency`` at once on an event loop and a thread pool.
 
 Each reply echoes the id of the call it answers. While a call runs, a heartbeat thread (if the
 pool asked for one in INIT) shows the pool that the agent is alive.
@@ -50,8 +51,12 @@ class Heartbeat:
     the calls after it while it is awake).
     """
 
-    def __init__(self, interval: float, res_fd: int, lock: threading.Lock) -> None:
+    def __init__(
+        self, interval: float, res_fd: int, lock: threading.Lock, every_wake: bool = False
+    ) -> None:
         self.interval = interval
+        # Beat at every wake-up while busy (calls overlap: there is no single call to follow).
+        self.every_wake = every_wake
         self.res_fd = res_fd
         self.lock = lock  # every write to res_fd, from any thread, holds it
         self.calls = 0  # calls started so far
@@ -74,7 +79,7 @@ class Heartbeat:
             time.sleep(self.interval)
             _exit_if_forked()
             calls, busy = self.calls, self.busy
-            if busy and calls == seen:
+            if busy and (calls == seen or self.every_wake):
                 with self.lock:
                     _wire.send(self.res_fd, _wire.HEARTBEAT_MSG)
             elif not busy:
@@ -235,8 +240,8 @@ def warm_up(setup_blob: bytes) -> bytes | None:
     return None
 
 
-def serve(body: bytes, functions: OrderedDict[int, Any]) -> bytes:
-    """Run one pickled CALL and return the pickled reply. Never raises."""
+def decode(body: bytes, functions: OrderedDict[int, Any]) -> tuple[Any, Any, Any] | bytes:
+    """A pickled CALL as ``(fn, args, kwargs)``, or the reply to send if it cannot run."""
     try:
         msg = pickle.loads(body)
     except Exception as exc:
@@ -254,14 +259,120 @@ def serve(body: bytes, functions: OrderedDict[int, Any]) -> bytes:
                 functions[key] = fn
                 if len(functions) > _FUNCTION_CACHE:
                     functions.popitem(last=False)
-        result = _call(fn, args, kwargs)
     except BaseException as exc:
         return _exception_message(_wire.RAISED, exc)
+    return fn, args, kwargs
+
+
+def result_message(result: Any) -> bytes:
     try:
         return _dumps((_wire.OK, result))
     except Exception as exc:
         detail = f"{type(result).__qualname__} object: {exc}"
         return _dumps((_wire.UNPICKLABLE, "the result", detail))
+
+
+def serve(body: bytes, functions: OrderedDict[int, Any]) -> bytes:
+    """Run one pickled CALL and return the pickled reply. Never raises."""
+    call = decode(body, functions)
+    if isinstance(call, bytes):
+        return call
+    fn, args, kwargs = call
+    try:
+        result = _call(fn, args, kwargs)
+    except BaseException as exc:
+        return _exception_message(_wire.RAISED, exc)
+    return result_message(result)
+
+
+def _is_async(fn: Any) -> bool:
+    """True for a coroutine function, or a shoal step/mapreduce wrapper around one: it may be
+    called on the event loop itself, which then runs the coroutine with the others."""
+    import inspect
+
+    return inspect.iscoroutinefunction(fn) or bool(getattr(fn, "shoal_async", False))
+
+
+def serve_concurrently(
+    cmd_fd: int,
+    res_fd: int,
+    functions: OrderedDict[int, Any],
+    slots: int,
+    lock: threading.Lock,
+    beat: Heartbeat | None,
+) -> None:
+    """Serve calls ``slots`` at a time: coroutines run together on this thread's event loop,
+    plain functions in a pool of ``slots`` threads. Replies go out as calls finish."""
+    import asyncio
+    import functools
+    from concurrent.futures import ThreadPoolExecutor
+
+    global _loop
+    loop = _loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    threads = ThreadPoolExecutor(slots, thread_name_prefix="shoal-call")
+    reader = _wire.FrameReader()
+    tasks: set[asyncio.Task[None]] = set()
+    ended: asyncio.Future[None] = loop.create_future()
+    running = [0]
+
+    def reply(call_id: int, payload: bytes) -> None:
+        _exit_if_forked()
+        with lock:
+            _wire.send(res_fd, payload, call_id)
+
+    async def run(call_id: int, body: bytes) -> None:
+        running[0] += 1
+        if beat is not None:
+            beat.begin()
+        try:
+            call = decode(body, functions)
+            if isinstance(call, bytes):
+                reply(call_id, call)
+                return
+            fn, args, kwargs = call
+            try:
+                if _is_async(fn):
+                    result = fn(*args, **kwargs)
+                else:
+                    result = await loop.run_in_executor(
+                        threads, functools.partial(fn, *args, **kwargs)
+                    )
+                if hasattr(type(result), "__await__"):
+                    result = await result
+            except BaseException as exc:
+                reply(call_id, _exception_message(_wire.RAISED, exc))
+                return
+            reply(call_id, result_message(result))
+        finally:
+            running[0] -= 1
+            if beat is not None and not running[0]:
+                beat.busy = False
+
+    def on_command() -> None:
+        try:
+            data = os.read(cmd_fd, 1 << 18)
+        except BlockingIOError:
+            return
+        if not data:
+            if not ended.done():
+                ended.set_result(None)
+            return
+        for call_id, body in reader.feed(data):
+            if call_id:
+                task = loop.create_task(run(call_id, body))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            elif body == _wire.PING_MSG:
+                with lock:
+                    _wire.send(res_fd, _wire.PONG_MSG)
+            elif body == _wire.STOP_MSG and not ended.done():
+                ended.set_result(None)
+
+    os.set_blocking(cmd_fd, False)
+    loop.add_reader(cmd_fd, on_command)
+    loop.run_until_complete(ended)
+    threads.shutdown(wait=False, cancel_futures=True)
 
 
 def _connect(path: str) -> tuple[int, int, int, int]:
@@ -300,17 +411,20 @@ def main() -> None:
     init = _wire.recv_message(cmd_fd)
     if init is None:
         return
-    _, sys_path, setup_blob, spin_s, heartbeat_s = init
+    _, sys_path, setup_blob, spin_s, heartbeat_s, slots = init
     sys.path[:] = sys_path
     failed = warm_up(setup_blob)
     if failed is not None:
         send(res_fd, failed)
         return
     lock = threading.Lock()
-    beat = Heartbeat(heartbeat_s, res_fd, lock) if heartbeat_s else None
+    beat = Heartbeat(heartbeat_s, res_fd, lock, every_wake=slots > 1) if heartbeat_s else None
     send(res_fd, _dumps((_wire.READY, os.getpid())))
 
     functions: OrderedDict[int, Any] = OrderedDict()  # most recently used last
+    if slots > 1:
+        serve_concurrently(cmd_fd, res_fd, functions, slots, lock, beat)
+        return
     poller = select.poll()
     poller.register(cmd_fd, select.POLLIN)
     while True:

@@ -125,7 +125,8 @@ def _which_argument(
 
 def init_message(spec: AgentSpec, spin_s: float) -> bytes:
     """The INIT message for a new agent: the driver's sys.path, the pool's setup, how long to
-    poll for the next call and how often to heartbeat during a call (0: never)."""
+    poll for the next call, how often to heartbeat during a call (0: never) and how many
+    calls to run at once."""
     try:
         setup_blob = dumps(spec.setup)
     except Exception as exc:
@@ -133,7 +134,7 @@ def init_message(spec: AgentSpec, spin_s: float) -> bytes:
             f"pool {spec.pool!r}: setup {spec.setup!r} cannot be sent to an agent: {exc}"
         ) from exc
     heartbeat = float(spec.heartbeat_interval or 0.0)
-    msg = (_wire.INIT, list(sys.path), setup_blob, spin_s, heartbeat)
+    msg = (_wire.INIT, list(sys.path), setup_blob, spin_s, heartbeat, spec.max_concurrency)
     return pickle.dumps(msg, _wire.PROTOCOL)
 
 

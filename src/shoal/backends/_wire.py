@@ -20,7 +20,7 @@ CONTROL = 0  # the call id of every frame that is not a call or its reply
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 # Parent -> agent
-INIT = 0  # (INIT, sys_path, pickled_setup, spin_seconds, heartbeat_interval_or_0)
+INIT = 0  # (INIT, sys_path, pickled_setup, spin_seconds, heartbeat_interval_or_0, max_concurrency)
 CALL = 1  # (CALL, fn_key_or_None, pickled_fn_or_None, args, kwargs); None blob: use the kept fn
 PING = 2  # (PING,)
 STOP = 3  # (STOP,)

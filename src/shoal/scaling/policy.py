@@ -58,7 +58,9 @@ def observe(snapshot: PoolMetrics, state: RateState, now: float, *, tau: float =
     ``tau`` is the smoothing time constant in seconds, so the result does not depend on how
     often the policy is asked.
     """
-    in_flight = float(snapshot.busy + snapshot.queue_depth)
+    # Agents' worth of calls: an agent runs max_concurrency calls at once.
+    calls = max(snapshot.in_flight, snapshot.busy)  # (equal when an agent runs one call)
+    in_flight = (calls + snapshot.queue_depth) / max(1, snapshot.max_concurrency)
     if state.time is None or now <= state.time:
         return RateState(snapshot.requests_total, now, state.rate, in_flight)
     dt = now - state.time
@@ -164,7 +166,7 @@ class TargetUtilizationPolicy:
     def _track(self, snapshot: PoolMetrics, state: RateState, now: float) -> Decision[RateState]:
         """Plain target tracking: the size the smoothed demand needs."""
         seen = observe(snapshot, state, now, tau=self.smoothing_s)
-        little = seen.rate * snapshot.avg_execution_time
+        little = seen.rate * snapshot.avg_execution_time / max(1, snapshot.max_concurrency)
         demand = max(little, seen.busy)
         need = demand / self.target_utilization
         at = f"at {self.target_utilization:.0%} utilization"

@@ -82,6 +82,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--cold-start", type=float, default=2.0, metavar="S", help="agent start (2.0)")
     p.add_argument("--min-size", type=int, default=1, metavar="N", help="fewest agents (1)")
     p.add_argument("--max-size", type=int, default=100, metavar="N", help="most agents (100)")
+    p.add_argument(
+        "--max-concurrency", type=int, default=1, metavar="N", help="calls per agent at once (1)"
+    )
     p.add_argument("--sla", type=float, default=None, metavar="S", help="response-time bound")
     p.add_argument("--price", type=float, default=None, metavar="P", help="$ per agent-hour")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="for every random draw (0)")
@@ -123,6 +126,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
                     price=args.price,
                     interval=args.interval,
                     seed=args.seed,
+                    max_concurrency=args.max_concurrency,
                 )
             )
         wall = perf_counter() - started

@@ -215,6 +215,7 @@ def simulate(
     seed: int = 0,
     idle_timeout: float = 300.0,
     on_demand: bool | None = None,
+    max_concurrency: int = 1,
 ) -> SimResult:
     """Replay ``workload`` on a pool scaled by ``policy`` and measure what happened.
 
@@ -226,6 +227,7 @@ def simulate(
     agent-hour for ``cost_usd``. ``interval`` is the time series' sample period (by default one
     that gives a few hundred points). ``idle_timeout`` is the pool's (production default
     300 s). ``on_demand`` overrides whether the pool starts agents for waiting callers.
+    ``max_concurrency`` is how many requests one agent serves at once.
 
     Runs synchronously on a fresh virtual-time loop; deterministic for a given ``seed``.
     """
@@ -238,11 +240,15 @@ def simulate(
         raise ConfigError(f"sla={sla!r} must be a number of seconds > 0")
     if price is not None and not price >= 0:
         raise ConfigError(f"price={price!r} must be a number >= 0 ($ per agent-hour)")
+    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+        raise ConfigError(f"max_concurrency={max_concurrency!r} must be an integer >= 1")
+    if max_concurrency < 1:
+        raise ConfigError(f"max_concurrency={max_concurrency!r} must be an integer >= 1")
     the_plan = plan(policy, workload, min_size=min_size, max_size=max_size, on_demand=on_demand)
     sample = interval if interval is not None else _nice_interval(workload.horizon)
     if not sample > 0:
         raise ConfigError(f"interval={interval!r} must be a number of seconds > 0")
-    run = _Run(workload, the_plan, cold_start, seed, sample, idle_timeout, price)
+    run = _Run(workload, the_plan, cold_start, seed, sample, idle_timeout, price, max_concurrency)
     started = perf_counter()
     with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
         runner.run(run.main())
@@ -302,6 +308,7 @@ class _Run:
         interval: float,
         idle_timeout: float,
         price: float | None,
+        max_concurrency: int = 1,
     ) -> None:
         self.workload = workload
         self.plan = the_plan
@@ -319,6 +326,7 @@ class _Run:
             idle_timeout=idle_timeout,
             on_demand=the_plan.on_demand,
             price_per_hour=price,
+            max_concurrency=max_concurrency,
             backend=self.backend,
         )
         self.t0 = 0.0

@@ -187,7 +187,7 @@ class Runner:
         if self._on_held(step):
             return 1  # the run's own instance serves one call at a time
         pool = await self.rt.pool_for(self.spec.pool_for(step), self.spec.setup())
-        return pool.max_size
+        return pool.max_size * pool.config.max_concurrency
 
     def _on_held(self, step: StepSpec) -> bool:
         """True when ``step`` runs on the instance this run holds."""
@@ -401,7 +401,7 @@ class Runner:
             items = _as_items(spec.name, spec.name, self.input)
             prog.total = len(items)
             pool: AgentPool = await self.rt.pool_for(spec.pool(), None)
-            limit = spec.max_parallel or pool.max_size
+            limit = spec.max_parallel or pool.max_size * pool.config.max_concurrency
             fn = ContextCall(spec.fn)
 
             def call(i: int, item: Any) -> Any:

@@ -166,12 +166,15 @@ def step(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     retry_backoff: float = 0.0,
     on_error: OnError = "raise",
+    max_concurrency: int | None = None,
 ) -> Any:
     """Mark an ``async def`` method of a ``@workflow`` class as a step.
 
     ``parallel=True`` runs it once per item of the previous step's result, at most
     ``max_parallel`` at a time. ``execution_mode`` is ``"pooled"`` (a warm agent),
     ``"dedicated"`` (a fresh agent per call, stopped after it) or ``"inline"`` (in this process).
+    ``max_concurrency`` (the step's own pool) is how many calls one agent runs at once — for
+    I/O-bound steps, so 100 LLM calls in flight need not take 100 agents.
     ``retries`` is how many times a call whose agent was lost or timed out is tried again on
     another agent; the step's own exceptions are retried only when listed in ``retry_on``
     (after ``retry_backoff`` seconds, doubling). ``on_error="collect"`` lets a parallel step
@@ -213,7 +216,9 @@ def step(
             retries=retries,
             timeout=timeout,
             takes_input=len(params) > 2,
-            pool_config=_check_pool_config(f"{label} pool_config", pool_config),
+            pool_config=_check_pool_config(
+                f"{label} pool_config", _with_concurrency(label, pool_config, max_concurrency)
+            ),
             pool_size=pool_size,
             scaling_policy=_scaling(f"{label} scaling_policy", scaling_policy, pool_config),
             pool=pool,
@@ -290,13 +295,15 @@ def mapreduce(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     retry_backoff: float = 0.0,
     on_error: OnError = "raise",
+    max_concurrency: int | None = None,
 ) -> Any:
     """Make ``async def fn(ctx, item)`` a standalone fan-out over an iterable.
 
     Running it (``await rt.run(fn, items)``) maps ``fn`` over the items on a pool of
     ``pool_size`` agents, at most ``max_parallel`` at a time, and returns ``reduce(results)``
     (the list of results, in input order, when there is no ``reduce``). ``retries``,
-    ``retry_on``, ``retry_backoff`` and ``on_error`` are as for :func:`step`.
+    ``retry_on``, ``retry_backoff``, ``on_error`` and ``max_concurrency`` are as for
+    :func:`step`.
     """
 
     def build(f: F) -> F:
@@ -318,7 +325,9 @@ def mapreduce(
             pool_size=pool_size,
             max_parallel=max_parallel,
             reduce=reduce,
-            pool_config=_check_pool_config(f"{label} pool_config", pool_config),
+            pool_config=_check_pool_config(
+                f"{label} pool_config", _with_concurrency(label, pool_config, max_concurrency)
+            ),
             retries=retries,
             timeout=timeout,
             errors=_errors(label, True, retries, retry_on, retry_backoff, on_error),
@@ -327,6 +336,23 @@ def mapreduce(
         return f
 
     return build(fn) if fn is not None else build
+
+
+def _with_concurrency(
+    label: str, pool_config: Mapping[str, Any] | None, max_concurrency: int | None
+) -> Mapping[str, Any] | None:
+    """``pool_config`` with ``max_concurrency`` added (it is a pool option)."""
+    if max_concurrency is None:
+        return pool_config
+    if not _is_int(max_concurrency) or max_concurrency < 1:
+        raise WorkflowError(f"{label}: max_concurrency={max_concurrency!r} must be an integer >= 1")
+    given = (pool_config or {}).get("max_concurrency") if isinstance(pool_config, Mapping) else None
+    if given is not None and given != max_concurrency:
+        raise WorkflowError(
+            f"{label}: max_concurrency={max_concurrency} and pool_config max_concurrency={given} "
+            "disagree; give it once"
+        )
+    return {**(pool_config or {}), "max_concurrency": max_concurrency}
 
 
 def _errors(
