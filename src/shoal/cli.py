@@ -275,7 +275,7 @@ async def _execute(
             handle = await rt.submit(target, payload)
             stopper.install(handle)
             result, error = await follow(rt, handle, live=live)
-            pools = {p.name: _pool_report(p) for p in rt.pools}
+            pools = {p.name: _pool_report(p, rt.warmup_waits[p.name]) for p in rt.pools}
     finally:
         stopper.uninstall()
     return handle, result, error, pools
@@ -411,7 +411,9 @@ def parse_input(text: str | None) -> Any:
         ) from None
 
 
-def _pool_report(pool: Any) -> dict[str, Any]:
+def _pool_report(pool: Any, warmup_waits: int = 0) -> dict[str, Any]:
+    """One pool's line of the summary. Calls that waited for the pool's first warm-up (the
+    runtime starts a pool before a run's first call reaches it) count as cold starts too."""
     m = pool.metrics
     last = None
     scale = [e for e in pool.events if e.kind == "scale"]
@@ -431,8 +433,8 @@ def _pool_report(pool: Any) -> dict[str, Any]:
         "busy": m.busy,
         "starting": m.starting,
         "requests": m.requests_total,
-        "warm_hits": m.warm_hits,
-        "cold_starts": m.cold_starts,
+        "warm_hits": m.warm_hits - min(warmup_waits, m.warm_hits),
+        "cold_starts": m.cold_starts + min(warmup_waits, m.warm_hits),
         "agents_started": m.agents_started,
         "wait_p50_s": m.wait_p50,
         "wait_p99_s": m.wait_p99,

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import itertools
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -104,6 +104,9 @@ class Runtime:
         self._ids = itertools.count(1)
         self._starters: set[asyncio.Task[None]] = set()
         self.autoscalers: dict[str, AutoScaler] = {}
+        # Calls that waited for their pool's first warm-up, by pool: cold starts the pool
+        # itself cannot see (its agents were idle by the time the calls reached it).
+        self.warmup_waits: Counter[str] = Counter()
         self._open = False
         self._closed = False
         self.default_parallelism = os.cpu_count() or 1
@@ -342,7 +345,10 @@ class Runtime:
         """The pool ``request`` names, warm; created (and its autoscaler started) on first use."""
         if not self._open:
             raise PoolClosed("the runtime is closed")
-        return await asyncio.shield(self._start_pool(request, setup))
+        ready = self._start_pool(request, setup)
+        if not ready.done():
+            self.warmup_waits[request.name] += 1  # this call pays the pool's cold start
+        return await asyncio.shield(ready)
 
     async def dedicated_call(
         self,

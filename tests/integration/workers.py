@@ -230,3 +230,13 @@ def overlap_probe_sync(seconds: float) -> tuple[int, float, float]:
     start = time.monotonic()
     time.sleep(seconds)
     return os.getpid(), start, time.monotonic()
+
+
+def log_through_ctx_logger(message: str) -> int:
+    """Log as a step would, with ctx.logger."""
+    from shoal.context import Context
+
+    ctx = Context(run_id="run-x", workflow="wf", step="s")
+    ctx.logger.info("%s from the agent", message)
+    ctx.logger.debug("a debug line the controller does not want")
+    return os.getpid()

@@ -229,10 +229,25 @@ def _spin_for_command(poller: select.poll, spin_s: float) -> None:
         os.sched_yield()
 
 
+# True while this agent unpickles what the pool sent, which may import the user's modules. A
+# module that starts a pool when imported (no `if __name__ == "__main__":` guard) would then
+# start agents that import it again, without end: the pool refuses to start meanwhile.
+SHOAL_AGENT_LOADING = False
+
+
+def _load(blob: bytes) -> Any:
+    global SHOAL_AGENT_LOADING
+    SHOAL_AGENT_LOADING = True
+    try:
+        return pickle.loads(blob)
+    finally:
+        SHOAL_AGENT_LOADING = False
+
+
 def warm_up(setup_blob: bytes) -> bytes | None:
     """Run the pool's setup; None when it went well, else the START_FAILED reply."""
     try:
-        setup = pickle.loads(setup_blob)
+        setup = _load(setup_blob)
         if setup is not None:
             _call(setup, (), {})
     except BaseException as exc:
@@ -243,7 +258,7 @@ def warm_up(setup_blob: bytes) -> bytes | None:
 def decode(body: bytes, functions: OrderedDict[int, Any]) -> tuple[Any, Any, Any] | bytes:
     """A pickled CALL as ``(fn, args, kwargs)``, or the reply to send if it cannot run."""
     try:
-        msg = pickle.loads(body)
+        msg = _load(body)
     except Exception as exc:
         return _dumps((_wire.UNPICKLABLE, "the call", f"{type(exc).__name__}: {exc}"))
     _, key, fn_blob, args, kwargs = msg
@@ -254,7 +269,7 @@ def decode(body: bytes, functions: OrderedDict[int, Any]) -> tuple[Any, Any, Any
             fn = functions[key]
             functions.move_to_end(key)
         else:
-            fn = pickle.loads(fn_blob)
+            fn = _load(fn_blob)
             if key is not None:
                 functions[key] = fn
                 if len(functions) > _FUNCTION_CACHE:
@@ -375,6 +390,29 @@ def serve_concurrently(
     threads.shutdown(wait=False, cancel_futures=True)
 
 
+def _forward_logs(res_fd: int, lock: threading.Lock, level: int) -> None:
+    """Send every log record at ``level`` or above to the pool's process, which logs it there
+    (so ``ctx.logger`` in a step logs as if the step ran in the controller)."""
+    import logging
+
+    class Forward(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                message = record.getMessage()
+                if record.exc_info:
+                    message += "\n" + "".join(traceback.format_exception(*record.exc_info))
+                payload = _dumps((record.name, record.levelno, message, record.created))
+                _exit_if_forked()
+                with lock:
+                    _wire.send(res_fd, payload, _wire.LOG)
+            except Exception:
+                self.handleError(record)
+
+    root = logging.getLogger()
+    root.addHandler(Forward(level))
+    root.setLevel(level)
+
+
 def _connect(path: str) -> tuple[int, int, int, int]:
     """In a container: reach the pool through the Unix socket mounted at ``path``.
 
@@ -411,15 +449,18 @@ def main() -> None:
     init = _wire.recv_message(cmd_fd)
     if init is None:
         return
-    _, sys_path, setup_blob, spin_s, heartbeat_s, slots = init
+    _, sys_path, setup_blob, spin_s, heartbeat_s, slots, log_level = init
     sys.path[:] = sys_path
+    lock = threading.Lock()
+    _forward_logs(res_fd, lock, log_level)
     failed = warm_up(setup_blob)
     if failed is not None:
-        send(res_fd, failed)
+        with lock:  # every write to the result channel holds it: log records come from any thread
+            send(res_fd, failed)
         return
-    lock = threading.Lock()
     beat = Heartbeat(heartbeat_s, res_fd, lock, every_wake=slots > 1) if heartbeat_s else None
-    send(res_fd, _dumps((_wire.READY, os.getpid())))
+    with lock:
+        send(res_fd, _dumps((_wire.READY, os.getpid())))
 
     functions: OrderedDict[int, Any] = OrderedDict()  # most recently used last
     if slots > 1:
@@ -441,7 +482,8 @@ def main() -> None:
             if beat is None:
                 reply = serve(body, functions)
                 _exit_if_forked()
-                send(res_fd, reply, call_id)
+                with lock:
+                    send(res_fd, reply, call_id)
             else:
                 beat.begin()
                 reply = serve(body, functions)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import pickle
 from collections.abc import Callable, Mapping
@@ -193,7 +194,9 @@ class Channel:
     def _frames(self, data: bytes) -> None:
         self.last_heard = self._loop.time()
         for call_id, payload in self._reader.feed(data):
-            if call_id:
+            if call_id == _wire.LOG:
+                self._log(payload)
+            elif call_id:
                 self._reply(call_id, payload)
                 if self.broken is not None:
                     return
@@ -233,6 +236,30 @@ class Channel:
                 fut.set_result(_ship.outcome(reply, self.sent_keys, call.fn, self.agent_id))
             except Exception as exc:
                 fut.set_exception(exc)
+
+    def _log(self, payload: bytes) -> None:
+        """A log record from the agent: hand it to this process's logging, as if logged here
+        (the controller's levels, handlers and format apply), marked with the agent's id."""
+        try:
+            name, levelno, message, created = pickle.loads(payload)
+            logger = logging.getLogger(name)
+            if not logger.isEnabledFor(levelno):
+                return
+            record = logging.makeLogRecord(
+                {
+                    "name": name,
+                    "levelno": levelno,
+                    "levelname": logging.getLevelName(levelno),
+                    "msg": f"[{self.agent_id}] {message}",
+                    "created": created,
+                    "agent_id": self.agent_id,
+                }
+            )
+            logger.handle(record)
+        except Exception:
+            logging.getLogger("shoal.backends").exception(
+                "agent %s sent a log record that could not be read", self.agent_id
+            )
 
     def _control_reply(self, payload: bytes) -> None:
         fut = self._control

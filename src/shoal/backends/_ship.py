@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import pickle
 import sys
 import types
@@ -125,17 +126,46 @@ def _which_argument(
 
 def init_message(spec: AgentSpec, spin_s: float) -> bytes:
     """The INIT message for a new agent: the driver's sys.path, the pool's setup, how long to
-    poll for the next call, how often to heartbeat during a call (0: never) and how many
-    calls to run at once."""
+    poll for the next call, how often to heartbeat during a call (0: never), how many calls to
+    run at once, and the logging level whose records the agent forwards here."""
     try:
         setup_blob = dumps(spec.setup)
     except Exception as exc:
-        raise SerializationError(
-            f"pool {spec.pool!r}: setup {spec.setup!r} cannot be sent to an agent: {exc}"
-        ) from exc
+        raise SerializationError(_setup_error(spec, exc)) from exc
     heartbeat = float(spec.heartbeat_interval or 0.0)
-    msg = (_wire.INIT, list(sys.path), setup_blob, spin_s, heartbeat, spec.max_concurrency)
+    # Agents log what this process would: the least severe level its loggers let through.
+    level = min(
+        logging.getLogger().getEffectiveLevel(), logging.getLogger("shoal").getEffectiveLevel()
+    )
+    msg = (_wire.INIT, list(sys.path), setup_blob, spin_s, heartbeat, spec.max_concurrency, level)
     return pickle.dumps(msg, _wire.PROTOCOL)
+
+
+def _setup_error(spec: AgentSpec, exc: Exception) -> str:
+    """Say what of a pool's setup cannot cross to an agent: for a workflow, which module
+    global its class uses (a workflow in a script travels by value, with what it refers to)."""
+    cls = getattr(spec.setup, "cls", None)
+    if not isinstance(cls, type):
+        return f"pool {spec.pool!r}: setup {spec.setup!r} cannot be sent to an agent: {exc}"
+    culprit = ""
+    for member in vars(cls).values():
+        code = getattr(member, "__code__", None)
+        env = getattr(member, "__globals__", {})
+        for name in getattr(code, "co_names", ()):
+            if name in env:
+                try:
+                    cloudpickle.dumps(env[name], _wire.PROTOCOL)
+                except Exception:
+                    culprit = f"module global {name!r} ({type(env[name]).__name__}), "
+                    break
+        if culprit:
+            break
+    return (
+        f"workflow class {cls.__qualname__!r} cannot be sent to its agents: {culprit or ''}"
+        f"{exc}. A workflow defined in a script travels by value with the globals it uses: "
+        "create such objects in the class's setup(self) (once per agent) instead of at module "
+        "level, or move the workflow into an importable module"
+    )
 
 
 def setup_failed(spec: AgentSpec, reply: tuple[Any, ...]) -> AgentStartError:

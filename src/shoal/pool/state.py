@@ -12,6 +12,7 @@ every interleaving directly.
 from __future__ import annotations
 
 import random
+import sys
 import zlib
 from collections import deque
 from dataclasses import dataclass
@@ -164,6 +165,13 @@ class PoolState:
     def open(self, now: float) -> None:
         if self.status != "new":
             raise PoolError(f"pool {self.name!r} was already started")
+        if getattr(sys.modules.get("__main__"), "SHOAL_AGENT_LOADING", False):
+            raise PoolError(
+                f"pool {self.name!r} was started while an agent imported a module for its "
+                "call: that module starts pools when imported, so every agent would start more "
+                "agents. Put the code that runs workflows under "
+                '`if __name__ == "__main__":`'
+            )
         self.status = "running"
         self._start_needed(now, None)
 
