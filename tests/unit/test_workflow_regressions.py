@@ -180,7 +180,7 @@ async def test_queued_items_do_not_start_after_stop() -> None:
     assert RAN == [0], f"items started after stop(): {RAN[1:]}"
 
 
-# -- 10. the first step paid the warm-up: a cold start in the summary --------------------------------
+# -- 10. the first step paid the warm-up: a cold start in the summary ------------------------------
 
 
 async def test_calls_that_waited_for_the_warm_up_count_as_cold_starts() -> None:
