@@ -261,7 +261,7 @@ class Forecaster:
         """The rates at the phase of bin ``now + k`` over the last periods (± ``spread`` bins)."""
         p, hist = state.period, state.history
         n = len(hist)
-        out = []
+        out: list[float] = []
         if not p:
             return out
         for j in range(1, _PERIODS_KEPT + 1):
