@@ -31,6 +31,8 @@ from shoal.pool.pool import AgentPool
 from shoal.scaling.config import ScalingPolicyConfig, parse_scaling_policy
 from shoal.scaling.guards import ShedSurplus, build_policy
 from shoal.scaling.policy import Decision, FunctionPolicy, Policy
+from shoal.scaling.predict import Forecast
+from shoal.scaling.predictive import find_predict_state
 
 log = logging.getLogger("shoal.scaling")
 
@@ -132,6 +134,20 @@ class AutoScaler:
         if (desired != pool.target_size or decision.shed) and not pool.closed:
             pool.set_target(desired, f"autoscaler: {decision.reason}", snapshot)
         return decision
+
+    @property
+    def forecast(self) -> Forecast | None:
+        """The predictor's latest forecast (rate, model, period, MASE); None without one."""
+        found = find_predict_state(self.state)
+        return found.last if found is not None else None
+
+    @property
+    def forecast_mase(self) -> float | None:
+        """How good the pool's forecast has been: its mean absolute error over the naive
+        forecast's at the same horizon (below 1 beats "now goes on"); None without a predictor
+        or before it has been scored."""
+        fc = self.forecast
+        return fc.mase if fc is not None else None
 
     async def _loop(self) -> None:
         while True:

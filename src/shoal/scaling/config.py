@@ -17,7 +17,7 @@ from shoal.errors import ConfigError
 from shoal.scaling.registry import COMMON_KEYS, POLICIES, POLICY_NAMES
 
 Mode = Literal["auto", "aggressive", "reactive", "conservative", "fixed"]
-Predictor = Literal["ml-based", "linear", "seasonal"]
+Predictor = Literal["none", "seasonal", "linear", "ml-based"]
 
 #: The price of one agent-hour, in $, that ``cost_threshold`` divides when the pool has no
 #: ``price_per_hour`` of its own: about one vCPU-hour on demand at the large clouds, so
@@ -70,7 +70,9 @@ class ScalingPolicyConfig(BaseModel):
     ``cost_threshold``, ``prefer_spot``; and its metric rules: ``queue_depth`` (callers waiting
     that count as a burst), ``sla`` (a response-time bound, seconds) and ``idle_time`` (how long
     the seed's rule waits at low utilization before scaling down). shoal adds ``policy`` (which
-    policy decides) and ``interval`` (how often it is asked).
+    policy decides), ``interval`` (how often it is asked), and for the ``predictor``:
+    ``forecast_only`` (log what the forecast would do, change nothing) and ``cold_start`` (the
+    agents' start time the forecast must look ahead by; measured by the pool when not given).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -86,6 +88,8 @@ class ScalingPolicyConfig(BaseModel):
     scale_up_rate: int | None = Field(default=None, ge=1, strict=True)
     scale_down_rate: int | None = Field(default=None, ge=1, strict=True)
     predictor: Predictor | None = None
+    forecast_only: bool = Field(default=False, strict=True)
+    cold_start: float | None = Field(default=None, gt=0)
     burst_capacity: int | None = Field(default=None, ge=0, strict=True)
     idle_terminate: float | None = Field(default=None, gt=0)
     cost_threshold: float | None = Field(default=None, gt=0)
@@ -118,6 +122,11 @@ class ScalingPolicyConfig(BaseModel):
         return self.policy or ("fixed" if self.mode == "fixed" else "target")
 
     @property
+    def predictor_name(self) -> str:
+        """The predictor in use: ``none`` when the key is absent."""
+        return self.predictor or "none"
+
+    @property
     def rule_idle_time(self) -> float:
         """How long the ``rule`` policy waits at low utilization before each scale-down."""
         return RULE_IDLE_TIME if self.idle_time is None else self.idle_time
@@ -129,10 +138,6 @@ class ScalingPolicyConfig(BaseModel):
     def unimplemented(self) -> list[str]:
         """Keys that are accepted and validated but do not change behaviour yet."""
         notes = []
-        if self.predictor is not None:
-            notes.append(
-                f"predictor={self.predictor!r} is not implemented yet; scaling is reactive"
-            )
         if self.prefer_spot:
             notes.append("prefer_spot=True has no effect on this backend (no spot capacity)")
         return notes

@@ -207,7 +207,30 @@ def build_policy(
     :data:`~shoal.scaling.config.DEFAULT_PRICE_PER_HOUR` is assumed.
     """
     chosen = entry(config.policy_name)
-    return GuardedPolicy(chosen.build(config), config, price_per_hour, guards=chosen.guards)
+    inner = chosen.build(config)
+    if config.predictor_name != "none":
+        inner = predictive(inner, config)
+    return GuardedPolicy(inner, config, price_per_hour, guards=chosen.guards)
+
+
+def predictive(inner: Policy[Any], config: ScalingPolicyConfig) -> Policy[Any]:
+    """``inner`` with the config's predictor around it (inside the guards, which bind it)."""
+    from shoal.scaling.predict import Forecaster
+    from shoal.scaling.predictive import PredictivePolicy
+
+    # Bins of 10 s (or the interval, if longer): short enough to see a 30-s burst's phase,
+    # long enough that a bin of a light load holds more than noise.
+    forecaster = Forecaster(kind=config.predictor_name, bin_s=max(10.0, config.interval))
+    beta = None if config.given("target_utilization") else QUEUEING_HEADROOM
+    return PredictivePolicy(
+        inner,
+        forecaster,
+        interval=config.interval,
+        target_utilization=config.target_utilization,
+        queueing_headroom=beta,
+        cold_start=config.cold_start,
+        forecast_only=config.forecast_only,
+    )
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,13 @@ if TYPE_CHECKING:
 #: brings its own windows.
 Guards = Literal["all", "no-window", "bounds"]
 
-#: Keys every policy accepts: the bounds, the choice of policy, and the two keys that are noted
-#: as not implemented yet (the pool records a note).
+#: Keys every policy accepts: the bounds, the choice of policy, and ``prefer_spot``, noted as
+#: not implemented yet (the pool records a note).
 COMMON_KEYS: frozenset[str] = frozenset(
-    {"mode", "policy", "min_instances", "max_instances", "predictor", "prefer_spot"}
+    {"mode", "policy", "min_instances", "max_instances", "prefer_spot"}
 )
+#: The predictor's keys: shoal's own policies take them (see :mod:`shoal.scaling.predictive`).
+PREDICTOR_KEYS = frozenset({"predictor", "forecast_only", "cold_start"})
 #: The keys the guards read (``all``); ``cooldown_period`` also sets how long on-demand agents
 #: the policy does not want are kept (a third of it).
 _GUARD_KEYS = frozenset(
@@ -107,14 +109,14 @@ POLICIES: dict[str, PolicyEntry] = {
             "target",
             _target,
             "all",
-            _GUARD_KEYS | _THRESHOLD_KEYS | {"target_utilization"},
+            _GUARD_KEYS | _THRESHOLD_KEYS | PREDICTOR_KEYS | {"target_utilization"},
             summary="target tracking (every mode but fixed)",
         ),
         PolicyEntry(
             "rule",
             _rule,
             "no-window",
-            _GUARD_KEYS | _THRESHOLD_KEYS,
+            _GUARD_KEYS | _THRESHOLD_KEYS | PREDICTOR_KEYS,
             summary="the seed's threshold rules, one step per decision",
         ),
         PolicyEntry("fixed", _fixed, "bounds", frozenset({"cost_threshold"}), True, False),
@@ -125,6 +127,15 @@ POLICIES: dict[str, PolicyEntry] = {
             _BOUNDS | {"target_utilization", "cooldown_period"},
             True,
             False,
+        ),
+        PolicyEntry(
+            "hpa-inflight",
+            _baseline("hpa"),
+            "bounds",
+            _BOUNDS | {"target_utilization", "cooldown_period"},
+            True,
+            False,
+            summary="HPA on calls in flight per pod (a custom metric) instead of CPU",
         ),
         PolicyEntry(
             "kpa",
