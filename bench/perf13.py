@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
@@ -182,7 +183,60 @@ def sim_rows(quick: bool, policies: list[str]) -> list[tuple[str, str, int, floa
     return rows
 
 
-def table(loads: dict[str, dict[str, list[Row]]], sims: list[tuple[str, str, int, float]]) -> str:
+PODMAN_SOCK = "/run/podman/podman.sock"
+IMAGE = "shoal-agent:latest"
+
+
+def container_rows(n: int) -> tuple[float, float] | None:
+    """Median cold start (s): a shoal container pool's start, and ``podman run --rm`` of the
+    same image with the same options (init, network, mounts, user, read-only, caps) running
+    ``python -c pass``; alternated. None without Podman's socket."""
+    if not os.path.exists(PODMAN_SOCK):
+        return None
+    from shoal.backends.container import ContainerBackend
+
+    def backend() -> ContainerBackend:
+        return ContainerBackend(IMAGE, base_url=f"unix://{PODMAN_SOCK}")
+
+    async def shoal_start() -> float:
+        t = time.perf_counter()
+        async with AgentPool("cold", min_size=1, max_size=1, backend=backend()):
+            took = time.perf_counter() - t
+        return took
+
+    opts = backend()._options(_spec(), "perf13-peer", "/tmp")
+    cmd = ["podman", "run", "--rm", "--init", f"--network={opts['network_mode']}", "--read-only"]
+    cmd += [f"--user={opts['user']}", "--cap-drop=ALL", "--security-opt=no-new-privileges"]
+    cmd += ["--tmpfs=/tmp:rw,nosuid,nodev,mode=1777", f"--pids-limit={opts['pids_limit']}"]
+    cmd += [f"-v={h}:{m['bind']}:{m['mode']}" for h, m in opts["volumes"].items()]
+    cmd += [f"--workdir={opts['working_dir']}", IMAGE, opts["command"][0], "-c", "pass"]
+    mine: list[float] = []
+    peer: list[float] = []
+    for i in range(n + 1):
+        order = [0, 1] if i % 2 == 0 else [1, 0]
+        for which in order:
+            if which == 0:
+                took = asyncio.run(shoal_start())
+            else:
+                t = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+                took = time.perf_counter() - t
+            if i:  # the first pair warms the engine's caches
+                (mine if which == 0 else peer).append(took)
+    return statistics.median(mine), statistics.median(peer)
+
+
+def _spec() -> Any:
+    from shoal.backends.base import AgentSpec
+
+    return AgentSpec(pool="perf13", agent_id="peer", image=IMAGE, setup=None)
+
+
+def table(
+    loads: dict[str, dict[str, list[Row]]],
+    sims: list[tuple[str, str, int, float]],
+    containers: tuple[float, float] | None = None,
+) -> str:
     lines = [
         "| measure | load | shoal | peer, same run | ratio | goal | verdict |",
         "|---|---|---:|---:|---:|---|---|",
@@ -251,6 +305,13 @@ def table(loads: dict[str, dict[str, list[Row]]], sims: list[tuple[str, str, int
             f"{secs:.1f} s = {rate:,.0f} req/s | | | ≥ 50,000 req/s | "
             f"{'PASS' if rate >= 50_000 else 'MISS'} |"
         )
+    if containers is not None:
+        a, b = containers
+        lines.append(
+            f"| container cold start (ms, median) | idle | {a * 1e3:.0f} | {b * 1e3:.0f} "
+            f"(`podman run --rm`, same image and options, `python -c pass`) | {a / b:.2f}x | "
+            f"<= podman's own run | {'PASS' if a <= b else 'MISS'} |"
+        )
     return "\n".join(lines)
 
 
@@ -276,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loads", default="idle,busy")
     parser.add_argument("--policies", default=",".join(p for p in POLICIES if p != "fixed"))
     parser.add_argument("--no-sim", action="store_true")
+    parser.add_argument("--no-containers", action="store_true")
     parser.add_argument("--write", type=Path, metavar="RESULTS_MD")
     args = parser.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 4)
@@ -295,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_resource_trackers()
     sims = [] if args.no_sim else sim_rows(args.quick, args.policies.split(","))
+    containers = None if args.no_containers else container_rows(3 if args.quick else 5)
     text = (
         f"- **Command:** `{' '.join(['python', *sys.argv])}`\n"
         f"- **Date:** {started}; **machine:** {_cpu_model()}, {os.cpu_count()} CPUs, "
@@ -303,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- **Method:** {rounds} rounds per load, shoal and its peer alternating (order "
         "swapped each round), medians over rounds; peer = ProcessPoolExecutor (fork) or "
         "multiprocessing.Pool (fork) for map; *busy* = two `while True: pass` processes "
-        "started by the benchmark.\n\n" + table(loads, sims)
+        "started by the benchmark.\n\n" + table(loads, sims, containers)
     )
     print("\n" + text)
     if args.write is not None:
