@@ -26,6 +26,10 @@ class AgentState(enum.Enum):
     STOPPING = "stopping"
     STOPPED = "stopped"
 
+    # Members are singletons: hash them by identity, in C, not by name in Python (Enum's
+    # default), since the pool counts agents in a dict keyed by state on every call.
+    __hash__ = object.__hash__
+
 
 class PooledAgent:
     """The seed's ``PooledAgent``: an agent, when it was last used, how often, and its state.
