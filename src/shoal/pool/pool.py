@@ -453,6 +453,8 @@ class AgentPool:
     ) -> T:
         st = self._state
         agent = st.begin_call(lease)
+        if st.poke:
+            self._flush()  # maintenance must start watching this call's liveness
         started = self._now()
         failed = True
         fut: asyncio.Future[Any] | None = None

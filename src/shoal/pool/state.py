@@ -134,6 +134,7 @@ class PoolState:
         # Set when a deadline may have moved earlier than the one the shell sleeps until.
         self.poke = False
         self.wake_at = float("inf")
+        self._watching_calls = False  # the next wake-up comes soon enough to check liveness
 
     # -- sizes ------------------------------------------------------------------------------------
 
@@ -344,6 +345,10 @@ class PoolState:
         lease.in_call = True
         agent.calls += 1
         self.metrics.requests_active += 1
+        if not self._watching_calls and self.config.heartbeat_timeout is not None:
+            # Maintenance sleeps as if nothing ran: wake it to watch this call's liveness.
+            self._watching_calls = True
+            self.poke = True
         return agent
 
     def end_call(self, lease: Lease, started: float, now: float, failed: bool) -> None:
@@ -556,7 +561,8 @@ class PoolState:
             deadline = min(deadline, self.idle[0].last_used + cfg.idle_timeout)
         if self.breaker.backoff_until > now:
             deadline = min(deadline, self.breaker.backoff_until)
-        if cfg.heartbeat_timeout is not None and self.counts[BUSY]:
+        self._watching_calls = bool(self.counts[BUSY])
+        if cfg.heartbeat_timeout is not None and self._watching_calls:
             deadline = min(deadline, now + max(0.05, cfg.heartbeat_timeout / 4))
         return deadline
 
