@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from shoal.backends import _ship, _wire
@@ -379,3 +379,25 @@ def unresponsive_for(channel: Channel, cpu: CpuWatch | None, now: float) -> floa
     if cpu is not None:
         last = max(last, cpu.sample(now, since))
     return max(0.0, now - last)
+
+
+async def check_health(handle: Any) -> bool:
+    """Whether an idle agent on ``handle.channel`` answers a ping (a stopping one does not)."""
+    if not handle.alive or handle.stopping:
+        return False
+    return await ping(handle.channel)
+
+
+async def stop(handle: Any, grace: float, kill: Callable[[Any], Awaitable[None]]) -> bool:
+    """Ask the agent on ``handle.channel`` to exit, and ``kill`` it if it has not within
+    ``grace`` seconds. True if it exited on its own."""
+    if handle.alive and not handle.stopping:
+        handle.stopping = True
+        with contextlib.suppress(AgentLost):
+            handle.channel.send(_wire.STOP_MSG)
+    try:
+        await asyncio.wait_for(asyncio.shield(handle.channel.exited), grace)
+    except TimeoutError:
+        await kill(handle)
+        return False
+    return True

@@ -49,7 +49,7 @@ from shoal.pool.waitqueue import Waiter
 
 T = TypeVar("T")
 log = logging.getLogger("shoal.pool")
-_UNDELIVERED_RETRIES = 3
+UNDELIVERED_RETRIES = 3  # tries of a call that never reached its agent (runner's too)
 
 
 class AgentPool:
@@ -325,7 +325,7 @@ class AgentPool:
             try:
                 return await self._call(lease, fn, args, kw, timeout)
             except AgentLost as exc:
-                if exc.delivered or exc.remote or attempt >= _UNDELIVERED_RETRIES:
+                if exc.delivered or exc.remote or attempt >= UNDELIVERED_RETRIES:
                     raise
             finally:
                 self._release(lease, True)

@@ -27,6 +27,7 @@ from shoal.errors import (
     agent_failed,
 )
 from shoal.pool import AgentPool, Lease
+from shoal.pool.pool import UNDELIVERED_RETRIES
 from shoal.workflow.spec import ErrorPolicy, MapReduceSpec, PoolRequest, StepSpec, WorkflowSpec
 
 
@@ -53,7 +54,6 @@ class PoolHost(Protocol):
 
 
 _RETRYABLE = (AgentLost, CallTimeout)
-_UNDELIVERED_RETRIES = 3
 
 
 class _Skipped(Exception):
@@ -301,7 +301,7 @@ class Runner:
                     raise _Skipped  # waited for an agent while the run failed or was stopped
                 return await self._send(lease, fn, ctx, args, timeout)
             except AgentLost as exc:
-                if exc.delivered or exc.remote or attempt >= _UNDELIVERED_RETRIES:
+                if exc.delivered or exc.remote or attempt >= UNDELIVERED_RETRIES:
                     raise
             finally:
                 await pool.release_agent(lease)
