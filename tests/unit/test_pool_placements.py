@@ -341,3 +341,54 @@ async def test_the_autoscaler_wires_prefer_spot_and_the_ceiling_into_the_pool() 
         assert sum(a.placement.spot for a in pool.agents) == 4  # (2.0 - 1.0) / 0.25
         assert await asyncio.gather(*calls) == ["done"] * 20
         await scaler.stop()
+
+
+# -- workflows -----------------------------------------------------------------------------------
+
+
+def _step_pool() -> dict[str, object]:
+    return {
+        "min_size": 0,
+        "max_size": 2,
+        "placements": [
+            {"name": "spot", "capacity": "spot", "price_per_hour": 0.3},
+            {"name": "od", "price_per_hour": 1.0},
+        ],
+    }
+
+
+async def _run_preempted(on_preempt: str) -> tuple[object, int]:
+    from shoal import Context, Runtime, step, workflow
+
+    @workflow(name=f"spotty-{on_preempt}")
+    class Spotty:
+        @step(pool_config=_step_pool(), on_preempt=on_preempt)  # type: ignore[arg-type]
+        async def slow(self, ctx: Context) -> str:
+            return "done"
+
+    backend = FakeBackend(call_time=100.0)
+    async with Runtime(backend) as rt:
+        handle = await rt.submit(Spotty)
+        await asyncio.sleep(1)
+        (pool,) = [p for p in rt.pools if p.name.startswith("spotty")]
+        # The one agent is on-demand (no prefer_spot): preempt whatever holds the call.
+        (agent,) = pool.agents
+        loop = asyncio.get_running_loop()
+        pool.preempt(PreemptionNotice(agent.placement.name, deadline=loop.time() + 5))
+        try:
+            return await handle.result(), pool.metrics.requeued
+        except Exception as exc:
+            return exc, pool.metrics.requeued
+
+
+async def test_a_workflow_step_cut_short_by_a_preemption_runs_again_at_the_head() -> None:
+    assert await _run_preempted("requeue") == ("done", 1)
+
+
+async def test_a_step_with_on_preempt_fail_fails_with_the_preemption() -> None:
+    from shoal import StepFailed
+
+    outcome, requeued = await _run_preempted("fail")
+    assert requeued == 0
+    assert isinstance(outcome, StepFailed)
+    assert isinstance(outcome.__cause__, Preempted)

@@ -63,6 +63,11 @@ class AgentPool:
 
     ``backend`` defaults to local worker processes; ``setup`` runs once in every agent as it
     warms up. See :class:`~shoal.config.PoolConfig` for every option.
+
+    ``placements`` (or ``regions``, a mapping of region to placement keys) say where agents
+    live: each a backend in a region, on on-demand or spot capacity, at a price, with a size
+    limit and a round trip from the caller (:class:`~shoal.pool.placement.Placement`). Without
+    them the pool has one on-demand placement on ``backend``.
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class AgentPool:
         clock: Clock | None = None,
         max_events: int = 1000,
         placements: Sequence[Placement | Mapping[str, Any]] | None = None,
+        regions: Mapping[str, Mapping[str, Any]] | None = None,
         rtt_target_ms: float | None = None,
     ) -> None:
         options: dict[str, Any] = {
@@ -125,6 +131,8 @@ class AgentPool:
             options["max_size"] = max_size
         if placements is not None:
             options["placements"] = placements
+        if regions is not None:
+            options["regions"] = regions
         if rtt_target_ms is not None:
             options["rtt_target_ms"] = rtt_target_ms
         self.config = PoolConfig.build(f"pool {name!r}", options)
