@@ -392,3 +392,20 @@ async def test_a_step_with_on_preempt_fail_fails_with_the_preemption() -> None:
     assert requeued == 0
     assert isinstance(outcome, StepFailed)
     assert isinstance(outcome.__cause__, Preempted)
+
+
+async def test_a_call_takes_the_nearest_idle_agent_and_spills_to_a_far_one_when_none_is_near() -> None:
+    near, far = FakeBackend(call_time=5.0), FakeBackend(call_time=10.0)
+    pool = pool_of(
+        {"name": "far", "price_per_hour": 0.5, "rtt_ms": 120, "max_size": 1, "backend": far},
+        {"name": "near", "price_per_hour": 1.0, "rtt_ms": 5, "max_size": 1, "backend": near},
+        min_size=2,
+        max_size=2,
+    )
+    async with pool:
+        # Both busy (the second call spills to the far agent); the far one is back last, so
+        # it is the most recently used: assignment order alone would pick it next.
+        assert await asyncio.gather(pool.run(who), pool.run(who)) == ["ok", "ok"]
+        assert sum(near.calls_by_agent.values()) == 1 == sum(far.calls_by_agent.values())
+        assert await pool.run(who) == "ok"
+        assert sum(near.calls_by_agent.values()) == 2  # the nearest idle agent took it
