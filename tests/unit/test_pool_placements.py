@@ -394,7 +394,7 @@ async def test_a_step_with_on_preempt_fail_fails_with_the_preemption() -> None:
     assert isinstance(outcome.__cause__, Preempted)
 
 
-async def test_a_call_takes_the_nearest_idle_agent_and_spills_to_a_far_one_when_none_is_near() -> None:
+async def test_a_call_takes_the_nearest_idle_agent_and_spills_far_when_none_is_near() -> None:
     near, far = FakeBackend(call_time=5.0), FakeBackend(call_time=10.0)
     pool = pool_of(
         {"name": "far", "price_per_hour": 0.5, "rtt_ms": 120, "max_size": 1, "backend": far},
