@@ -34,6 +34,12 @@ async def test_register_with_your_own_registry(no_leaked_children: None) -> None
     assert samples[("shoal_calls_total", (("outcome", "ok"), ("pool", "echo")))] >= 3
     assert samples[("shoal_pool_target", (("pool", "echo"),))] >= 1
     assert samples[("shoal_scaling_events_total", (("kind", "start"), ("pool", "echo")))] >= 1
+    # Spend at the default price ($0.10 per agent-hour): every agent counts while it lives.
+    per_hour = samples[("shoal_pool_cost_dollars_per_hour", (("pool", "echo"),))]
+    assert per_hour > 0 and per_hour == pytest.approx(round(per_hour / 0.10) * 0.10)
+    assert samples[("shoal_pool_cost_dollars_total", (("pool", "echo"),))] > 0
+    assert samples[("shoal_pool_preemptions_total", (("pool", "echo"),))] == 0
+    assert samples[("shoal_pool_requeued_calls_total", (("pool", "echo"),))] == 0
 
 
 @pytest.mark.real_time

@@ -451,3 +451,23 @@ def test_the_cost_guard_gives_up_headroom_first_then_refuses_to_grow_saying_by_h
     )
     assert refused.desired == 8 and "refusing to grow" in refused.reason
     assert "4 over what it buys" in refused.reason
+
+
+async def test_agents_that_fell_back_to_on_demand_swap_back_to_spot_when_it_returns() -> None:
+    spot, od = FakeBackend(), FakeBackend()
+    spot.fail_next_starts(1, AgentStartError("no spot capacity"))
+    pool = pool_of(
+        {"name": "spot", "capacity": "spot", "price_per_hour": 0.3, "backend": spot},
+        {"name": "od", "price_per_hour": 1.0, "backend": od},
+        min_size=0,
+        max_size=4,
+    )
+    async with pool:
+        pool.set_spot(True, spot_fraction=1.0, on_demand_base=0)
+        await pool.resize(1)
+        await asyncio.sleep(0.5)
+        assert [a.placement.name for a in pool.agents] == ["od"]  # spot failed: fell back
+        await asyncio.sleep(60)  # spot's back-off runs out; maintenance swaps
+        assert [a.placement.name for a in pool.agents] == ["spot"]
+        assert any("swapped for a spot agent" in e.reason for e in pool.events)
+        assert pool.size == 1

@@ -2,8 +2,10 @@
 
 The module map: ``state`` (the pure bookkeeping: agents, leases, target, actions), ``waitqueue``
 (FIFO of waiting callers), ``lifecycle`` (why an agent retires), ``breaker`` (crash loops),
-``leaks`` (agents held too long), ``agent`` (``PooledAgent``, ``Lease``), ``pool`` (the async
-shell that performs the state's actions), ``metrics`` and ``events`` (what it shows).
+``leaks`` (agents held too long), ``agent`` (``PooledAgent``, ``Lease``), ``placement`` (where
+agents live, preemption notices: the contract), ``placing`` (the pure choice of placement,
+cost and preemption bookkeeping), ``pool`` (the async shell that performs the state's
+actions), ``metrics`` and ``events`` (what it shows).
 
 This module is also callable: ``with shoal.pool(max_size=4) as p: p.map(fn, xs)`` is the
 synchronous pool of :mod:`shoal.sync`, for scripts.
