@@ -253,3 +253,89 @@ def test_the_placer_alone_never_overspends_nor_overfills() -> None:
             )
 
     run()
+
+
+def test_calls_under_random_preemptions_are_all_answered_once_and_spend_stays_under() -> None:
+    """The whole pool (shell and state) on fake backends in virtual time: calls of random
+    lengths arrive at random times while spot placements get random notices; every call
+    returns its own result exactly once, and the spend rate, sampled at every event, never
+    exceeds the ceiling."""
+    import asyncio
+
+    from hypothesis import given
+
+    from shoal import AgentPool, FakeBackend
+    from shoal.clock import VirtualTimeLoop
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        calls=st.lists(st.tuples(st.floats(0, 20), st.floats(0.5, 30)), min_size=1, max_size=25),
+        notices=st.lists(
+            st.tuples(st.floats(0, 40), st.sampled_from(["spot-a", "spot-b"]), st.floats(0, 20)),
+            max_size=4,
+        ),
+        ceiling=st.none() | st.floats(1.0, 4.0),
+        prefer_spot=st.booleans(),
+    )
+    def run(
+        calls: list[tuple[float, float]],
+        notices: list[tuple[float, str, float]],
+        ceiling: float | None,
+        prefer_spot: bool,
+    ) -> None:
+        async def main() -> None:
+            backends = {n: FakeBackend(start_time=1.0) for n in ("od", "spot-a", "spot-b")}
+            pool = AgentPool(
+                "prop",
+                min_size=0,
+                max_size=6,
+                heartbeat_timeout=None,
+                placements=[
+                    {"name": "od", "price_per_hour": 1.0, "backend": backends["od"]},
+                    {
+                        "name": "spot-a",
+                        "capacity": "spot",
+                        "price_per_hour": 0.3,
+                        "max_size": 2,
+                        "backend": backends["spot-a"],
+                    },
+                    {
+                        "name": "spot-b",
+                        "capacity": "spot",
+                        "price_per_hour": 0.5,
+                        "backend": backends["spot-b"],
+                    },
+                ],
+            )
+            over: list[float] = []
+
+            async def one(i: int, at: float, length: float) -> int:
+                await asyncio.sleep(at)
+                await pool.run(asyncio.sleep, length)
+                rate = pool.cost_per_hour
+                if ceiling is not None and rate > ceiling + 1e-9:
+                    over.append(rate)
+                return i
+
+            async def preempt(at: float, name: str, notice: float) -> None:
+                await asyncio.sleep(at)
+                loop = asyncio.get_running_loop()
+                pool.preempt(PreemptionNotice(name, deadline=loop.time() + notice))
+                if ceiling is not None and pool.cost_per_hour > ceiling + 1e-9:
+                    over.append(pool.cost_per_hour)
+
+            async with pool:
+                if ceiling is not None:
+                    pool.set_cost_ceiling(ceiling)
+                pool.set_spot(prefer_spot, spot_fraction=0.8, on_demand_base=0)
+                tasks = [asyncio.ensure_future(one(i, a, n)) for i, (a, n) in enumerate(calls)]
+                for at, name, notice in notices:
+                    asyncio.ensure_future(preempt(at, name, notice))
+                done = await asyncio.wait_for(asyncio.gather(*tasks), 10_000)
+            assert done == list(range(len(calls)))  # each answered once, with its own result
+            assert not over, f"spend {max(over)} $/h over the ceiling {ceiling}"
+
+        with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+            runner.run(main())
+
+    run()

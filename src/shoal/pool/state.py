@@ -623,8 +623,9 @@ class PoolState:
             deadline = min(deadline, self.placer.next_retry(now))
         if self.doomed:
             for agent in self.agents.values():
-                if agent.preempt_deadline is not None and agent.state is BUSY:
-                    deadline = min(deadline, max(agent.preempt_deadline, now))
+                due = agent.preempt_deadline
+                if due is not None and agent.state is BUSY and not agent.preempted:
+                    deadline = min(deadline, max(due, now))
         self._watching_calls = bool(self.counts[BUSY])
         if cfg.heartbeat_timeout is not None and self._watching_calls:
             deadline = min(deadline, now + max(0.05, cfg.heartbeat_timeout / 4))
@@ -933,12 +934,11 @@ class PoolState:
             deadline = agent.preempt_deadline
             if deadline is None or deadline > now or agent.state is not BUSY:
                 continue
+            if agent.preempted:
+                continue  # reclaimed already; its holders' releases retire it
+            agent.preempted = True
             if agent.retire_reason is None:
-                agent.preempted = True
                 self.call_failed(agent, "preempted: its capacity was reclaimed", kill=True)
-                if not agent.calls:
-                    # Held without a call in flight: nothing to cancel, but it must go.
-                    agent.draining = agent.draining or "preempted"
 
     def _swap_to_spot(self, now: float) -> None:
         """Start a spot agent to take the place of an on-demand one above the base."""
