@@ -329,9 +329,11 @@ def test_calls_under_random_preemptions_are_all_answered_once_and_spend_stays_un
                     pool.set_cost_ceiling(ceiling)
                 pool.set_spot(prefer_spot, spot_fraction=0.8, on_demand_base=0)
                 tasks = [asyncio.ensure_future(one(i, a, n)) for i, (a, n) in enumerate(calls)]
-                for at, name, notice in notices:
-                    asyncio.ensure_future(preempt(at, name, notice))
+                sent = [asyncio.ensure_future(preempt(*n)) for n in notices]
                 done = await asyncio.wait_for(asyncio.gather(*tasks), 10_000)
+                for task in sent:
+                    task.cancel()
+                await asyncio.gather(*sent, return_exceptions=True)
             assert done == list(range(len(calls)))  # each answered once, with its own result
             assert not over, f"spend {max(over)} $/h over the ceiling {ceiling}"
 
