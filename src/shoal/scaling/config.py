@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shoal.config import default_max_size, validate
 from shoal.errors import ConfigError
+from shoal.pool.placement import DEFAULT_PRICE_PER_HOUR as _DEFAULT_PRICE
 from shoal.scaling.registry import COMMON_KEYS, POLICIES, POLICY_NAMES
 
 Mode = Literal["auto", "aggressive", "reactive", "conservative", "fixed"]
@@ -21,8 +22,8 @@ Predictor = Literal["none", "seasonal", "linear", "ml-based"]
 
 #: The price of one agent-hour, in $, that ``cost_threshold`` divides when the pool has no
 #: ``price_per_hour`` of its own: about one vCPU-hour on demand at the large clouds, so
-#: ``cost_threshold: 100`` buys 1,000 agents.
-DEFAULT_PRICE_PER_HOUR = 0.10
+#: ``cost_threshold: 100`` buys 1,000 agents. (Defined beside the placements that price agents.)
+DEFAULT_PRICE_PER_HOUR = _DEFAULT_PRICE
 #: ``idle_time`` of the ``rule`` policy when none is given (the seed's "idle_time > 5min").
 RULE_IDLE_TIME = 300.0
 
