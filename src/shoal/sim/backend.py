@@ -11,6 +11,7 @@ one float addition, because it sits on the hot path of a million calls.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import random
 import time
@@ -22,11 +23,12 @@ from shoal.errors import AgentLost, AgentStartError
 from shoal.sim.workload import Distribution, Fixed
 
 
-def serve(duration: float) -> None:
+def serve(duration: float, tag: int | None = None) -> None:
     """The simulated request: ``duration`` seconds of work.
 
     On a :class:`SimBackend` agent the call takes ``duration`` seconds of loop time and runs
     nothing; on a real agent it sleeps, so the same workload can drive a real pool too.
+    ``tag`` names the request to the backend's ``on_served`` (which agent answered it).
     """
     time.sleep(duration)
 
@@ -60,8 +62,9 @@ class SimBackend:
     With ``tracks_calls`` (the simulator's placements) the backend also keeps its live agents
     in :attr:`agents` and each agent's calls in flight, so that :meth:`kill_at` (a spot
     reclaim) and :meth:`outage` (a region down) can end agents with their calls failing, and
-    ``on_live`` (``price`` $ per agent-hour, the change in live agents, the loop time) hears
-    every change in the live count, for a cost meter.
+    ``on_live`` (the change in live agents, the loop time) hears every change in the live
+    count, for a cost meter; ``on_served`` hears the ``tag`` of each :func:`serve` call that
+    finished here.
     """
 
     name = "sim"
@@ -73,6 +76,7 @@ class SimBackend:
         seed: int = 0,
         tracks_calls: bool = False,
         on_live: Callable[[int, float], None] | None = None,
+        on_served: Callable[[int], None] | None = None,
     ) -> None:
         self.cold_start: Distribution = (
             Fixed(float(cold_start)) if isinstance(cold_start, int | float) else cold_start
@@ -89,6 +93,7 @@ class SimBackend:
         self.tracks_calls = tracks_calls
         self.agents: dict[str, SimAgent] = {}  # live agents, with tracks_calls
         self._on_live = on_live
+        self._on_served = on_served
         self._down: list[tuple[float, float]] = []  # outage windows (loop time)
         self.kills = 0  # agents killed by kill_at or an outage
 
@@ -198,6 +203,9 @@ class SimBackend:
             if calls is not None:
                 calls.add(fut)
                 fut.add_done_callback(calls.discard)
+                tag = kwargs.get("tag", args[1] if len(args) > 1 else None)
+                if tag is not None and self._on_served is not None:
+                    fut.add_done_callback(functools.partial(_served, self._on_served, tag))
             loop.call_later(duration, _resolve, fut)
             return fut
         try:
@@ -237,6 +245,11 @@ class SimBackend:
                                 delivered=True,
                             )
                         )
+
+
+def _served(on_served: Callable[[int], None], tag: int, fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        on_served(tag)
 
 
 def _resolve(fut: asyncio.Future[Any]) -> None:

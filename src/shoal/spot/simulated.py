@@ -25,6 +25,8 @@ class SimulatedPreemptions:
     step drawn from the Poisson law, the agents chosen at random); with ``trace`` (seconds from
     the start of :meth:`watch`) one agent, chosen at random, is noticed at each of those times
     when there is one. ``seed`` fixes every draw. Each agent is noticed at most once.
+    ``reclaim`` hears every notice after the pool has: the simulated provider, which takes the
+    agents away at the deadline.
     """
 
     source = "sim"
@@ -38,6 +40,7 @@ class SimulatedPreemptions:
         notice_s: float | None = None,
         seed: int = 0,
         step: float = 1.0,
+        reclaim: Callable[[PreemptionNotice], None] | None = None,
     ) -> None:
         if not (isinstance(rate_per_hour, int | float) and rate_per_hour >= 0):
             raise ConfigError(
@@ -55,6 +58,7 @@ class SimulatedPreemptions:
         self.trace = times
         self.notice_s = notice_s
         self.step = float(step)
+        self.reclaim = reclaim
         self._rng = random.Random(seed)
         self.noticed: set[str] = set()
         self.sent = 0
@@ -99,9 +103,12 @@ class SimulatedPreemptions:
         for agent_id in self._rng.sample(candidates, min(count, len(candidates))):
             self.noticed.add(agent_id)
             self.sent += 1
-            notify(
-                PreemptionNotice(placement.name, deadline, "terminate", self.source, (agent_id,))
+            notice = PreemptionNotice(
+                placement.name, deadline, "terminate", self.source, (agent_id,)
             )
+            notify(notice)
+            if self.reclaim is not None:
+                self.reclaim(notice)
 
 
 def _poisson(rng: random.Random, lam: float) -> int:
