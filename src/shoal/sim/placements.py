@@ -301,7 +301,11 @@ def split_origins(
     rows = []
     for a, d in workload:
         k = min(_bisect(cum, rng.random() * cum[-1]), len(regions) - 1)
-        t = (a + offsets[k]) % horizon if offsets[k] else a
+        t = a
+        if offsets[k]:
+            t = (a + offsets[k]) % horizon
+            if t >= horizon:  # a tiny negative shift rounds up to the horizon itself
+                t = 0.0
         rows.append((t, d, k))
     rows.sort(key=lambda r: r[0])
     shifted = Workload(
