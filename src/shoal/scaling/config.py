@@ -95,6 +95,10 @@ class ScalingPolicyConfig(BaseModel):
     idle_terminate: float | None = Field(default=None, gt=0)
     cost_threshold: float | None = Field(default=None, gt=0)
     prefer_spot: bool = Field(default=False, strict=True)
+    # With prefer_spot: about this fraction of the agents above on_demand_base run on spot,
+    # and the first on_demand_base (default: min_instances) on demand.
+    spot_fraction: float = Field(default=0.8, ge=0, le=1)
+    on_demand_base: int | None = Field(default=None, ge=0, strict=True)
     queue_depth: int = Field(default=5, ge=1, strict=True)
     sla: float | None = Field(default=None, gt=0)
     idle_time: float | None = Field(default=None, ge=0)
@@ -140,8 +144,17 @@ class ScalingPolicyConfig(BaseModel):
         """Keys that are accepted and validated but do not change behaviour yet."""
         notes = []
         if self.prefer_spot:
-            notes.append("prefer_spot=True has no effect on this backend (no spot capacity)")
+            notes.append(
+                "prefer_spot=True has no effect on this pool (no spot placement; see "
+                "pool_config placements)"
+            )
         return notes
+
+    def spot_keys(self) -> tuple[bool, float, int]:
+        """``prefer_spot``, ``spot_fraction`` and ``on_demand_base`` (``min_instances`` when
+        not given), as :meth:`AgentPool.set_spot` takes them."""
+        base = self.min_instances if self.on_demand_base is None else self.on_demand_base
+        return self.prefer_spot, self.spot_fraction, base
 
 
 def parse_scaling_policy(where: str, policy: Mapping[str, Any]) -> ScalingPolicyConfig:
