@@ -3,7 +3,9 @@
 Each placement gets its own :class:`~shoal.sim.backend.SimBackend`; a spot placement with a
 preemption rate or trace gets a :class:`~shoal.spot.SimulatedPreemptions` as its
 ``preemption`` source, which the pool itself watches (as it would a provider's), and the
-placement's backend kills the noticed agent at the deadline. Requests go through
+placement's backend kills the noticed agent at the deadline. The spot preference and the cost
+cap are the scaling policy's keys (``prefer_spot``, ``spot_fraction``, ``on_demand_base``,
+``cost_threshold``), which the autoscaler hands to the pool. Requests go through
 :meth:`~shoal.pool.AgentPool.call`, so a call cut short by a preemption is re-queued by the
 pool, not by the simulator.
 
@@ -142,14 +144,6 @@ class PlacedRun(_Run):
 
     def _served(self, request: int, placement: int) -> None:
         self.served_by[request] = placement
-
-    def _configure(self) -> None:
-        opts = self.options
-        if opts.prefer_spot:
-            base = self.plan.pool_min if opts.on_demand_base is None else opts.on_demand_base
-            self.pool.set_spot(True, spot_fraction=opts.spot_fraction, on_demand_base=base)
-        if opts.cost_cap is not None:
-            self.pool.set_cost_ceiling(opts.cost_cap)
 
     def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
         t0 = self.t0

@@ -79,6 +79,17 @@ class PlacementOptions:
     cost_cap: float | None = None
     outages: tuple[Outage, ...] = ()
 
+    def policy_keys(self) -> dict[str, Any]:
+        """The ``scaling_policy`` keys that ask the pool for this spot preference and cap."""
+        keys: dict[str, Any] = {}
+        if self.prefer_spot:
+            keys.update(prefer_spot=True, spot_fraction=self.spot_fraction)
+            if self.on_demand_base is not None:
+                keys["on_demand_base"] = self.on_demand_base
+        if self.cost_cap is not None:
+            keys["cost_threshold"] = self.cost_cap
+        return keys
+
     @property
     def regions(self) -> list[str]:
         """The regions, in the order their first placement is given."""

@@ -19,7 +19,7 @@ import asyncio
 import bisect
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from shoal.clock import VirtualTimeLoop, perf_counter
@@ -315,6 +315,9 @@ def simulate(
         from shoal.sim.placements import split_origins
 
         workload, origins = split_origins(workload, placements, seed)
+        # The spot preference and the cost cap go where a user puts them: the scaling policy.
+        keys = placements.policy_keys()
+        args = (replace(the_plan, scaling_policy={**the_plan.scaling_policy, **keys}), *args[1:])
         run = PlacedRun(workload, *args, options=placements, origins=origins)
     started = perf_counter()
     with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
@@ -430,9 +433,6 @@ class _Run:
         )
         return backend, pool
 
-    def _configure(self) -> None:
-        """Before the pool starts (placements set their spot preference and ceiling here)."""
-
     def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
         """At ``t0``, the start of the counted run (placements schedule outages here)."""
 
@@ -441,7 +441,6 @@ class _Run:
         self._done = loop.create_future()
         self._time = loop.time
         pool = self.pool
-        self._configure()
         await pool.start()  # min_size agents warm before the first request, as when deployed
         warm_size = self._opening()
         if self.warmup and warm_size > pool.size:
