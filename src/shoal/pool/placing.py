@@ -50,6 +50,7 @@ class Site:
     price: float  # $ per agent-hour, resolved
     order: int
     count: int = 0  # agents from their start until stopped
+    starting: int = 0  # of those, not up yet
     serving: int = 0  # of those, not stopping and not under a notice
     failures: int = 0  # failed starts in a row
     down_until: float = -math.inf
@@ -70,8 +71,14 @@ class Site:
         return cap is None or self.count < cap
 
     def open(self, now: float) -> bool:
-        """May take a new agent now (cost aside)."""
-        return self.has_room() and now >= self.down_until and now >= self.notice_until
+        """May take a new agent now (cost aside). After failed starts, one start at a time
+        probes it."""
+        return (
+            self.has_room()
+            and now >= self.down_until
+            and now >= self.notice_until
+            and not (self.failures and self.starting)
+        )
 
 
 class Placer:
@@ -149,6 +156,7 @@ class Placer:
     def added(self, site: Site, now: float) -> None:
         self._accrue(now)
         site.count += 1
+        site.starting += 1
         site.serving += 1
         self.spend_rate += site.price
 
@@ -163,13 +171,16 @@ class Placer:
         if not any(s.count for s in self.order):
             self.spend_rate = 0.0  # no drift from adding and taking away floats
 
-    def start_failed(self, site: Site, now: float) -> None:
-        if not self.multi:
+    def start_failed(self, site: Site, now: float, *, failed: bool = True) -> None:
+        """A start here failed (or, without ``failed``, was cancelled)."""
+        site.starting -= 1
+        if not self.multi or not failed:
             return  # one placement: the pool's crash-loop breaker does the backing off
         site.failures += 1
         site.down_until = now + min(DOWN_FIRST_S * 2 ** (site.failures - 1), DOWN_MAX_S)
 
     def start_ok(self, site: Site) -> None:
+        site.starting -= 1
         site.failures = 0
         site.down_until = -math.inf
 

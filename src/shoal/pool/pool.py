@@ -63,6 +63,11 @@ class AgentPool:
 
     ``backend`` defaults to local worker processes; ``setup`` runs once in every agent as it
     warms up. See :class:`~shoal.config.PoolConfig` for every option.
+
+    ``placements`` (or ``regions``, a mapping of region to placement keys) say where agents
+    live: each a backend in a region, on on-demand or spot capacity, at a price, with a size
+    limit and a round trip from the caller (:class:`~shoal.pool.placement.Placement`). Without
+    them the pool has one on-demand placement on ``backend``.
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class AgentPool:
         clock: Clock | None = None,
         max_events: int = 1000,
         placements: Sequence[Placement | Mapping[str, Any]] | None = None,
+        regions: Mapping[str, Mapping[str, Any]] | None = None,
         rtt_target_ms: float | None = None,
     ) -> None:
         options: dict[str, Any] = {
@@ -125,6 +131,8 @@ class AgentPool:
             options["max_size"] = max_size
         if placements is not None:
             options["placements"] = placements
+        if regions is not None:
+            options["regions"] = regions
         if rtt_target_ms is not None:
             options["rtt_target_ms"] = rtt_target_ms
         self.config = PoolConfig.build(f"pool {name!r}", options)
@@ -133,11 +141,19 @@ class AgentPool:
 
             backend = ProcessBackend()
         self._backend = backend
-        backends = [backend, *(p.backend for p in self.config.placements if p.backend is not None)]
-        self._liveness_any = any(isinstance(b, ReportsLiveness) for b in backends)
+        self._state = PoolState(self.config, owner=self, max_events=max_events)
+        # What each placement's backend can report, looked up once (a runtime-checkable
+        # protocol's isinstance is slow): by placement name.
+        self._liveness: dict[str, ReportsLiveness] = {}
+        self._memory: dict[str, MeasuresMemory] = {}
+        for site in self._state.placer.order:
+            b = backend if site.placement.backend is None else site.placement.backend
+            if isinstance(b, ReportsLiveness):
+                self._liveness[site.name] = b
+            if isinstance(b, MeasuresMemory):
+                self._memory[site.name] = b
         self._clock = clock or LoopClock()
         self._now: Callable[[], float] = self._clock.now
-        self._state = PoolState(self.config, owner=self, max_events=max_events)
         self.events = self._state.events
         self._tasks: set[asyncio.Task[Any]] = set()
         self._starting: dict[PooledAgent, asyncio.Task[BaseException | None]] = {}
@@ -523,9 +539,8 @@ class AgentPool:
         st = self._state
         rss_mb = None
         agent = lease.agent
-        if self.config.max_memory_mb is not None and agent.alive:
-            backend = self._backend_of(agent)
-            memory = backend if isinstance(backend, MeasuresMemory) else None
+        if self._memory and self.config.max_memory_mb is not None and agent.alive:
+            memory = self._memory.get(agent.placement.name)
             rss = memory.memory_bytes(agent.handle) if memory is not None else None
             rss_mb = None if rss is None else rss / 2**20
         st.release(lease, self._now(), used=used, rss_mb=rss_mb)
@@ -769,10 +784,10 @@ class AgentPool:
         loop = asyncio.get_running_loop()
         while True:
             now = self._now()
-            if self._liveness_any and self.config.heartbeat_timeout is not None:
+            if self._liveness and self.config.heartbeat_timeout is not None:
                 for agent in st.calls_in_flight():
-                    liveness = self._backend_of(agent)
-                    if isinstance(liveness, ReportsLiveness):
+                    liveness = self._liveness.get(agent.placement.name)
+                    if liveness is not None:
                         seconds = liveness.unresponsive_for(agent.handle, now)
                         st.unresponsive(agent, seconds, now)
             deadline = st.tick(now)

@@ -152,6 +152,7 @@ class PoolState:
         )
         self._multi = self.placer.multi
         self.doomed = 0  # live agents under a preemption notice: going, replaced already
+        self._doomed_stopping = 0  # agents under a notice, being stopped
         self._swapping = False  # a spot agent is starting to take an on-demand one's place
         self._cost_short = 0  # starts the cost ceiling refused, as last noted
 
@@ -173,7 +174,12 @@ class PoolState:
 
     def _room(self) -> int:
         # Agents under a preemption notice are leaving: their replacements may start now.
-        return self.ceiling - self.size - self.counts[STOPPING] + self.doomed
+        return self.ceiling - self.size - self.counts[STOPPING] + self.leaving
+
+    @property
+    def leaving(self) -> int:
+        """Agents under a preemption notice, live or being stopped: not counted in max_size."""
+        return self.doomed + self._doomed_stopping
 
     def _set(self, agent: PooledAgent, state: AgentState) -> None:
         c = self.counts
@@ -247,11 +253,12 @@ class PoolState:
     def enqueue(self, waiter: Waiter, now: float, *, head: bool = False) -> None:
         """Queue a caller (after :meth:`request` gave nothing). Raises :class:`PoolBroken` in a
         crash loop and :class:`PoolAtCapacity` when ``max_queue`` callers wait already and no
-        agent can be started for this one."""
+        agent can be started for this one (not for a call re-queued at the ``head``: it was
+        admitted once)."""
         if self.breaker.broken is not None:
             raise self.broken_error()
         cfg = self.config
-        if cfg.max_queue is not None and len(self.queue) >= cfg.max_queue:
+        if not head and cfg.max_queue is not None and len(self.queue) >= cfg.max_queue:
             why = self._why_no_start(now)
             if why is not None:
                 raise PoolAtCapacity(
@@ -446,13 +453,20 @@ class PoolState:
             self._swapping = False
         self._unserve(agent)
         self._remove(agent, now)
+        self.placer.start_failed(agent.site, now, failed=exc is not None)
         if exc is None:
             self._event("start_failed", agent, before, "start cancelled", now)
             return
         err = self._start_error(agent, exc)
         self.metrics.start_failures += 1
-        self.placer.start_failed(agent.site, now)
         self._event("start_failed", agent, before, str(err), now)
+        if self._multi and self.placer.choose(now)[0] is not None:
+            # One placement failing is that placement's (it is down for a while, and its
+            # agents go elsewhere), not a crash loop of the pool.
+            self.actions.append(Log(WARNING, f"pool {self.name!r}: {err}; trying elsewhere"))
+            self.poke = True  # its retry is a deadline
+            self._pump(now)
+            return
         broke = self.breaker.failed(err, now, self.name)
         self.poke = True  # the back-off is a deadline
         if broke:
@@ -463,10 +477,7 @@ class PoolState:
             # Nobody waits on a crash loop: every waiting caller learns at once.
             for waiter in self.queue.drain():
                 self.actions.append(Reject(waiter, self.broken_error()))
-        elif len(self.queue) > (self.counts[STARTING] + self.counts[BUSY]) * self._slots and not (
-            self._multi and self.placer.choose(now)[0] is not None
-        ):
-            # (With more placements, callers wait for the others, or for this one's retry.)
+        elif len(self.queue) > (self.counts[STARTING] + self.counts[BUSY]) * self._slots:
             # A caller that nothing in flight can serve gets the error rather than waiting.
             head = self.queue.pop()
             if head is not None:
@@ -823,6 +834,8 @@ class PoolState:
         """Take an idle, checking or busy agent out of service; the shell stops it."""
         before = self.size
         self._unserve(agent)
+        if agent.preempt_deadline is not None:
+            self._doomed_stopping += 1
         self._set(agent, STOPPING)
         self.partial.pop(agent, None)
         self.metrics.agents_retired += 1
@@ -831,6 +844,8 @@ class PoolState:
         self.actions.append(Stop(agent, kill))
 
     def _remove(self, agent: PooledAgent, now: float | None = None) -> None:
+        if agent.state is STOPPING and agent.preempt_deadline is not None:
+            self._doomed_stopping -= 1
         self._set(agent, STOPPED)
         if self.agents.pop(agent.agent_id, None) is not None:
             self.placer.removed(agent.site, agent.created_at if now is None else now)
