@@ -5,7 +5,8 @@ token; ``GET /latest/meta-data/spot/instance-action`` with it answers 404, or th
 once :meth:`FakeMetadata.notice_now` is called; a missing or revoked token gets 401.
 GCP: ``GET /computeMetadata/v1/instance/preempted`` with ``Metadata-Flavor: Google`` answers
 ``FALSE``/``TRUE`` with an ``ETag``; ``?wait_for_change=true[&last_etag=E][&timeout_sec=T]``
-holds the request until the value's ETag differs from ``last_etag``. Without the flavor
+holds the request until the value's ETag differs from ``last_etag`` (without one: until the
+next change). Without the flavor
 header it answers 403, as GCP does.
 
 Runs in a thread of the test process, so the code under test talks to it over real sockets.
@@ -127,10 +128,11 @@ class _Handler(BaseHTTPRequestHandler):
                 if query.get("wait_for_change") == ["true"]:
                     last = query.get("last_etag", [None])[0]
                     limit = float(query.get("timeout_sec", ["60"])[0])
-                    if last is not None:
-                        meta.cond.wait_for(
-                            lambda: str(meta.etag) != last or meta.closing, timeout=limit
-                        )
+                    # As GCP: without last_etag, wait for the next change.
+                    seen = str(meta.etag) if last is None else last
+                    meta.cond.wait_for(
+                        lambda: str(meta.etag) != seen or meta.closing, timeout=limit
+                    )
                 value, etag = ("TRUE" if meta.preempted else "FALSE"), str(meta.etag)
             return self._send(200, value, etag=etag, google=True)
         self._send(404, "")

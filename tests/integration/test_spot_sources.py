@@ -161,8 +161,29 @@ async def test_gcp_long_poll_hears_the_change_without_polling_again(meta: FakeMe
         await task
     assert len(got) == 1 and got[0].source == "gcp"
     paths = [p for _, p in meta.requests]
-    assert all("wait_for_change=true" in p for p in paths)
-    assert "last_etag=" not in paths[0] and "last_etag=1" in paths[1]
+    # A plain first read (a notice already given is not missed), then long polls by ETag.
+    assert "wait_for_change" not in paths[0]
+    assert all("wait_for_change=true&timeout_sec=120&last_etag=" in p for p in paths[1:])
+    assert "last_etag=1" in paths[1]
+
+
+async def test_gcp_long_poll_reports_a_notice_given_before_it_began(meta: FakeMetadata) -> None:
+    meta.notice_now()
+    got: list[PreemptionNotice] = []
+    arrived = asyncio.Event()
+
+    def notify(n: PreemptionNotice) -> None:
+        got.append(n)
+        arrived.set()
+
+    source = GcpPreemptionSource(meta.url, interval=3600, wait_for_change=True, long_poll_s=120)
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(source.watch(SPOT, notify, loop.time))
+    await asyncio.wait_for(arrived.wait(), WAIT)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(got) == 1
 
 
 @pytest.mark.parametrize(

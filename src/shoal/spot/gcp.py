@@ -81,10 +81,11 @@ class GcpPreemptionSource:
         """Read the flag once (or wait for it to change): a new notice, or None."""
         path = self._prefix + PREEMPTED_PATH
         timeout = self.timeout
-        if self.wait_for_change:
+        if self.wait_for_change and self._etag:
+            # Without an ETag the server would wait for the *next* change and miss a notice
+            # already given: the first read is a plain one, for the value and its ETag.
             path += f"?wait_for_change=true&timeout_sec={self.long_poll_s}"
-            if self._etag:
-                path += f"&last_etag={quote(self._etag)}"
+            path += f"&last_etag={quote(self._etag)}"
             timeout += self.long_poll_s
         self._failed = True
         reply = await request(
