@@ -392,3 +392,62 @@ async def test_a_step_with_on_preempt_fail_fails_with_the_preemption() -> None:
     assert requeued == 0
     assert isinstance(outcome, StepFailed)
     assert isinstance(outcome.__cause__, Preempted)
+
+
+async def test_a_call_takes_the_nearest_idle_agent_and_spills_far_when_none_is_near() -> None:
+    near, far = FakeBackend(call_time=5.0), FakeBackend(call_time=10.0)
+    pool = pool_of(
+        {"name": "far", "price_per_hour": 0.5, "rtt_ms": 120, "max_size": 1, "backend": far},
+        {"name": "near", "price_per_hour": 1.0, "rtt_ms": 5, "max_size": 1, "backend": near},
+        min_size=2,
+        max_size=2,
+    )
+    async with pool:
+        # Both busy (the second call spills to the far agent); the far one is back last, so
+        # it is the most recently used: assignment order alone would pick it next.
+        assert await asyncio.gather(pool.run(who), pool.run(who)) == ["ok", "ok"]
+        assert sum(near.calls_by_agent.values()) == 1 == sum(far.calls_by_agent.values())
+        assert await pool.run(who) == "ok"
+        assert sum(near.calls_by_agent.values()) == 2  # the nearest idle agent took it
+
+
+def test_the_cost_guard_gives_up_headroom_first_then_refuses_to_grow_saying_by_how_much() -> None:
+    import dataclasses
+
+    from shoal.pool.metrics import PoolMetrics
+    from shoal.scaling.config import parse_scaling_policy
+    from shoal.scaling.guards import build_policy
+
+    def snap(**fields: object) -> PoolMetrics:
+        base: dict[str, object] = {f.name: 0 for f in dataclasses.fields(PoolMetrics)}
+        base.update(name="p", max_size=100, avg_wait_time=0.0, avg_execution_time=1.0)
+        base.update(max_concurrency=1, cost_cap_size=None)
+        base.update(fields)
+        return PoolMetrics(**base)  # type: ignore[arg-type]
+
+    guard = build_policy(
+        parse_scaling_policy("t", {"min": 1, "max": 100, "cost_threshold": 10.0}),
+        price_per_hour=0.1,
+    )
+    # The pool says its mix of placements buys 8 agents (far fewer than 10 / 0.1 = 100).
+    hotter = guard.decide(
+        snap(busy=6, in_flight=6, size=6, target_size=6, cost_per_hour=7.5, cost_cap_size=8),
+        guard.initial_state(),
+        0.0,
+    )
+    assert hotter.desired == 8 and "headroom given up, running hotter" in hotter.reason
+    refused = guard.decide(
+        snap(
+            busy=8,
+            in_flight=8,
+            queue_depth=4,
+            size=8,
+            target_size=8,
+            cost_per_hour=10.0,
+            cost_cap_size=8,
+        ),
+        guard.initial_state(),
+        0.0,
+    )
+    assert refused.desired == 8 and "refusing to grow" in refused.reason
+    assert "4 over what it buys" in refused.reason

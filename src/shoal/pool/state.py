@@ -151,6 +151,8 @@ class PoolState:
             rtt_target_ms=config.rtt_target_ms,
         )
         self._multi = self.placer.multi
+        # Placements at different distances: a call takes the nearest idle agent.
+        self._nearest = len({s.placement.rtt_ms for s in self.placer.order}) > 1
         self.doomed = 0  # live agents under a preemption notice: going, replaced already
         self._doomed_stopping = 0  # agents under a notice, being stopped
         self._swapping = False  # a spot agent is starting to take an on-demand one's place
@@ -721,7 +723,11 @@ class PoolState:
         """Take an idle agent for a call, retiring the ones found stale on the way."""
         idle, cfg = self.idle, self.config
         while idle:
-            agent = idle.pop() if self._mru else idle.popleft()
+            if self._nearest:
+                agent = self._nearest_idle()
+                idle.remove(agent)
+            else:
+                agent = idle.pop() if self._mru else idle.popleft()
             reason = lifecycle.while_idle(agent, cfg, now, self.size > self.target)
             if reason is not None:
                 self._retire(agent, reason, now)
@@ -729,6 +735,16 @@ class PoolState:
             self._set(agent, BUSY)
             return agent
         return None
+
+    def _nearest_idle(self) -> PooledAgent:
+        """The idle agent with the lowest round trip from the caller; among equals, the one
+        the assignment order would take."""
+        order = reversed(self.idle) if self._mru else iter(self.idle)
+        best = next(order)
+        for agent in order:
+            if agent.placement.rtt_ms < best.placement.rtt_ms:
+                best = agent
+        return best
 
     def _assign(self, waiter: Waiter, agent: PooledAgent, now: float) -> None:
         """Give ``agent`` (idle or just released) to ``waiter``, under a new lease."""
