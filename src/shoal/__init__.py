@@ -26,6 +26,7 @@ if _typing.TYPE_CHECKING:
         PoolTimeout,
         RemoteError,
         RemoteTraceback,
+        ResourcesUnavailable,
         RunStopped,
         SerializationError,
         ShoalError,
@@ -58,7 +59,7 @@ _WHERE = {
     "shoal.errors": (
         "AgentError AgentLost AgentStartError BackendError CallTimeout ConfigError PoolAtCapacity "
         "PoolBroken PoolClosed PoolError PoolTimeout RemoteError RemoteTraceback RunStopped "
-        "SerializationError ShoalError StepFailed WorkflowError"
+        "ResourcesUnavailable SerializationError ShoalError StepFailed WorkflowError"
     ),
     "shoal.pool": "AgentPool AgentState Lease PooledAgent ScalingEvent PoolManager PoolMetrics",
     "shoal.runtime": "RunHandle Runtime run",
@@ -95,6 +96,7 @@ __all__ = [
     "ProcessBackend",
     "RemoteError",
     "RemoteTraceback",
+    "ResourcesUnavailable",
     "RunHandle",
     "RunStopped",
     "Runtime",

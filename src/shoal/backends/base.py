@@ -41,7 +41,9 @@ class AgentSpec:
     ``setup`` runs once inside the agent as it warms up. ``on_exit`` is called (on the event
     loop) if the agent dies on its own, so the pool can replace an idle agent without waiting
     for its next health check. ``heartbeat_interval`` (seconds; None for none) is how often an
-    agent that can shows it is alive while it runs a call.
+    agent that can shows it is alive while it runs a call. ``placement`` is the pool's say in
+    where its agents run and what they reserve (the pool's ``placement`` option; what keys a
+    backend understands is its own business: see :class:`~shoal.backends.ray.RayBackend`).
     """
 
     pool: str
@@ -51,6 +53,7 @@ class AgentSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     on_exit: Callable[[AgentHandle], None] | None = None
     heartbeat_interval: float | None = None
+    placement: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Backend(Protocol):

@@ -30,6 +30,7 @@ from shoal.errors import (
     ConfigError,
     PoolError,
     PoolTimeout,
+    ResourcesUnavailable,
 )
 from shoal.pool import leaks
 from shoal.pool.agent import AgentState, Lease, PooledAgent
@@ -87,6 +88,7 @@ class AgentPool:
         max_memory_mb: float | None = None,
         lifetime_jitter: float = 0.1,
         setup: Callable[[], object] | None = None,
+        placement: Mapping[str, Any] | None = None,
         backend: Backend | None = None,
         clock: Clock | None = None,
         max_events: int = 1000,
@@ -113,6 +115,7 @@ class AgentPool:
             "max_memory_mb": max_memory_mb,
             "lifetime_jitter": lifetime_jitter,
             "setup": setup,
+            "placement": None if placement is None else dict(placement),
         }
         if max_size is not None:
             options["max_size"] = max_size
@@ -472,6 +475,9 @@ class AgentPool:
         starts = self.set_target(size, reason or f"resize to {size}")
         if wait and starts:
             await asyncio.wait(starts)  # a cancelled caller leaves the starts running
+            for task in starts:  # a size the cluster cannot hold is not a success
+                if not task.cancelled() and isinstance(task.result(), ResourcesUnavailable):
+                    raise task.result()
 
     def set_target(
         self, size: int, reason: str, metrics: PoolMetrics | None = None
@@ -549,6 +555,7 @@ class AgentPool:
             setup=self.config.setup,
             on_exit=functools.partial(self._on_agent_exit, agent),
             heartbeat_interval=_heartbeat_interval(self.config.heartbeat_timeout),
+            placement=self.config.placement or {},
         )
         error: BaseException | None = None
         try:
@@ -558,7 +565,7 @@ class AgentPool:
             raise
         except BaseException as exc:
             st.start_failed(agent, exc, self._now())
-            error = st.breaker.last_error or exc
+            error = exc if isinstance(exc, ResourcesUnavailable) else st.breaker.last_error or exc
         else:
             st.agent_started(agent, handle, self._now())
         finally:

@@ -26,6 +26,7 @@ from shoal.errors import (
     PoolBroken,
     PoolClosed,
     PoolError,
+    ResourcesUnavailable,
 )
 from shoal.pool import leaks, lifecycle
 from shoal.pool.agent import AgentState, Lease, PooledAgent
@@ -129,6 +130,7 @@ class PoolState:
         # Set when a deadline may have moved earlier than the one the shell sleeps until.
         self.poke = False
         self.wake_at = float("inf")
+        self._no_room = False  # the backend said the cluster has no room; said once per episode
 
     # -- sizes ------------------------------------------------------------------------------------
 
@@ -356,6 +358,7 @@ class PoolState:
 
     def agent_started(self, agent: PooledAgent, handle: Any, now: float) -> None:
         agent.handle = handle
+        self._no_room = False
         self.metrics.agents_started += 1
         if self.breaker.succeeded():
             self.note("recovered: an agent started", now)
@@ -378,6 +381,9 @@ class PoolState:
             self._event("start_failed", agent, before, "start cancelled", now)
             return
         err = self._start_error(agent, exc)
+        if isinstance(err, ResourcesUnavailable):
+            self._waiting_for_room(agent, err, before, now)
+            return
         self.metrics.start_failures += 1
         self._event("start_failed", agent, before, str(err), now)
         broke = self.breaker.failed(err, now, self.name)
@@ -396,6 +402,22 @@ class PoolState:
             if head is not None:
                 self.actions.append(Reject(head, err))
         self._pump(now)
+
+    def _waiting_for_room(
+        self, agent: PooledAgent, err: ResourcesUnavailable, before: int, now: float
+    ) -> None:
+        """No room on the cluster for one more agent: not a crash (the breaker does not count
+        it). The pool keeps the agents it has and tries again after a back-off; callers fail
+        only if no agent at all can serve them."""
+        if not self._no_room:
+            self._no_room = True
+            self._event("waiting_for_resources", agent, before, str(err), now)
+            self.actions.append(Log(WARNING, str(err)))
+        self.breaker.wait(now)
+        self.poke = True
+        if self.size == 0:
+            for waiter in self.queue.drain():
+                self.actions.append(Reject(waiter, err))
 
     def _start_error(self, agent: PooledAgent, exc: BaseException) -> AgentStartError:
         if isinstance(exc, AgentStartError):
