@@ -1,10 +1,11 @@
 """A real multi-node Ray cluster on this one machine, on loopback only: a head and N workers.
 
-Each node is one ``ray start --block`` in a session of its own, so the node is one process group:
-killing or stopping the group is what losing or freezing a machine looks like to the rest of the
-cluster, and killing every group leaves nothing of the cluster behind. The nodes listen on
-127.0.0.1 (head), 127.0.0.2, 127.0.0.3, ... — the whole of 127/8 is loopback on Linux — so each
-has its own address and Ray tells them apart as it would separate machines.
+Each node is one ``ray start --block`` in a session of its own, and every process of the node
+(raylet, agents, workers — which Ray puts in process groups of their own) stays in that session:
+killing or stopping the session's processes is what losing or freezing a machine looks like to
+the rest of the cluster, and killing every session leaves nothing of the cluster behind. The
+nodes listen on 127.0.0.1 (head), 127.0.0.2, 127.0.0.3, ... — the whole of 127/8 is loopback on
+Linux — so each has its own address and Ray tells them apart as it would separate machines.
 
 ``ray start`` turns a loopback ``--node-ip-address`` into the machine's routable address (it
 assumes a multi-node cluster spans machines); the launcher below keeps the address as given.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -47,15 +47,16 @@ class Node:
         self.stopped = False
 
     @property
-    def pgid(self) -> int:
-        return self.proc.pid  # the session leader: its pid is the group's id
+    def sid(self) -> int:
+        return self.proc.pid  # the session leader: its pid is the session's id
 
     def signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pgid, sig)
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     def pids(self) -> list[int]:
-        """Every live process of this node (its process group)."""
+        """Every live process of this node (its session)."""
         found = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -65,7 +66,7 @@ class Node:
             except OSError:
                 continue
             fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) == self.pgid and fields[0] != "Z":
+            if int(fields[3]) == self.sid and fields[0] != "Z":
                 found.append(int(entry))
         return found
 
@@ -80,16 +81,18 @@ class LocalCluster:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[Node] = []
-        # Token auth, as Ray's default: the driver must present the same token.
+        # No token auth: every node listens on loopback only, and a driver process that has
+        # already used a local Ray instance (as the other Ray tests do) keeps that instance's
+        # token settings, which a cluster of its own would refuse.
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN": secrets.token_hex(32),
+            "RAY_AUTH_MODE": "disabled",
             "RAY_USAGE_STATS_ENABLED": "0",
         }
 
     def _start_node(self, ip: str, extra: list[str]) -> Node:
-        low = 20000 + 200 * len(self.nodes) + 1000 * (os.getpid() % 20)
+        # Worker ports below the ephemeral range, where free_port() picks the others.
+        low = 10000 + 200 * len(self.nodes) + 1000 * (os.getpid() % 20)
         log = self.tmp / f"node-{ip}.log"
         args = [
             sys.executable,
@@ -153,8 +156,11 @@ class LocalCluster:
             f"Ray node {node.ip} did not start: {node.log.read_text(errors='replace')[-3000:]}"
         )
 
-    def worker(self, i: int) -> Node:
-        return self.nodes[1 + i]
+    def add_worker(self, timeout: float = 120.0) -> Node:
+        """One more worker node, on the next loopback address."""
+        node = self._start_node(f"127.0.0.{len(self.nodes) + 1}", [f"--address={self.address}"])
+        self._wait_for("Ray runtime started", node, timeout)
+        return node
 
     def kill(self, node: Node) -> None:
         """The machine is gone: every process of the node dies at once."""
@@ -162,7 +168,8 @@ class LocalCluster:
         node.stopped = True
 
     def freeze(self, node: Node) -> None:
-        node.signal(signal.SIGSTOP)
+        for _ in range(3):  # a process forked meanwhile is stopped on the next pass
+            node.signal(signal.SIGSTOP)
 
     def thaw(self, node: Node) -> None:
         node.signal(signal.SIGCONT)

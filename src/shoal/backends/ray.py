@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import pickle
 import sys
@@ -32,6 +33,7 @@ from shoal.errors import (
 )
 
 _ACTOR_CLASS: Any = None
+log = logging.getLogger("shoal.backends.ray")
 
 
 def _ray() -> Any:
@@ -123,6 +125,7 @@ class RayAgent(AgentHandle):
 
     __slots__ = (
         "actor",
+        "gone",
         "in_call",
         "last_seen",
         "lifeline",
@@ -145,6 +148,7 @@ class RayAgent(AgentHandle):
         self.sent_keys: set[int] = set()
         self.lifeline: asyncio.Future[Any] | None = None
         self.in_call = False
+        self.gone: asyncio.Future[str] | None = None  # resolved with why, if its node is lost
         self.last_seen = 0.0  # loop time of the last reply or pong
         self.pinging = False
         self.stopping = False
@@ -155,14 +159,23 @@ class RayAgent(AgentHandle):
 
 
 class _NodeWatch:
-    """The probe of one node, and when it last answered."""
+    """The probe of one node, and when it last answered (loop time)."""
 
-    __slots__ = ("actor", "last_ok", "pinging")
+    __slots__ = ("actor", "created", "failed", "last_ok", "pinging")
 
     def __init__(self, actor: Any, now: float) -> None:
         self.actor = actor
-        self.last_ok = now
+        self.created = now
+        self.last_ok: float | None = None
+        self.failed: str | None = None  # the probe's ping failed: the node is gone
         self.pinging = False
+
+    def silent_for(self, now: float) -> float:
+        """Seconds without an answer; a probe that never answered yet (its worker may take a
+        while to start on a busy node) is given ``_FIRST_PONG_S`` first."""
+        if self.last_ok is None:
+            return max(0.0, now - self.created - _FIRST_PONG_S)
+        return now - self.last_ok
 
 
 PLACEMENT_KEYS = frozenset(
@@ -232,7 +245,6 @@ class RayBackend:
         self._local = False  # that connection is a local instance started here
         self._agents: set[RayAgent] = set()
         self._nodes: dict[str, _NodeWatch] = {}
-        self._avoid: dict[str, float] = {}  # node id -> loop time until which it is avoided
         self._watcher: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -296,6 +308,10 @@ class RayBackend:
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
+        if self._ray.is_initialized():
+            for watch in self._nodes.values():
+                self._ray.kill(watch.actor, no_restart=True)
+        self._nodes.clear()
         if not self._joined:
             return
         self._joined = False
@@ -400,10 +416,10 @@ class RayBackend:
         )
 
     def _avoiding(self, now: float) -> list[str]:
-        for node, until in list(self._avoid.items()):
+        for node, until in list(_AVOID.items()):
             if until <= now:
-                del self._avoid[node]
-        return sorted(self._avoid)
+                del _AVOID[node]
+        return sorted(_AVOID)
 
     async def start(self, spec: AgentSpec) -> RayAgent:
         await self._ensure_ray()
@@ -427,6 +443,20 @@ class RayBackend:
             "SPREAD",
             "DEFAULT",
         )
+        if not self.autoscaling:
+            nowhere = self._fits_nowhere(need)
+            if nowhere:
+                raise self._no_room(spec, nowhere, " on any one node")
+        if checked and not self.autoscaling:
+            # No actor made only to wait on a full fixed cluster. The view of what is free
+            # lags behind actors just killed, so it must say "short" for a while.
+            for _ in range(round(_SHORT_FOR_S / _PLACEMENT_CHECK_S) + 1):
+                short = self._shortfall(need)
+                if not short:
+                    break
+                await asyncio.sleep(_PLACEMENT_CHECK_S)
+            else:
+                raise self._no_room(spec, short)
         avoid = self._avoiding(loop.time())
         if avoid and "scheduling_strategy" not in options and "label_selector" not in options:
             # A replacement goes elsewhere than a node that has just lost agents, if it can be
@@ -462,6 +492,7 @@ class RayBackend:
         self._agents.add(handle)
         handle.lifeline = asyncio.ensure_future(actor.lifeline.remote())
         handle.lifeline.add_done_callback(functools.partial(self._lifeline_ended, handle))
+        self._watch_calls()
         return handle
 
     async def _placed(
@@ -474,6 +505,8 @@ class RayBackend:
         """Wait until the actor is placed on a node: ``(node id, node ip, pid)``, or None if
         that took longer than ``patience``; fail fast if the cluster has no room."""
         where: asyncio.Future[Any] = asyncio.ensure_future(actor.where.remote())
+        short_since: float | None = None
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 done, _ = await asyncio.wait((where,), timeout=patience or _PLACEMENT_CHECK_S)
@@ -482,21 +515,70 @@ class RayBackend:
                     return str(node), str(node_ip), int(pid)
                 if patience is not None:
                     return None
-                if need is None or self.autoscaling:
+                lease = "" if need is None or self.autoscaling else self._lease(actor)
+                short = (
+                    self._shortfall(need) if need is not None and lease in ("none", "asked") else {}
+                )
+                if not short:
+                    short_since = None
                     continue
-                short = self._shortfall(need)
-                if short:
-                    raise ResourcesUnavailable(
-                        f"pool {spec.pool!r}: no room on the Ray cluster for agent "
-                        f"{spec.agent_id}: {_describe_short(short)} "
-                        f"(it can hold {self.capacity(spec_placement(spec))} such agents in "
-                        "all). Lower the pool's max_size or its placement's resources, add "
-                        "nodes, or use RayBackend(autoscaling=True) on a cluster that grows.",
-                        spec.agent_id,
-                        short={k: v[0] - v[1] for k, v in short.items()},
-                    )
+                short_since = loop.time() if short_since is None else short_since
+                # Asked of a node, it may be queued there or its worker may be starting:
+                # give the second the benefit of the doubt for longer.
+                patience_s = _SHORT_FOR_S if lease == "none" else _QUEUED_FOR_S
+                if loop.time() - short_since >= patience_s:
+                    raise self._no_room(spec, short)
         finally:
             where.cancel()
+
+    def _fits_nowhere(self, need: Mapping[str, float]) -> dict[str, tuple[float, float, float]]:
+        """``{resource: (needed, most on one node, cluster total)}`` if no live node could ever
+        hold one agent (empty if some node could)."""
+        nodes = [n.get("Resources", {}) for n in self._ray.nodes() if n.get("Alive")]
+        if any(all(have.get(k, 0.0) + 1e-9 >= v for k, v in need.items()) for have in nodes):
+            return {}
+        return {
+            k: (
+                v,
+                max((h.get(k, 0.0) for h in nodes), default=0.0),
+                sum(h.get(k, 0.0) for h in nodes),
+            )
+            for k, v in need.items()
+            if all(h.get(k, 0.0) + 1e-9 < v for h in nodes)
+        }
+
+    def _no_room(
+        self,
+        spec: AgentSpec,
+        short: Mapping[str, tuple[float, float, float]],
+        where: str = "",
+    ) -> ResourcesUnavailable:
+        describe = _describe_short(short)
+        if where:
+            describe = describe.replace(" free", " on one node")
+        return ResourcesUnavailable(
+            f"pool {spec.pool!r}: no room on the Ray cluster{where} for agent "
+            f"{spec.agent_id}: {describe} (it can hold "
+            f"{self.capacity(spec_placement(spec))} such agents in all). Lower the pool's "
+            "max_size or its placement's resources, add nodes, or use "
+            "RayBackend(autoscaling=True) on a cluster that grows.",
+            spec.agent_id,
+            short={k: v[0] - v[1] for k, v in short.items()},
+        )
+
+    def _lease(self, actor: Any) -> str:
+        """How far Ray got placing the actor: ``"none"`` (no node asked: waiting for
+        resources), ``"asked"`` (a node asked for a worker: queued there, or the worker is
+        starting) or ``"leased"`` (it has a worker process)."""
+        try:
+            from ray._private import state
+
+            info = state.actors(actor._actor_id.hex())
+        except Exception:  # an internal table: if it is not there, judge by the totals alone
+            return "none"
+        if info.get("Pid"):
+            return "leased"
+        return "asked" if info.get("Address", {}).get("IPAddress") else "none"
 
     def _lifeline_ended(self, handle: RayAgent, _: object) -> None:
         """The call left pending on the actor failed: the actor is gone."""
@@ -510,7 +592,7 @@ class RayBackend:
     def _lost(self, handle: RayAgent) -> None:
         """An agent died on its own: its node is avoided for a while."""
         self._agents.discard(handle)
-        self._avoid[handle.node] = asyncio.get_running_loop().time() + self.avoid_for
+        _AVOID[handle.node] = asyncio.get_running_loop().time() + self.avoid_for
 
     # -- calls ------------------------------------------------------------------------------------
 
@@ -536,7 +618,7 @@ class RayBackend:
         loop = asyncio.get_running_loop()
         handle.in_call = True
         handle.last_seen = loop.time()
-        self._watch_calls()
+        handle.gone = loop.create_future()
         try:
             return await _ship.call_over(
                 functools.partial(self._request, handle),
@@ -548,11 +630,32 @@ class RayBackend:
             )
         finally:
             handle.in_call = False
+            handle.gone = None
 
     async def _request(self, handle: RayAgent, payload: bytes) -> tuple[Any, ...]:
         errors = self._ray.exceptions
+        reply_ref: asyncio.Future[Any] = asyncio.ensure_future(handle.actor.call.remote(payload))
+        waits: set[asyncio.Future[Any]] = {reply_ref}
+        if handle.gone is not None:
+            waits.add(handle.gone)
         try:
-            raw = await handle.actor.call.remote(payload)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not reply_ref.done():
+                reply_ref.cancel()
+        if not reply_ref.done() or reply_ref.cancelled():
+            # Its node stopped answering: Ray would wait for the node's death (about a minute).
+            why = handle.gone.result() if handle.gone is not None else "node lost"
+            handle.exit_code = -1
+            self._lost(handle)
+            self._ray.kill(handle.actor, no_restart=True)
+            raise AgentLost(
+                f"agent {handle.agent_id} (Ray actor, pid {handle.pid}) was lost during its "
+                f"call: {why}",
+                handle.agent_id,
+            )
+        try:
+            raw = reply_ref.result()
         except Exception as exc:
             transient = isinstance(exc, errors.ActorUnavailableError)
             # Ray could not even reach the actor: the call never ran, so it is safe elsewhere.
@@ -579,14 +682,10 @@ class RayBackend:
     # -- liveness ---------------------------------------------------------------------------------
 
     def unresponsive_for(self, handle: RayAgent, now: float) -> float:
-        """Seconds since the agent last answered a ping or a call while it runs one; infinite
-        once its node has been silent for ``node_timeout`` seconds (frozen or cut off)."""
+        """Seconds since the agent last answered a ping or a call while it runs one. (A call on
+        a node silent for ``node_timeout`` seconds fails sooner, on its own.)"""
         if not handle.in_call:
             return 0.0
-        watch = self._nodes.get(handle.node)
-        if watch is not None and now - watch.last_ok > self.node_timeout:
-            self._avoid[handle.node] = now + self.avoid_for
-            return float("inf")
         return max(0.0, now - handle.last_seen)
 
     def _watch_calls(self) -> None:
@@ -596,25 +695,61 @@ class RayBackend:
             )
 
     async def _watch(self) -> None:
-        """While calls run: ping their agents and a probe on each of their nodes."""
+        """While agents live: ping a probe on each of their nodes, and the agents running calls.
+
+        A node silent for ``node_timeout`` seconds after its probe first answered (or for
+        ``_FIRST_PONG_S`` if it never did) is taken for frozen or cut off: the calls running on
+        it fail now, and its idle agents are reported gone, rather than waiting the minute Ray
+        takes to declare the node dead."""
         loop = asyncio.get_running_loop()
-        while True:
-            busy = [h for h in self._agents if h.in_call and h.alive]
-            if not busy:
-                self._watcher = None
-                return
-            now = loop.time()
-            for handle in busy:
-                if not handle.pinging:
+        while self._agents:
+            try:
+                self._watch_once(loop.time())
+            except Exception:  # never let one bad round stop the watching
+                log.exception("shoal: Ray liveness check failed")
+            await asyncio.sleep(self.probe_interval)
+        self._watcher = None
+
+    def _watch_once(self, now: float) -> None:
+        by_node: dict[str, list[RayAgent]] = {}
+        for handle in self._agents:
+            by_node.setdefault(handle.node, []).append(handle)
+        for node in [n for n in self._nodes if n not in by_node]:
+            self._ray.kill(self._nodes.pop(node).actor, no_restart=True)  # no agents left
+        for node, handles in by_node.items():
+            watch = self._nodes.get(node)
+            if watch is None:
+                watch = self._nodes[node] = _NodeWatch(self._probe(node), now)
+            if not watch.pinging:
+                watch.pinging = True
+                self._ping(watch.actor.ping.remote(), watch)
+            for handle in handles:
+                if handle.in_call and not handle.pinging:
                     handle.pinging = True
                     self._ping(handle.actor.ping.remote(), handle)
-                watch = self._nodes.get(handle.node)
-                if watch is None:
-                    watch = self._nodes[handle.node] = _NodeWatch(self._probe(handle.node), now)
-                if not watch.pinging:
-                    watch.pinging = True
-                    self._ping(watch.actor.ping.remote(), watch)
-            await asyncio.sleep(self.probe_interval)
+            silent = watch.silent_for(now)
+            if watch.failed is not None:
+                self._node_lost(node, f"its node {handles[0].node_ip} is gone ({watch.failed})")
+            elif silent > self.node_timeout:
+                self._node_lost(
+                    node,
+                    f"its node {handles[0].node_ip} has not answered for {silent:.1f} s "
+                    f"(node_timeout={self.node_timeout} s): frozen or cut off",
+                )
+
+    def _node_lost(self, node: str, why: str) -> None:
+        """Every agent on ``node`` is lost: calls running there fail now, idle agents are
+        reported gone (so no call is sent to them), and new agents go elsewhere for a while."""
+        _AVOID[node] = asyncio.get_running_loop().time() + self.avoid_for
+        for handle in [h for h in self._agents if h.node == node]:
+            if handle.gone is not None:
+                if not handle.gone.done():
+                    handle.gone.set_result(why)
+            elif handle.alive and not handle.stopping:
+                handle.exit_code = -1
+                self._lost(handle)
+                if handle.spec.on_exit is not None:
+                    handle.spec.on_exit(handle)
 
     def _probe(self, node: str) -> Any:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -629,12 +764,17 @@ class RayBackend:
 
         def done(f: asyncio.Future[Any]) -> None:
             target.pinging = False
-            if not f.cancelled() and f.exception() is None:
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is None:
                 now = asyncio.get_running_loop().time()
                 if isinstance(target, RayAgent):
                     target.last_seen = now
                 else:
                     target.last_ok = now
+            elif isinstance(target, _NodeWatch) and target.failed is None:
+                target.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
 
         fut.add_done_callback(done)
 
@@ -664,7 +804,13 @@ class RayBackend:
         self._ray.kill(handle.actor, no_restart=True)
 
 
-_PLACEMENT_CHECK_S = 1.0
+_PLACEMENT_CHECK_S = 0.5
+# Nodes that have just lost agents -> loop time until which new agents avoid them. Shared by
+# every backend of the process: it is news about the cluster, not about one backend.
+_AVOID: dict[str, float] = {}
+_FIRST_PONG_S = 30.0
+_SHORT_FOR_S = 5.0  # how long "no room" must last to be believed (the view lags)
+_QUEUED_FOR_S = 10.0  # ... for an actor a node was asked for, whose worker may be starting
 _PROBE_CLASS: Any = None
 _USERS = [0]  # backends sharing the Ray connection one of them opened
 _USERS_LOCAL = [False]  # that connection is a local instance

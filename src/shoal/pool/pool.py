@@ -242,7 +242,8 @@ class AgentPool:
         """Start ``min_size`` agents and wait until they are warm.
 
         Raises :class:`~shoal.errors.AgentStartError` (and closes the pool) if any of them
-        fails to start.
+        fails to start — except that a pool for which the cluster has room for some agents
+        only (:class:`~shoal.errors.ResourcesUnavailable`) starts with those, and says so.
         """
         st = self._state
         st.open(self._now())
@@ -256,6 +257,8 @@ class AgentPool:
         try:
             starts = self._flush()
             errors = [e for e in await asyncio.gather(*starts) if e is not None]
+            if self.size > 0:  # fewer agents than asked, for want of room: warned, and it serves
+                errors = [e for e in errors if not isinstance(e, ResourcesUnavailable)]
         except BaseException:
             await asyncio.shield(self.aclose())
             raise

@@ -358,7 +358,8 @@ class PoolState:
 
     def agent_started(self, agent: PooledAgent, handle: Any, now: float) -> None:
         agent.handle = handle
-        self._no_room = False
+        if self.size >= self.target:
+            self._no_room = False
         self.metrics.agents_started += 1
         if self.breaker.succeeded():
             self.note("recovered: an agent started", now)
