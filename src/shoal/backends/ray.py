@@ -463,15 +463,20 @@ class RayBackend:
             # placed elsewhere at once; if not, anywhere.
             avoiding = {**options, "label_selector": {"ray.io/node-id": f"!in({','.join(avoid)})"}}
             actor = self._actor_class().options(**avoiding).remote(sys_path)
-            where: Any = await self._placed(spec, actor, None, patience=_PLACEMENT_CHECK_S)
+            try:
+                where: Any = await self._placed(spec, actor, None, patience=_PLACEMENT_CHECK_S)
+            except Exception:
+                where = None  # died where it was placed: try again, anywhere
+            except BaseException:
+                self._ray.kill(actor, no_restart=True)  # cancelled: leave nothing running
+                raise
             if where is None:
                 self._ray.kill(actor, no_restart=True)
         else:
             where = None
-        if where is None:
-            actor = self._actor_class().options(**options).remote(sys_path)
         try:
             if where is None:
+                actor = self._actor_class().options(**options).remote(sys_path)
                 where = await self._placed(spec, actor, need if checked else None)
             node, node_ip, pid = where
             reply = pickle.loads(await actor.warm.remote(setup_blob))
