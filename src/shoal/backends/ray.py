@@ -33,6 +33,7 @@ from shoal.errors import (
 )
 
 _ACTOR_CLASS: Any = None
+_CLASSES_JOB: str | None = None
 log = logging.getLogger("shoal.backends.ray")
 
 
@@ -360,8 +361,12 @@ class RayBackend:
     # -- agents -----------------------------------------------------------------------------------
 
     def _actor_class(self) -> Any:
-        global _ACTOR_CLASS, _PROBE_CLASS
-        if _ACTOR_CLASS is None:
+        global _ACTOR_CLASS, _PROBE_CLASS, _CLASSES_JOB
+        # An actor class made in an earlier connection (ray.shutdown, then ray.init again) makes
+        # actors that die unborn: make them afresh for each connection.
+        job = self._ray.get_runtime_context().get_job_id()
+        if _ACTOR_CLASS is None or job != _CLASSES_JOB:
+            _CLASSES_JOB = job
             for method in ("lifeline", "ping", "where"):
                 getattr(_Agent, method).__ray_concurrency_group__ = "life"
             _ACTOR_CLASS = self._ray.remote(
@@ -419,7 +424,10 @@ class RayBackend:
         for node, until in list(_AVOID.items()):
             if until <= now:
                 del _AVOID[node]
-        return sorted(_AVOID)
+        if not _AVOID:
+            return []
+        alive = {n["NodeID"] for n in self._ray.nodes() if n.get("Alive")}
+        return sorted(n for n in _AVOID if n in alive)
 
     async def start(self, spec: AgentSpec) -> RayAgent:
         await self._ensure_ray()
@@ -458,13 +466,13 @@ class RayBackend:
             else:
                 raise self._no_room(spec, short)
         avoid = self._avoiding(loop.time())
-        if avoid and "scheduling_strategy" not in options and "label_selector" not in options:
+        if avoid and checked and "label_selector" not in options:
             # A replacement goes elsewhere than a node that has just lost agents, if it can be
             # placed elsewhere at once; if not, anywhere.
             avoiding = {**options, "label_selector": {"ray.io/node-id": f"!in({','.join(avoid)})"}}
             actor = self._actor_class().options(**avoiding).remote(sys_path)
             try:
-                where: Any = await self._placed(spec, actor, None, patience=_PLACEMENT_CHECK_S)
+                where: Any = await self._placed(spec, actor, None, patience=_AVOID_PATIENCE_S)
             except Exception:
                 where = None  # died where it was placed: try again, anywhere
             except BaseException:
@@ -507,8 +515,8 @@ class RayBackend:
         need: Mapping[str, float] | None,
         patience: float | None = None,
     ) -> tuple[str, str, int] | None:
-        """Wait until the actor is placed on a node: ``(node id, node ip, pid)``, or None if
-        that took longer than ``patience``; fail fast if the cluster has no room."""
+        """Wait until the actor is placed on a node: ``(node id, node ip, pid)``, or None if no
+        node took it within ``patience``; fail fast if the cluster has no room."""
         where: asyncio.Future[Any] = asyncio.ensure_future(actor.where.remote())
         short_since: float | None = None
         loop = asyncio.get_running_loop()
@@ -519,7 +527,9 @@ class RayBackend:
                     node, node_ip, pid = where.result()
                     return str(node), str(node_ip), int(pid)
                 if patience is not None:
-                    return None
+                    if self._lease(actor) == "none":
+                        return None  # no node took it within its patience
+                    patience = None  # a node took it: its worker is starting
                 lease = "" if need is None or self.autoscaling else self._lease(actor)
                 short = (
                     self._shortfall(need) if need is not None and lease in ("none", "asked") else {}
@@ -814,6 +824,7 @@ _PLACEMENT_CHECK_S = 0.5
 # every backend of the process: it is news about the cluster, not about one backend.
 _AVOID: dict[str, float] = {}
 _FIRST_PONG_S = 30.0
+_AVOID_PATIENCE_S = 2.0  # how long a replacement waits for a node other than those avoided
 _SHORT_FOR_S = 5.0  # how long "no room" must last to be believed (the view lags)
 _QUEUED_FOR_S = 10.0  # ... for an actor a node was asked for, whose worker may be starting
 _PROBE_CLASS: Any = None
