@@ -33,8 +33,11 @@ unit: $(VENV)/.dev-installed
 
 test: lint typecheck unit
 
+# Issue 13's table (every row beside its peer, idle and busy) into bench/RESULTS.md, then the
+# detailed pool comparison.
 bench: $(VENV)/.dev-installed
 	mkdir -p bench/out
+	$(PY) bench/perf13.py --write bench/RESULTS.md
 	$(PY) bench/pool_bench.py --json bench/out/pool_bench.json
 
 bench-scaling: $(VENV)/.dev-installed

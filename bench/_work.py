@@ -30,3 +30,8 @@ def busy(seconds: float) -> float:
 def import_numpy() -> None:
     """An agent's setup (or an executor's initializer) with a realistic warm-up cost."""
     import numpy  # noqa: F401
+
+
+def square(x: int) -> int:
+    """A tiny item of work for the map benchmark."""
+    return x * x

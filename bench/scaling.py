@@ -30,38 +30,138 @@ the simulator's requests per second.
 from __future__ import annotations
 
 import argparse
+import bisect
 import datetime as dt
+import math
 import os
 import platform
+import random
 import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from shoal.clock import perf_counter, wall_time
 from shoal.sim import SimResult, simulate, workloads
-from shoal.sim.workload import Exponential, Workload
+from shoal.sim.workload import Exponential, LogNormal, Workload
 
-POLICIES = ("auto", "fixed", "hpa", "kpa", "rayserve", "keepalive")
-COLD_START = 2.0
+POLICIES = (
+    "auto",
+    "auto+ml-based",
+    "fixed",
+    "hpa",
+    "hpa-inflight",
+    "kpa",
+    "rayserve",
+    "keepalive",
+    "keepalive:1200",
+)
+SHOAL = ("auto", "auto+ml-based")
+LABELS = {"keepalive:600": "keepalive:600 (Lambda)", "keepalive:1200": "keepalive:1200 (Azure)"}
+COLD_STARTS = (2.0, 10.0)
 MIN_SIZE, MAX_SIZE = 1, 200
 SEED = 1
+WARMUP_S = 600.0  # at least every baseline's longest window (Ray Serve's 600-s downscale delay)
 WAIT_EPSILON_S = 0.010
+SVC = Exponential(1.0)
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    make: Callable[[float], Workload]  # duration -> workload
+    make: Callable[[float], Workload]  # scale (1.0 full, 1/3 quick) -> workload
+    periodic: bool = False
 
 
+def _jittered_bursts(
+    name: str, rate: float, every: float, duration: float, *, burst: float = 8.0, on_s: float = 30.0
+) -> Workload:
+    """``rate``/s with a burst of ``burst`` x ``on_s`` long every ``every`` s, each burst's start
+    moved at random by up to 10% of ``every`` (seeded)."""
+    rng = random.Random(SEED)
+    starts = [k * every + every * 0.8 + rng.uniform(-0.1, 0.1) * every for k in range(10_000)]
+
+    def fn(t: float) -> float:
+        k = int(t // every)
+        for s in (starts[max(0, k - 1)], starts[k]):
+            if s <= t < s + on_s:
+                return rate * burst
+        return rate
+
+    return workloads.poisson(name, fn, rate * burst, duration, SVC, SEED)
+
+
+def _weekly(duration: float, day: float) -> Workload:
+    """Diurnal days (``day`` seconds each) with a weekly shape: 5 weekdays, a quieter weekend."""
+
+    def fn(t: float) -> float:
+        d = int(t // day) % 7
+        level = 12.0 if d < 5 else 6.0
+        return level * (1 - 0.8 * math.cos(2 * math.pi * t / day))
+
+    return workloads.poisson("weekly", fn, 12 * 1.8, duration, SVC, SEED)
+
+
+def _trend(duration: float) -> Workload:
+    return workloads.poisson("trend", lambda t: 5 + 25 * t / duration, 30, duration, SVC, SEED)
+
+
+def _regimes(duration: float) -> Workload:
+    """Levels between 5 and 30/s, each held 5-15 minutes: changes that no period predicts."""
+    rng = random.Random(SEED + 1)
+    edges, levels, t = [], [], 0.0
+    while t < duration:
+        edges.append(t)
+        levels.append(rng.uniform(5, 30))
+        t += rng.uniform(300, 900)
+
+    def fn(x: float) -> float:
+        return levels[bisect.bisect_right(edges, x) - 1]
+
+    return workloads.poisson("regimes", fn, 30, duration, SVC, SEED)
+
+
+def _cluster(duration: float) -> Workload:
+    """Shaped like a cluster trace (Alibaba, Google Borg): a diurnal base of services, batch jobs
+    submitted every 15 minutes as 60-s waves, and long-tailed run times."""
+
+    def fn(t: float) -> float:
+        base = 3 * (1 - 0.6 * math.cos(2 * math.pi * t / 21_600))
+        return base + (12 if t % 900 < 60 else 0)
+
+    return workloads.poisson("cluster-6h", fn, 3 * 1.6 + 12, duration, LogNormal(1.0, 1.0), SEED)
+
+
+def _functions(duration: float, day: float) -> Workload:
+    """Shaped like the Azure Functions trace: a diurnal base of HTTP calls, plus timer-triggered
+    functions firing at the top of every "hour" (a 24th of ``day``) for 20 s."""
+    hour = day / 24
+
+    def fn(t: float) -> float:
+        base = 4 * (1 - 0.7 * math.cos(2 * math.pi * t / day))
+        return base + (30 if t % hour < 20 else 0)
+
+    return workloads.poisson("functions-2d", fn, 4 * 1.7 + 30, duration, SVC, SEED)
+
+
+#: Scenario durations at full scale; --quick divides them by three.
 SCENARIOS = (
-    Scenario("steady", lambda d: workloads.steady(20, d, seed=SEED)),
-    Scenario("diurnal", lambda d: workloads.diurnal(20, d, seed=SEED)),
-    Scenario("bursty", lambda d: workloads.bursty(5, d, seed=SEED)),
-    Scenario("flash", lambda d: workloads.flash(10, d, seed=SEED)),
-    Scenario("ramp", lambda d: workloads.ramp(5, d, seed=SEED)),
-    Scenario("longtail", lambda d: workloads.longtail(10, d, service=Exponential(1.0), seed=SEED)),
+    Scenario("steady", lambda k: workloads.steady(20, 1800 * k, seed=SEED)),
+    Scenario("diurnal", lambda k: workloads.diurnal(20, 3600 * k, seed=SEED), True),
+    Scenario("bursty", lambda k: workloads.bursty(5, 1800 * k, seed=SEED), True),
+    Scenario("flash", lambda k: workloads.flash(10, 1800 * k, seed=SEED)),
+    Scenario("ramp", lambda k: workloads.ramp(5, 1800 * k, seed=SEED)),
+    Scenario("longtail", lambda k: workloads.longtail(10, 1800 * k, service=SVC, seed=SEED)),
+    Scenario("bursts-5m", lambda k: _jittered_bursts("bursts-5m", 4, 300, 2400 * k), True),
+    Scenario("bursts-15m", lambda k: _jittered_bursts("bursts-15m", 4, 900, 5400 * k), True),
+    Scenario(
+        "bursts-60m", lambda k: _jittered_bursts("bursts-60m", 2, 3600, 14_400 * k, on_s=60), True
+    ),
+    Scenario("weekly", lambda k: _weekly(7 * 1800 * k, 1800 * k), True),
+    Scenario("trend", lambda k: _trend(1800 * k)),
+    Scenario("regimes", lambda k: _regimes(3600 * k)),
+    Scenario("cluster-6h", lambda k: _cluster(21_600 * k), True),
+    Scenario("functions-2d", lambda k: _functions(2 * 7200 * k, 7200 * k), True),
 )
 
 
@@ -84,45 +184,68 @@ def verdict(auto: SimResult, base: SimResult) -> tuple[bool, str]:
     return ok, f"p99 wait {dw}, agent-s {dc}"
 
 
-def run_scenario(scenario: Scenario, duration: float, plots: Path | None) -> list[SimResult]:
-    workload = scenario.make(duration)
-    results = [
-        simulate(
-            workload,
-            policy,
-            cold_start=COLD_START,
-            min_size=MIN_SIZE,
-            max_size=MAX_SIZE,
-            seed=SEED,
+def run_one(job: tuple[str, float, float, str]) -> SimResult:
+    name, scale, cold, policy = job
+    scenario = next(sc for sc in SCENARIOS if sc.name == name)
+    workload = scenario.make(scale)
+    return simulate(
+        workload,
+        policy,
+        cold_start=cold,
+        min_size=MIN_SIZE,
+        max_size=MAX_SIZE,
+        seed=SEED,
+        warmup=WARMUP_S,
+    )
+
+
+def decide_p99(n: int = 20_000) -> float:
+    """p99 of one ``decide()`` of ``auto`` with the ml-based predictor, in seconds, on
+    snapshots of a bursty load (bins close every 10 decisions)."""
+    import dataclasses
+
+    from shoal.pool.metrics import PoolMetrics
+    from shoal.scaling import build_policy, parse_scaling_policy
+
+    policy = build_policy(parse_scaling_policy("bench", {"predictor": "ml-based", "max": 200}))
+    state = policy.initial_state()
+    base: dict[str, object] = {f.name: 0 for f in dataclasses.fields(PoolMetrics)}
+    base.update(name="b", max_size=200, avg_wait_time=0.0, avg_execution_time=1.0, time=0.0)
+    base.update(wait_p50=0.0, wait_p99=0.0, oldest_wait=0.0, utilization_rate=0.5)
+    base.update(throughput=0.0, arrival_rate=0.0, max_concurrency=1)
+    rng = random.Random(SEED)
+    total, times = 0, []
+    for t in range(n):
+        rate = 40 if t % 300 >= 270 else 5
+        total += sum(1 for _ in range(rate * 2) if rng.random() < 0.5)
+        snap = PoolMetrics(
+            **{
+                **base,
+                "requests_total": total,
+                "busy": rate,
+                "idle": 5,  # type: ignore[arg-type]
+                "size": rate + 5,
+                "target_size": rate + 5,
+            }
         )
-        for policy in POLICIES
-    ]
-    if plots is not None:
-        from shoal.sim.plot import plot
-
-        plots.mkdir(parents=True, exist_ok=True)
-        plot(results, plots / f"{scenario.name}.png", title=f"{scenario.name}: {workload!r}")
-    return results
-
-
-def million() -> tuple[int, float]:
-    workload = workloads.steady(100, 10_000, seed=SEED)
-    started = perf_counter()
-    result = simulate(workload, "auto", cold_start=COLD_START, max_size=MAX_SIZE, seed=SEED)
-    return result.requests, perf_counter() - started
+        started = perf_counter()
+        state = policy.decide(snap, state, float(t)).state
+        times.append(perf_counter() - started)
+    times.sort()
+    return times[int(0.99 * len(times))]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="20-minute scenarios")
-    parser.add_argument("--plots", type=Path, default=None, help="write a PNG per scenario here")
+    parser.add_argument("--quick", action="store_true", help="scenarios a third as long")
     parser.add_argument("--million", action="store_true", help="time a 1M-request run")
     parser.add_argument("--only", action="append", help="run only these scenarios")
+    parser.add_argument("--jobs", type=int, default=2, help="processes (2)")
     args = parser.parse_args(argv)
-    duration = 1200.0 if args.quick else 3600.0
+    scale = 1 / 3 if args.quick else 1.0
 
     when = dt.datetime.fromtimestamp(wall_time(), dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"# Scaling scenarios ({'quick, ' if args.quick else ''}{duration / 60:.0f} min each)")
+    print(f"# Scaling scenarios{' (quick: a third as long)' if args.quick else ''}")
     print(
         f"\n- {when}; {platform.node() or 'host'}: {os.cpu_count()} CPU, "
         f"CPython {platform.python_version()}, {platform.system()} {platform.release()}"
@@ -130,51 +253,89 @@ def main(argv: list[str] | None = None) -> int:
     given = " ".join(sys.argv[1:] if argv is None else argv)
     print(f"- command: `.venv/bin/python bench/scaling.py{' ' + given if given else ''}`")
     print(
-        f"- cold start {COLD_START:g} s, pool {MIN_SIZE}..{MAX_SIZE}, seed {SEED}; waits are "
-        "arrival -> agent\n"
+        f"- cold starts {', '.join(f'{c:g} s' for c in COLD_STARTS)}; pool {MIN_SIZE}..{MAX_SIZE}; "
+        f"seed {SEED}; warm-up {WARMUP_S:g} s (not counted); waits are arrival -> agent\n"
     )
-    failures: list[str] = []
-    passes = total = 0
+    chosen = [sc for sc in SCENARIOS if not args.only or sc.name in args.only]
+    jobs = [(sc.name, scale, c, p) for sc in chosen for c in COLD_STARTS for p in POLICIES]
     started = perf_counter()
-    simulated = 0
-    for scenario in SCENARIOS:
-        if args.only and scenario.name not in args.only:
-            continue
-        results = run_scenario(scenario, duration, args.plots)
-        simulated += sum(r.requests for r in results)
-        auto = results[0]
-        print(f"## {scenario.name} ({auto.requests:,} requests)\n")
-        print(
-            "| policy | p99 wait (s) | mean wait (s) | agent-s | idle agent-s | cold starts "
-            "| reversals | peak | auto meets the bar? |"
-        )
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
-        for r in results:
-            if r is auto:
-                mark = ""
-            else:
-                ok, delta = verdict(auto, r)
-                total += 1
-                passes += ok
-                mark = f"{'yes' if ok else '**no**'} ({delta})"
-                if not ok:
-                    failures.append(f"{scenario.name} vs {r.policy}: {delta}")
-            print(
-                f"| {r.policy} | {r.p99_wait_s:.3f} | {r.mean_wait_s:.3f} | "
-                f"{r.agent_seconds:,.0f} | {r.idle_agent_seconds:,.0f} | {r.cold_starts:,} | "
-                f"{r.reversals} | {r.peak_size} | {mark} |"
-            )
-        print()
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        results = dict(zip(jobs, pool.map(run_one, jobs, chunksize=1), strict=True))
     wall = perf_counter() - started
-    print(f"auto meets the bar in {passes} of {total} comparisons.")
-    for f in failures:
-        print(f"- not met: {f}")
-    print(f"\n{simulated:,} requests simulated in {wall:.0f} s ({simulated / wall:,.0f}/s).")
+    passes = dict.fromkeys(SHOAL, 0)
+    total = 0
+    failures: dict[str, list[str]] = {a: [] for a in SHOAL}
+    simulated = sum(r.requests for r in results.values())
+    mase: list[tuple[str, float | None]] = []
+    extra: list[tuple[str, float]] = []
+    for sc in chosen:
+        for cold in COLD_STARTS:
+            rows = [results[(sc.name, scale, cold, p)] for p in POLICIES]
+            mine = {r.policy: r for r in rows if r.policy in SHOAL}
+            print(f"## {sc.name}, cold start {cold:g} s ({rows[0].requests:,} requests)\n")
+            print(
+                "| policy | p99 wait (s) | mean wait (s) | agent-s | cold starts | reversals "
+                "| peak | auto meets the bar? | auto+ml-based meets it? |"
+            )
+            print("|---|---:|---:|---:|---:|---:|---:|---|---|")
+            for r in rows:
+                marks = []
+                if r.policy not in SHOAL:
+                    total += 1
+                    for a in SHOAL:
+                        ok, delta = verdict(mine[a], r)
+                        passes[a] += ok
+                        marks.append(f"{'yes' if ok else '**no**'} ({delta})")
+                        if not ok:
+                            failures[a].append(f"{sc.name} @{cold:g} s vs {r.policy}: {delta}")
+                else:
+                    marks = ["", ""]
+                label = LABELS.get(r.policy, r.policy)
+                if r.forecast_mase is not None:
+                    label += f" (MASE {r.forecast_mase:.2f})"
+                print(
+                    f"| {label} | {r.p99_wait_s:.3f} | {r.mean_wait_s:.3f} | "
+                    f"{r.agent_seconds:,.0f} | {r.cold_starts:,} | {r.reversals} | "
+                    f"{r.peak_size} | {marks[0]} | {marks[1]} |"
+                )
+            print()
+            ml = mine["auto+ml-based"]
+            if sc.periodic:
+                mase.append((f"{sc.name} @{cold:g} s", ml.forecast_mase))
+            else:
+                plain = mine["auto"].agent_seconds
+                extra.append((f"{sc.name} @{cold:g} s", ml.agent_seconds / plain - 1))
+    for a in SHOAL:
+        print(f"**{a} meets the bar in {passes[a]} of {total} comparisons.**\n")
+        for f in failures[a]:
+            print(f"- not met: {f}")
+        print()
+    print(
+        "Forecast MASE of auto+ml-based on the periodic scenarios: "
+        + ", ".join(f"{n} {m:.2f}" if m is not None else f"{n} -" for n, m in mase)
+    )
+    print(
+        "\nagent-s of auto+ml-based over auto on the non-periodic scenarios: "
+        + ", ".join(f"{n} {x:+.1%}" for n, x in extra)
+    )
+    p99 = decide_p99()
+    print(f"\ndecide() of auto+ml-based: p99 {p99 * 1e6:,.0f} us (20,000 decisions, bursty load).")
+    print(
+        f"\n{simulated:,} requests simulated in {wall:.0f} s ({simulated / wall:,.0f}/s, "
+        f"{args.jobs} processes)."
+    )
     if args.million:
         n, secs = million()
         print(f"\nOne run of {n:,} requests (steady 100/s, auto): {secs:.1f} s, {n / secs:,.0f}/s.")
     sys.stdout.flush()
     return 0
+
+
+def million() -> tuple[int, float]:
+    workload = workloads.steady(100, 10_000, seed=SEED)
+    started = perf_counter()
+    result = simulate(workload, "auto", cold_start=2.0, max_size=MAX_SIZE, seed=SEED)
+    return result.requests, perf_counter() - started
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ class StepInvoker:
         self.cls = cls
         self.method = method
         self.__qualname__ = f"{cls.__qualname__}.{method}"  # named so in errors
+        # Steps are coroutine functions: an agent running several calls at once runs them on
+        # its event loop rather than in a thread.
+        self.shoal_async = inspect.iscoroutinefunction(getattr(cls, method, None))
 
     def __call__(self, ctx: Any, *args: Any) -> Any:
         return getattr(_instance(self.cls), self.method)(ctx.resolved(), *args)
@@ -63,6 +66,7 @@ class ContextCall:
     def __init__(self, fn: Any) -> None:
         self.fn = fn
         self.__qualname__ = getattr(fn, "__qualname__", repr(fn))  # named so in errors
+        self.shoal_async = inspect.iscoroutinefunction(fn)
 
     def __call__(self, ctx: Any, *args: Any) -> Any:
         return self.fn(ctx.resolved(), *args)

@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, BackendError) as exc:
         print(f"shoal {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ShoalError as exc:  # a definition or configuration the run cannot start with
+        print(f"shoal {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     raise AssertionError(args.command)
 
 
@@ -190,6 +193,8 @@ def _run(args: argparse.Namespace, json_report: list[str] | None) -> int:
         print(
             "\nshoal run: interrupted before the run started; nothing is running", file=sys.stderr
         )
+        if args.json:
+            print(json.dumps({"status": "interrupted", "signal": "SIGINT", "started": False}))
         return EXIT_INTERRUPTED
     handle, result, error, pools = outcome
     if stopper.signal is not None and handle.status != "succeeded":
@@ -200,6 +205,10 @@ def _run(args: argparse.Namespace, json_report: list[str] | None) -> int:
             f"(run {handle.status})",
             file=sys.stderr,
         )
+        if args.json:  # --json promises one object, interrupted or not
+            report = _report(handle, result, error, pools)
+            report.update(status="interrupted", signal=name, run_status=handle.status)
+            print(json.dumps(report, default=repr))
         return 128 + stopper.signal
     report = _report(handle, result, error, pools)
     if json_report is not None:
@@ -266,7 +275,7 @@ async def _execute(
             handle = await rt.submit(target, payload)
             stopper.install(handle)
             result, error = await follow(rt, handle, live=live)
-            pools = {p.name: _pool_report(p) for p in rt.pools}
+            pools = {p.name: _pool_report(p, rt.warmup_waits[p.name]) for p in rt.pools}
     finally:
         stopper.uninstall()
     return handle, result, error, pools
@@ -354,6 +363,9 @@ def _import_file(path: Path) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except ShoalError as exc:  # a bad definition: its message says what and how to fix it
+        sys.modules.pop(name, None)
+        raise UsageError(f"{path}: {type(exc).__name__}: {exc}") from None
     except Exception as exc:
         sys.modules.pop(name, None)
         tb = "".join(traceback.format_exception(exc)[1:])
@@ -399,7 +411,9 @@ def parse_input(text: str | None) -> Any:
         ) from None
 
 
-def _pool_report(pool: Any) -> dict[str, Any]:
+def _pool_report(pool: Any, warmup_waits: int = 0) -> dict[str, Any]:
+    """One pool's line of the summary. Calls that waited for the pool's first warm-up (the
+    runtime starts a pool before a run's first call reaches it) count as cold starts too."""
     m = pool.metrics
     last = None
     scale = [e for e in pool.events if e.kind == "scale"]
@@ -419,8 +433,8 @@ def _pool_report(pool: Any) -> dict[str, Any]:
         "busy": m.busy,
         "starting": m.starting,
         "requests": m.requests_total,
-        "warm_hits": m.warm_hits,
-        "cold_starts": m.cold_starts,
+        "warm_hits": m.warm_hits - min(warmup_waits, m.warm_hits),
+        "cold_starts": m.cold_starts + min(warmup_waits, m.warm_hits),
         "agents_started": m.agents_started,
         "wait_p50_s": m.wait_p50,
         "wait_p99_s": m.wait_p99,
@@ -481,10 +495,15 @@ def _print_summary(report: dict[str, Any], error: BaseException | None, out: Tex
         tb = report["error"]["traceback"]
         if tb:
             print("in the agent:\n" + tb.rstrip(), file=sys.stderr)
-        if isinstance(error, StepFailed) and error.__cause__ is not None and not tb:
-            print(
-                f"caused by: {type(error.__cause__).__name__}: {error.__cause__}", file=sys.stderr
-            )
+        cause = error.__cause__
+        # The step's message already quotes its cause's type and text; say it once.
+        if (
+            isinstance(error, StepFailed)
+            and cause is not None
+            and not tb
+            and (str(cause) not in str(error))
+        ):
+            print(f"caused by: {type(cause).__name__}: {cause}", file=sys.stderr)
     else:
         print("\nresult:", file=out)
         print(_render.pretty(report["result"]), file=out)

@@ -67,6 +67,10 @@ class PoolConfig(BaseModel):
     # Where agents run and what each reserves, as the backend understands it (Ray: num_cpus,
     # num_gpus, memory, resources, scheduling_strategy, label_selector).
     placement: dict[str, Any] | None = None
+    # How many calls one agent runs at once (Ray's max_concurrency, Modal's concurrent inputs):
+    # async functions run concurrently on the agent's event loop, plain ones in its threads.
+    # For I/O-bound steps (LLM calls, HTTP); CPU-bound ones gain nothing above 1.
+    max_concurrency: int = Field(default=1, ge=1, le=10_000, strict=True)
 
     @model_validator(mode="after")
     def _sizes_in_order(self) -> Self:

@@ -9,10 +9,11 @@ run, and kept warm across runs until the runtime closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -103,6 +104,9 @@ class Runtime:
         self._ids = itertools.count(1)
         self._starters: set[asyncio.Task[None]] = set()
         self.autoscalers: dict[str, AutoScaler] = {}
+        # Calls that waited for their pool's first warm-up, by pool: cold starts the pool
+        # itself cannot see (its agents were idle by the time the calls reached it).
+        self.warmup_waits: Counter[str] = Counter()
         self._open = False
         self._closed = False
         self.default_parallelism = os.cpu_count() or 1
@@ -302,22 +306,30 @@ class Runtime:
         self._pool_ready[request.name] = ready
 
         async def start() -> None:
+            # Any failure — the pool's start or its autoscaler's construction — reaches every
+            # run waiting for this pool, and the pool is closed and forgotten, so a later run
+            # may try again. Nothing here may leave `ready` unset: a run would wait forever.
+            scaler: AutoScaler | None = None
             try:
+                if request.scaling is not None and request.scaling.policy_name != "fixed":
+                    scaler = AutoScaler(pool, request.scaling)
                 await pool.start()
+                if scaler is not None:
+                    scaler.start()
+                    self.autoscalers[pool.name] = scaler
             except BaseException as exc:
                 if not ready.done():
                     ready.set_exception(exc)
-                # A pool that cannot start is forgotten, so a later run may try again.
                 self.pools.unregister_pool(request.name)
                 del self._pool_options[request.name]
                 del self._pool_ready[request.name]
+                with contextlib.suppress(Exception):
+                    if scaler is not None:
+                        await scaler.stop()
+                    await pool.aclose()
                 if isinstance(exc, asyncio.CancelledError):
                     raise
             else:
-                if request.scaling is not None and request.scaling.policy_name != "fixed":
-                    scaler = AutoScaler(pool, request.scaling)
-                    self.autoscalers[pool.name] = scaler
-                    scaler.start()
                 if not ready.done():
                     ready.set_result(pool)
 
@@ -333,7 +345,10 @@ class Runtime:
         """The pool ``request`` names, warm; created (and its autoscaler started) on first use."""
         if not self._open:
             raise PoolClosed("the runtime is closed")
-        return await asyncio.shield(self._start_pool(request, setup))
+        ready = self._start_pool(request, setup)
+        if not ready.done():
+            self.warmup_waits[request.name] += 1  # this call pays the pool's cold start
+        return await asyncio.shield(ready)
 
     async def dedicated_call(
         self,

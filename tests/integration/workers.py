@@ -215,3 +215,28 @@ def capabilities() -> tuple[int, int]:
     with open("/proc/self/status") as f:
         fields = dict(line.split(":", 1) for line in f)
     return int(fields["CapEff"], 16), int(fields["CapBnd"], 16)
+
+
+async def overlap_probe(seconds: float) -> tuple[int, float, float]:
+    """(pid, start, end) of an async call that sleeps: overlapping spans ran concurrently."""
+    import asyncio
+
+    start = time.monotonic()
+    await asyncio.sleep(seconds)
+    return os.getpid(), start, time.monotonic()
+
+
+def overlap_probe_sync(seconds: float) -> tuple[int, float, float]:
+    start = time.monotonic()
+    time.sleep(seconds)
+    return os.getpid(), start, time.monotonic()
+
+
+def log_through_ctx_logger(message: str) -> int:
+    """Log as a step would, with ctx.logger."""
+    from shoal.context import Context
+
+    ctx = Context(run_id="run-x", workflow="wf", step="s")
+    ctx.logger.info("%s from the agent", message)
+    ctx.logger.debug("a debug line the controller does not want")
+    return os.getpid()

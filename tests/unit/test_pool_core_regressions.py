@@ -116,8 +116,10 @@ async def test_a_frozen_busy_agent_is_killed_and_its_caller_told() -> None:
         backend.hang_next_calls(1)
         backend.freeze(agent_id)
         call = asyncio.create_task(pool.run(who))
-        done, _ = await asyncio.wait([call], timeout=60)
-        assert done, "the caller waited forever on a frozen agent"
+        # Found within the timeout plus a quarter of it (how often maintenance looks), not at
+        # the next health check 30 s on: the pool watches a call from its first moment.
+        done, _ = await asyncio.wait([call], timeout=10.0 + 2.5 + 0.1)
+        assert done, "the caller waited past heartbeat_timeout on a frozen agent"
         with pytest.raises(AgentLost):
             call.result()
         assert any("unresponsive" in e.reason for e in pool.events)

@@ -48,9 +48,16 @@ class PoolStateMachine(RuleBasedStateMachine):
         max_queue=st.none() | st.integers(0, 3),
         on_demand=st.booleans(),
         mru=st.booleans(),
+        slots=st.sampled_from([1, 1, 2, 3]),
     )
     def setup(
-        self, min_size: int, extra: int, max_queue: int | None, on_demand: bool, mru: bool
+        self,
+        min_size: int,
+        extra: int,
+        max_queue: int | None,
+        on_demand: bool,
+        mru: bool,
+        slots: int,
     ) -> None:
         self.config = PoolConfig(
             name="p",
@@ -65,6 +72,7 @@ class PoolStateMachine(RuleBasedStateMachine):
             crash_loop_window=10.0,
             max_uses=4,
             heartbeat_timeout=2.0,
+            max_concurrency=slots,
         )
         self.now = 0.0
         self.state = PoolState(self.config)
@@ -182,12 +190,12 @@ class PoolStateMachine(RuleBasedStateMachine):
     def stale_release(self, data: st.DataObject) -> None:
         lease = data.draw(st.sampled_from(self.released))
         before = (dict(self.state.counts), len(self.state.queue), list(self.state.idle))
-        held = {a.agent_id: a.lease for a in self.state.agents.values()}
+        held = {a.agent_id: set(a.leases) for a in self.state.agents.values()}
         self.state.release(lease, self.now)
         assert not self.state.actions, "a stale release did something"
         after = (dict(self.state.counts), len(self.state.queue), list(self.state.idle))
         assert before == after
-        assert held == {a.agent_id: a.lease for a in self.state.agents.values()}
+        assert held == {a.agent_id: set(a.leases) for a in self.state.agents.values()}
         assert self.state.lease_error(lease) is not None
 
     @precondition(lambda self: bool(self.holders()))
@@ -201,10 +209,10 @@ class PoolStateMachine(RuleBasedStateMachine):
         except AgentLost:
             assert lease.agent.retire_reason is not None or lease.agent.state is not AgentState.BUSY
             return
-        assert agent.state is AgentState.BUSY and agent.lease is lease
+        assert agent.state is AgentState.BUSY and lease in agent.leases
         if outcome != "ok":
             self.state.call_failed(agent, outcome, kill=True)
-        self.state.end_call(agent, self.now, self.now, outcome != "ok")
+        self.state.end_call(lease, self.now, self.now, outcome != "ok")
         self.perform()
 
     # -- agents ------------------------------------------------------------------------------------
@@ -299,20 +307,33 @@ class PoolStateMachine(RuleBasedStateMachine):
         assert all(a.state is AgentState.IDLE for a in idle)
 
     @invariant()
-    def no_agent_in_two_hands(self) -> None:
+    def no_agent_in_more_hands_than_it_has_slots(self) -> None:
         holders = [c for c in self.all_callers if c.lease is not None]
-        agents = [c.lease.agent for c in holders if c.lease is not None]
-        assert len(agents) == len(set(agents)), "one agent held by two callers"
-        for c in holders:
-            assert c.lease is not None
-            if c.lease.agent.state is AgentState.BUSY:
-                assert c.lease.agent.lease is c.lease
+        leases = [c.lease for c in holders if c.lease is not None]
+        assert len(leases) == len(set(leases)), "one lease held by two callers"
+        per_agent: dict[PooledAgent, int] = {}
+        for lease in leases:
+            per_agent[lease.agent] = per_agent.get(lease.agent, 0) + 1
+            if lease.agent.state is AgentState.BUSY:
+                assert lease in lease.agent.leases
+        slots = self.config.max_concurrency
+        assert all(n <= slots for n in per_agent.values()), "an agent held past its slots"
         for agent in self.state.agents.values():
+            assert len(agent.leases) <= slots
             if agent.state is AgentState.BUSY:
-                assert agent.lease is not None and not agent.lease.released
-                assert any(c.lease is agent.lease for c in holders)
+                assert agent.leases and all(not x.released for x in agent.leases)
+                assert all(any(c.lease is x for c in holders) for x in agent.leases)
             else:
-                assert agent.lease is None
+                assert not agent.leases
+            if agent in self.state.partial:
+                assert agent.state is AgentState.BUSY and len(agent.leases) < slots
+                assert agent.retire_reason is None and agent.draining is None
+        assert self.state._held == sum(len(a.leases) for a in self.state.agents.values())
+
+    @invariant()
+    def no_idle_capacity_while_callers_wait(self) -> None:
+        if self.state.queue:
+            assert not self.state.idle and not self.state.partial, "a caller waits beside room"
 
     @invariant()
     def first_come_first_served(self) -> None:

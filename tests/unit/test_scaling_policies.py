@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -15,6 +16,7 @@ from shoal.scaling import (
     build_policy,
     parse_scaling_policy,
 )
+from shoal.scaling.config import DEFAULT_PRICE_PER_HOUR
 from shoal.scaling.policy import FixedPolicy
 
 
@@ -42,7 +44,7 @@ def test_target_policy_uses_little_law_from_the_arrival_rate() -> None:
     for t in range(0, 121):
         d = p.decide(snap(requests_total=20 * t, avg_execution_time=0.25, target_size=1), state, t)
         state = d.state
-    assert state.rate == pytest.approx(20.0, rel=1e-3)
+    assert state.seen.rate == pytest.approx(20.0, rel=1e-3)
     assert d.desired == 10 and "20.00/s x 0.250 s" in d.reason
 
 
@@ -132,8 +134,9 @@ def test_cost_cap_and_bounds() -> None:
     assert g.cost_cap == 6
     d = g.decide(snap(busy=14, target_size=1, size=1), g.initial_state(), 0.0)
     assert d.desired == 6 and "cost cap 6 agents" in d.reason
-    with pytest.raises(ConfigError, match="needs the pool's price_per_hour"):
-        build_policy(parse_scaling_policy("t", {"cost_threshold": 3.0}))
+    # Without a price of its own the pool's agents cost DEFAULT_PRICE_PER_HOUR.
+    unpriced = build_policy(parse_scaling_policy("t", {"cost_threshold": 3.0}))
+    assert unpriced.cost_cap == math.floor(3.0 / DEFAULT_PRICE_PER_HOUR + 1e-9)
     with pytest.raises(ConfigError, match="affords 2 agents, fewer than min_instances=4"):
         build_policy(
             parse_scaling_policy("t", {"min": 4, "max": 8, "cost_threshold": 1.0}),
@@ -173,8 +176,8 @@ def test_bad_scaling_policies_name_the_key(policy: dict[str, object], message: s
     assert message in str(info.value)
 
 
-def test_unimplemented_keys_say_so() -> None:
+def test_unimplemented_keys_say_so_and_the_predictor_is_not_one() -> None:
     cfg = parse_scaling_policy("t", {"predictor": "ml-based", "prefer_spot": True})
     notes = cfg.unimplemented()
-    assert any("not implemented yet" in n for n in notes)
+    assert not any("predictor" in n for n in notes)
     assert any("prefer_spot" in n for n in notes)

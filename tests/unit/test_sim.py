@@ -101,9 +101,10 @@ def test_agent_seconds_include_starting_agents_and_cold_starts_are_counted() -> 
     assert result.agent_seconds >= 3 * 10 + result.starting_agent_seconds
     # A baseline without on-demand starts makes them wait for its own decision instead.
     hpa = simulate(load, "hpa", cold_start=3.0, max_size=10)
-    # HPA adds one agent at its first sync (100% busy against an 80% target: x1.25, rounded
-    # up); the third caller waits for the first call to end.
-    assert hpa.p99_wait_s == pytest.approx(10.0)
+    # HPA's first sync that sees the load reads metrics 15 s old: at 16 s it adds one agent
+    # (100% busy against an 80% target: x1.25, rounded up), ready at 19 s; the second caller
+    # takes the first caller's agent at 10 s, the third waits for the new one.
+    assert hpa.p99_wait_s == pytest.approx(19.0)
 
 
 def cli(*argv: str) -> tuple[int, str]:

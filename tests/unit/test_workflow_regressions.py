@@ -178,3 +178,16 @@ async def test_queued_items_do_not_start_after_stop() -> None:
         with pytest.raises(RunStopped):
             await handle.result()
     assert RAN == [0], f"items started after stop(): {RAN[1:]}"
+
+
+# -- 10. the first step paid the warm-up: a cold start in the summary ------------------------------
+
+
+async def test_calls_that_waited_for_the_warm_up_count_as_cold_starts() -> None:
+    from shoal.cli import _pool_report
+
+    async with Runtime(FakeBackend(start_time=2.0)) as rt:
+        assert await rt.run(Tiny, 1) == 2
+        assert await rt.run(Tiny, 2) == 3  # warm now
+        report = _pool_report(rt.pool("tiny"), rt.warmup_waits["tiny"])
+    assert (report["cold_starts"], report["warm_hits"]) == (1, 1)

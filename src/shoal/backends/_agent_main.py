@@ -1,4 +1,5 @@
-"""Entry point of an agent process: warm up once, then serve calls one at a time.
+"""Entry point of an agent process: warm up once, then serve calls — one at a time, or up to
+``max_concurrency`` at once on an event loop and a thread pool.
 
 Each reply echoes the id of the call it answers. While a call runs, a heartbeat thread (if the
 pool asked for one in INIT) shows the pool that the agent is alive.
@@ -50,8 +51,12 @@ class Heartbeat:
     the calls after it while it is awake).
     """
 
-    def __init__(self, interval: float, res_fd: int, lock: threading.Lock) -> None:
+    def __init__(
+        self, interval: float, res_fd: int, lock: threading.Lock, every_wake: bool = False
+    ) -> None:
         self.interval = interval
+        # Beat at every wake-up while busy (calls overlap: there is no single call to follow).
+        self.every_wake = every_wake
         self.res_fd = res_fd
         self.lock = lock  # every write to res_fd, from any thread, holds it
         self.calls = 0  # calls started so far
@@ -74,7 +79,7 @@ class Heartbeat:
             time.sleep(self.interval)
             _exit_if_forked()
             calls, busy = self.calls, self.busy
-            if busy and calls == seen:
+            if busy and (calls == seen or self.every_wake):
                 with self.lock:
                     _wire.send(self.res_fd, _wire.HEARTBEAT_MSG)
             elif not busy:
@@ -211,23 +216,100 @@ def _call(fn: Any, args: Any, kwargs: Any) -> Any:
     return result
 
 
+class _Spin:
+    """When polling for the next call pays, learned from the calls themselves.
+
+    A poll pays when the next call arrives while the agent is still awake (the parent's write
+    then costs ~2 µs instead of a cross-core wake-up of ~12) and the CPU it burns was free.
+    It does not when the next call comes too late (the agent burned its budget for nothing),
+    or when every core is wanted: on two cores an agent that polls takes the CPU the
+    controller needs to send the next call. So an agent polls only when the machine has a
+    core to spare — Linux's count of runnable threads (``/proc/loadavg``, this one included)
+    below the cores this process may use — and backs off after each poll that ran out (skips
+    the next 1, 2, 4 ... 64 calls, reset by a poll that found its call).
+    """
+
+    __slots__ = ("cpus", "fd", "misses", "skip")
+
+    def __init__(self) -> None:
+        self.misses = 0
+        self.skip = 0
+        try:
+            self.cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            self.cpus = os.cpu_count() or 1
+        try:
+            self.fd = os.open("/proc/loadavg", os.O_RDONLY)
+        except OSError:
+            self.fd = -1
+
+    def core_to_spare(self) -> bool:
+        """Fewer threads runnable than cores (unknown: yes)."""
+        if self.fd < 0:
+            return True
+        try:
+            running = int(os.pread(self.fd, 64, 0).split()[3].split(b"/")[0])
+        except (OSError, ValueError, IndexError):
+            return True
+        return running < self.cpus
+
+    def paid(self, hit: bool) -> None:
+        if hit:
+            self.misses = 0
+        else:
+            self.misses = min(self.misses + 1, 6)
+            self.skip = 1 << (self.misses - 1)
+
+
+_spin = _Spin()
+
+
 def _spin_for_command(poller: select.poll, spin_s: float) -> None:
-    """Poll for the next command for a moment before blocking on it.
+    """Poll for the next command for up to ``spin_s`` before blocking on it, when that pays
+    (see :class:`_Spin`).
 
     Under load the next call arrives within microseconds of the last reply; an agent that is
-    still awake then saves the parent a cross-core wake-up on every call, which halves the round
-    trip and nearly doubles throughput. Yielding between polls hands the core to anyone runnable.
+    still awake then saves the parent a cross-core wake-up on every call. Yielding between
+    polls hands the core to anyone runnable.
     """
+    spin = _spin
+    if spin.skip:
+        spin.skip -= 1
+        return
+    if poller.poll(0):
+        spin.paid(True)
+        return
+    if not spin.core_to_spare():
+        return
     clock = time.perf_counter
     deadline = clock() + spin_s
-    while not poller.poll(0) and clock() < deadline:
+    while not poller.poll(0):
+        if clock() >= deadline:
+            spin.paid(False)
+            return
         os.sched_yield()
+    spin.paid(True)
+
+
+# True while this agent unpickles what the pool sent, which may import the user's modules. A
+# module that starts a pool when imported (no `if __name__ == "__main__":` guard) would then
+# start agents that import it again, without end: the pool refuses to start meanwhile.
+SHOAL_AGENT_LOADING = False
+
+
+def _load(blob: bytes) -> Any:
+    global SHOAL_AGENT_LOADING
+    SHOAL_AGENT_LOADING = True
+    try:
+        return pickle.loads(blob)
+    finally:
+        SHOAL_AGENT_LOADING = False
 
 
 def warm_up(setup_blob: bytes) -> bytes | None:
     """Run the pool's setup; None when it went well, else the START_FAILED reply."""
     try:
-        setup = pickle.loads(setup_blob)
+        setup = _load(setup_blob)
         if setup is not None:
             _call(setup, (), {})
     except BaseException as exc:
@@ -235,10 +317,10 @@ def warm_up(setup_blob: bytes) -> bytes | None:
     return None
 
 
-def serve(body: bytes, functions: OrderedDict[int, Any]) -> bytes:
-    """Run one pickled CALL and return the pickled reply. Never raises."""
+def decode(body: bytes, functions: OrderedDict[int, Any]) -> tuple[Any, Any, Any] | bytes:
+    """A pickled CALL as ``(fn, args, kwargs)``, or the reply to send if it cannot run."""
     try:
-        msg = pickle.loads(body)
+        msg = _load(body)
     except Exception as exc:
         return _dumps((_wire.UNPICKLABLE, "the call", f"{type(exc).__name__}: {exc}"))
     _, key, fn_blob, args, kwargs = msg
@@ -249,19 +331,148 @@ def serve(body: bytes, functions: OrderedDict[int, Any]) -> bytes:
             fn = functions[key]
             functions.move_to_end(key)
         else:
-            fn = pickle.loads(fn_blob)
+            fn = _load(fn_blob)
             if key is not None:
                 functions[key] = fn
                 if len(functions) > _FUNCTION_CACHE:
                     functions.popitem(last=False)
-        result = _call(fn, args, kwargs)
     except BaseException as exc:
         return _exception_message(_wire.RAISED, exc)
+    return fn, args, kwargs
+
+
+def result_message(result: Any) -> bytes:
     try:
         return _dumps((_wire.OK, result))
     except Exception as exc:
         detail = f"{type(result).__qualname__} object: {exc}"
         return _dumps((_wire.UNPICKLABLE, "the result", detail))
+
+
+def serve(body: bytes, functions: OrderedDict[int, Any]) -> bytes:
+    """Run one pickled CALL and return the pickled reply. Never raises."""
+    call = decode(body, functions)
+    if isinstance(call, bytes):
+        return call
+    fn, args, kwargs = call
+    try:
+        result = _call(fn, args, kwargs)
+    except BaseException as exc:
+        return _exception_message(_wire.RAISED, exc)
+    return result_message(result)
+
+
+def _is_async(fn: Any) -> bool:
+    """True for a coroutine function, or a shoal step/mapreduce wrapper around one: it may be
+    called on the event loop itself, which then runs the coroutine with the others."""
+    import inspect
+
+    return inspect.iscoroutinefunction(fn) or bool(getattr(fn, "shoal_async", False))
+
+
+def serve_concurrently(
+    cmd_fd: int,
+    res_fd: int,
+    functions: OrderedDict[int, Any],
+    slots: int,
+    lock: threading.Lock,
+    beat: Heartbeat | None,
+) -> None:
+    """Serve calls ``slots`` at a time: coroutines run together on this thread's event loop,
+    plain functions in a pool of ``slots`` threads. Replies go out as calls finish."""
+    import asyncio
+    import functools
+    from concurrent.futures import ThreadPoolExecutor
+
+    global _loop
+    loop = _loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    threads = ThreadPoolExecutor(slots, thread_name_prefix="shoal-call")
+    reader = _wire.FrameReader()
+    tasks: set[asyncio.Task[None]] = set()
+    ended: asyncio.Future[None] = loop.create_future()
+    running = [0]
+
+    def reply(call_id: int, payload: bytes) -> None:
+        _exit_if_forked()
+        with lock:
+            _wire.send(res_fd, payload, call_id)
+
+    async def run(call_id: int, body: bytes) -> None:
+        running[0] += 1
+        if beat is not None:
+            beat.begin()
+        try:
+            call = decode(body, functions)
+            if isinstance(call, bytes):
+                reply(call_id, call)
+                return
+            fn, args, kwargs = call
+            try:
+                if _is_async(fn):
+                    result = fn(*args, **kwargs)
+                else:
+                    result = await loop.run_in_executor(
+                        threads, functools.partial(fn, *args, **kwargs)
+                    )
+                if hasattr(type(result), "__await__"):
+                    result = await result
+            except BaseException as exc:
+                reply(call_id, _exception_message(_wire.RAISED, exc))
+                return
+            reply(call_id, result_message(result))
+        finally:
+            running[0] -= 1
+            if beat is not None and not running[0]:
+                beat.busy = False
+
+    def on_command() -> None:
+        try:
+            data = os.read(cmd_fd, 1 << 18)
+        except BlockingIOError:
+            return
+        if not data:
+            if not ended.done():
+                ended.set_result(None)
+            return
+        for call_id, body in reader.feed(data):
+            if call_id:
+                task = loop.create_task(run(call_id, body))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            elif body == _wire.PING_MSG:
+                with lock:
+                    _wire.send(res_fd, _wire.PONG_MSG)
+            elif body == _wire.STOP_MSG and not ended.done():
+                ended.set_result(None)
+
+    os.set_blocking(cmd_fd, False)
+    loop.add_reader(cmd_fd, on_command)
+    loop.run_until_complete(ended)
+    threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _forward_logs(res_fd: int, lock: threading.Lock, level: int) -> None:
+    """Send every log record at ``level`` or above to the pool's process, which logs it there
+    (so ``ctx.logger`` in a step logs as if the step ran in the controller)."""
+    import logging
+
+    class Forward(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                message = record.getMessage()
+                if record.exc_info:
+                    message += "\n" + "".join(traceback.format_exception(*record.exc_info))
+                payload = _dumps((record.name, record.levelno, message, record.created))
+                _exit_if_forked()
+                with lock:
+                    _wire.send(res_fd, payload, _wire.LOG)
+            except Exception:
+                self.handleError(record)
+
+    root = logging.getLogger()
+    root.addHandler(Forward(level))
+    root.setLevel(level)
 
 
 def _connect(path: str) -> tuple[int, int, int, int]:
@@ -300,17 +511,23 @@ def main() -> None:
     init = _wire.recv_message(cmd_fd)
     if init is None:
         return
-    _, sys_path, setup_blob, spin_s, heartbeat_s = init
+    _, sys_path, setup_blob, spin_s, heartbeat_s, slots, log_level = init
     sys.path[:] = sys_path
+    lock = threading.Lock()
+    _forward_logs(res_fd, lock, log_level)
     failed = warm_up(setup_blob)
     if failed is not None:
-        send(res_fd, failed)
+        with lock:  # every write to the result channel holds it: log records come from any thread
+            send(res_fd, failed)
         return
-    lock = threading.Lock()
-    beat = Heartbeat(heartbeat_s, res_fd, lock) if heartbeat_s else None
-    send(res_fd, _dumps((_wire.READY, os.getpid())))
+    beat = Heartbeat(heartbeat_s, res_fd, lock, every_wake=slots > 1) if heartbeat_s else None
+    with lock:
+        send(res_fd, _dumps((_wire.READY, os.getpid())))
 
     functions: OrderedDict[int, Any] = OrderedDict()  # most recently used last
+    if slots > 1:
+        serve_concurrently(cmd_fd, res_fd, functions, slots, lock, beat)
+        return
     poller = select.poll()
     poller.register(cmd_fd, select.POLLIN)
     while True:
@@ -327,7 +544,8 @@ def main() -> None:
             if beat is None:
                 reply = serve(body, functions)
                 _exit_if_forked()
-                send(res_fd, reply, call_id)
+                with lock:
+                    send(res_fd, reply, call_id)
             else:
                 beat.begin()
                 reply = serve(body, functions)

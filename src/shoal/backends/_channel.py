@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from shoal.backends import _ship, _wire
@@ -193,7 +194,9 @@ class Channel:
     def _frames(self, data: bytes) -> None:
         self.last_heard = self._loop.time()
         for call_id, payload in self._reader.feed(data):
-            if call_id:
+            if call_id == _wire.LOG:
+                self._log(payload)
+            elif call_id:
                 self._reply(call_id, payload)
                 if self.broken is not None:
                     return
@@ -233,6 +236,30 @@ class Channel:
                 fut.set_result(_ship.outcome(reply, self.sent_keys, call.fn, self.agent_id))
             except Exception as exc:
                 fut.set_exception(exc)
+
+    def _log(self, payload: bytes) -> None:
+        """A log record from the agent: hand it to this process's logging, as if logged here
+        (the controller's levels, handlers and format apply), marked with the agent's id."""
+        try:
+            name, levelno, message, created = pickle.loads(payload)
+            logger = logging.getLogger(name)
+            if not logger.isEnabledFor(levelno):
+                return
+            record = logging.makeLogRecord(
+                {
+                    "name": name,
+                    "levelno": levelno,
+                    "levelname": logging.getLevelName(levelno),
+                    "msg": f"[{self.agent_id}] {message}",
+                    "created": created,
+                    "agent_id": self.agent_id,
+                }
+            )
+            logger.handle(record)
+        except Exception:
+            logging.getLogger("shoal.backends").exception(
+                "agent %s sent a log record that could not be read", self.agent_id
+            )
 
     def _control_reply(self, payload: bytes) -> None:
         fut = self._control
@@ -352,3 +379,25 @@ def unresponsive_for(channel: Channel, cpu: CpuWatch | None, now: float) -> floa
     if cpu is not None:
         last = max(last, cpu.sample(now, since))
     return max(0.0, now - last)
+
+
+async def check_health(handle: Any) -> bool:
+    """Whether an idle agent on ``handle.channel`` answers a ping (a stopping one does not)."""
+    if not handle.alive or handle.stopping:
+        return False
+    return await ping(handle.channel)
+
+
+async def stop(handle: Any, grace: float, kill: Callable[[Any], Awaitable[None]]) -> bool:
+    """Ask the agent on ``handle.channel`` to exit, and ``kill`` it if it has not within
+    ``grace`` seconds. True if it exited on its own."""
+    if handle.alive and not handle.stopping:
+        handle.stopping = True
+        with contextlib.suppress(AgentLost):
+            handle.channel.send(_wire.STOP_MSG)
+    try:
+        await asyncio.wait_for(asyncio.shield(handle.channel.exited), grace)
+    except TimeoutError:
+        await kill(handle)
+        return False
+    return True

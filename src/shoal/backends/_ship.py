@@ -7,8 +7,10 @@ pickled once; each agent receives its bytes once and afterwards only a small int
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
+import logging
 import pickle
 import sys
 import types
@@ -32,6 +34,10 @@ _keys = itertools.count(1)
 _BY_VALUE = 1 << 64  # keys of functions sent by value: content digests, apart from counters
 _SENT_KEYS = 1024
 _fn_cache: weakref.WeakKeyDictionary[Any, tuple[int, bytes]] = weakref.WeakKeyDictionary()
+# Functions sent by value: what their bytes were made from, and the token made.
+_by_value_cache: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], tuple[int, bytes]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _needs_value(blob: bytes) -> bool:
@@ -56,16 +62,24 @@ def function_token(fn: Callable[..., Any]) -> tuple[int | None, bytes]:
     """``(key, pickled fn)``: what a CALL carries of its function.
 
     A module-level function the agent can import is pickled once, by reference, and keyed by
-    the object: it has no state to go stale. Anything sent by value — a lambda, a closure, a
-    function of the user's script — is pickled afresh for every call, so the agent always runs
-    it with the current values of the globals and cells it reads; its key is a digest of those
-    bytes, so an agent that already holds the same bytes does not load them again. Callables
-    that carry data (a partial, a bound method) go whole every time (key None).
+    the object: it has no state to go stale. A function sent by value — a lambda, a closure, a
+    function of the user's script — must run with the current values of the globals and cells
+    it reads. It is pickled again only when one of those may have changed (see
+    :func:`_inputs`): a rebound global, closure cell or default, or one that holds a mutable
+    value, whose contents can change unseen. Its key is a digest of the bytes, so an agent that
+    already holds the same bytes does not load them again. Callables that carry data (a
+    partial, a bound method) go whole every time (key None).
     """
     cacheable = isinstance(fn, types.FunctionType)
     cached = _fn_cache.get(fn) if cacheable else None
     if cached is not None:
         return cached
+    inputs: tuple[Any, ...] | None = None
+    if cacheable:
+        inputs = _inputs(fn, set())  # type: ignore[arg-type]
+        seen = _by_value_cache.get(fn)
+        if inputs is not None and seen is not None and seen[0] == inputs:
+            return seen[1]
     try:
         blob = pickle.dumps(fn, _wire.PROTOCOL)
         by_reference = not _needs_value(blob)
@@ -83,10 +97,105 @@ def function_token(fn: Callable[..., Any]) -> tuple[int | None, bytes]:
         return (None, blob)
     if not by_reference:
         digest = hashlib.blake2b(blob, digest_size=8).digest()
-        return (int.from_bytes(digest, "big") | _BY_VALUE, blob)
+        token = (int.from_bytes(digest, "big") | _BY_VALUE, blob)
+        if inputs is not None:
+            _by_value_cache[fn] = (inputs, token)
+        return token
     token = (next(_keys), blob)
     _fn_cache[fn] = token
     return token
+
+
+# Values that cannot change without being rebound (which the inputs see): compared by value.
+_SCALARS = (int, float, complex, str, bytes, bool, type(None), range)
+# Objects pickled by reference or for what they are (a class, a module, a builtin): identity.
+_NAMED = (type, types.ModuleType, types.BuiltinFunctionType)
+
+
+@functools.lru_cache(maxsize=1024)
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    """Every name ``code`` and the code nested in it may look up (attribute names too: a
+    superset is safe, names that are not globals are skipped)."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(_global_names(const))
+    return tuple(sorted(names))
+
+
+def _inputs(fn: types.FunctionType, seen: set[int]) -> tuple[Any, ...] | None:
+    """What a by-value function's bytes depend on, to compare with the last time it was
+    pickled; None when that cannot be told without pickling it (a mutable value read).
+
+    The code, the defaults, each closure cell's value and each global the code may read,
+    recursively through the functions it reads that also travel by value. Scalars compare by
+    value, classes, modules and importable functions by identity (the tuple holds them, so an
+    id is never reused), tuples element-wise. Anything else — a list, a dict, an instance,
+    a function with attributes — is mutable in place, so the function is pickled afresh.
+    """
+    if id(fn) in seen:
+        return ()
+    seen.add(id(fn))
+    if fn.__dict__ or fn.__kwdefaults__:
+        return None
+    out: list[Any] = [fn.__code__]
+    if fn.__defaults__ and (d := _value(fn.__defaults__, seen)) is None:
+        return None
+    if fn.__defaults__:
+        out.append(d)
+    for cell in fn.__closure__ or ():
+        try:
+            v = _value(cell.cell_contents, seen)
+        except ValueError:  # an empty cell
+            v = ("empty",)
+        if v is None:
+            return None
+        out.append(v)
+    g = fn.__globals__
+    for name in _global_names(fn.__code__):
+        if name in g:
+            v = _value(g[name], seen)
+            if v is None:
+                return None
+            out.append((name, v))
+    return tuple(out)
+
+
+def _value(value: Any, seen: set[int]) -> Any:
+    if isinstance(value, _SCALARS):
+        return (type(value), value)
+    if isinstance(value, _NAMED):
+        return (_Same(value),)
+    if isinstance(value, types.FunctionType):
+        if _fn_cache.get(value) is not None:  # importable: pickled by reference
+            return (_Same(value),)
+        if getattr(value, "__module__", None) != "__main__" and value.__closure__ is None:
+            try:
+                if not _needs_value(pickle.dumps(value, _wire.PROTOCOL)):
+                    return (_Same(value),)
+            except Exception:
+                pass
+        inner = _inputs(value, seen)
+        return None if inner is None else (_Same(value), inner)
+    if type(value) is tuple:
+        items = [_value(v, seen) for v in value]
+        return None if any(v is None for v in items) else tuple(items)
+    return None
+
+
+class _Same:
+    """Equal only to a holder of the very same object."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
 
 
 def encode_call(
@@ -125,16 +234,46 @@ def _which_argument(
 
 def init_message(spec: AgentSpec, spin_s: float) -> bytes:
     """The INIT message for a new agent: the driver's sys.path, the pool's setup, how long to
-    poll for the next call and how often to heartbeat during a call (0: never)."""
+    poll for the next call, how often to heartbeat during a call (0: never), how many calls to
+    run at once, and the logging level whose records the agent forwards here."""
     try:
         setup_blob = dumps(spec.setup)
     except Exception as exc:
-        raise SerializationError(
-            f"pool {spec.pool!r}: setup {spec.setup!r} cannot be sent to an agent: {exc}"
-        ) from exc
+        raise SerializationError(_setup_error(spec, exc)) from exc
     heartbeat = float(spec.heartbeat_interval or 0.0)
-    msg = (_wire.INIT, list(sys.path), setup_blob, spin_s, heartbeat)
+    # Agents log what this process would: the least severe level its loggers let through.
+    level = min(
+        logging.getLogger().getEffectiveLevel(), logging.getLogger("shoal").getEffectiveLevel()
+    )
+    msg = (_wire.INIT, list(sys.path), setup_blob, spin_s, heartbeat, spec.max_concurrency, level)
     return pickle.dumps(msg, _wire.PROTOCOL)
+
+
+def _setup_error(spec: AgentSpec, exc: Exception) -> str:
+    """Say what of a pool's setup cannot cross to an agent: for a workflow, which module
+    global its class uses (a workflow in a script travels by value, with what it refers to)."""
+    cls = getattr(spec.setup, "cls", None)
+    if not isinstance(cls, type):
+        return f"pool {spec.pool!r}: setup {spec.setup!r} cannot be sent to an agent: {exc}"
+    culprit = ""
+    for member in vars(cls).values():
+        code = getattr(member, "__code__", None)
+        env = getattr(member, "__globals__", {})
+        for name in getattr(code, "co_names", ()):
+            if name in env:
+                try:
+                    cloudpickle.dumps(env[name], _wire.PROTOCOL)
+                except Exception:
+                    culprit = f"module global {name!r} ({type(env[name]).__name__}), "
+                    break
+        if culprit:
+            break
+    return (
+        f"workflow class {cls.__qualname__!r} cannot be sent to its agents: {culprit or ''}"
+        f"{exc}. A workflow defined in a script travels by value with the globals it uses: "
+        "create such objects in the class's setup(self) (once per agent) instead of at module "
+        "level, or move the workflow into an importable module"
+    )
 
 
 def setup_failed(spec: AgentSpec, reply: tuple[Any, ...]) -> AgentStartError:

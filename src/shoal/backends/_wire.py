@@ -17,10 +17,12 @@ from typing import Any
 
 HEADER = struct.Struct("!QQ")  # payload length, call id
 CONTROL = 0  # the call id of every frame that is not a call or its reply
+LOG = (1 << 64) - 1  # the call id of a log record forwarded by an agent (never a call's id)
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 # Parent -> agent
-INIT = 0  # (INIT, sys_path, pickled_setup, spin_seconds, heartbeat_interval_or_0)
+INIT = 0  # (INIT, sys_path, setup, spin_s, heartbeat_interval_or_0, max_concurrency, log_level)
+# A frame with call id LOG carries (logger name, levelno, message, created) from the agent.
 CALL = 1  # (CALL, fn_key_or_None, pickled_fn_or_None, args, kwargs); None blob: use the kept fn
 PING = 2  # (PING,)
 STOP = 3  # (STOP,)

@@ -41,7 +41,8 @@ class AgentSpec:
     ``setup`` runs once inside the agent as it warms up. ``on_exit`` is called (on the event
     loop) if the agent dies on its own, so the pool can replace an idle agent without waiting
     for its next health check. ``heartbeat_interval`` (seconds; None for none) is how often an
-    agent that can shows it is alive while it runs a call. ``placement`` is the pool's say in
+    agent that can shows it is alive while it runs a call. ``max_concurrency`` is how many
+    calls the pool may send it before the first is answered. ``placement`` is the pool's say in
     where its agents run and what they reserve (the pool's ``placement`` option; what keys a
     backend understands is its own business: see :class:`~shoal.backends.ray.RayBackend`).
     """
@@ -54,6 +55,7 @@ class AgentSpec:
     on_exit: Callable[[AgentHandle], None] | None = None
     heartbeat_interval: float | None = None
     placement: Mapping[str, Any] = field(default_factory=dict)
+    max_concurrency: int = 1  # calls the agent must be able to run at once
 
 
 class Backend(Protocol):

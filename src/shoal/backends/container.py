@@ -30,11 +30,11 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from shoal.backends import _channel, _ship, _wire
+from shoal.backends import _channel, _ship
 from shoal.backends._channel import Channel, CpuWatch
 from shoal.backends.base import AgentHandle, AgentSpec
 from shoal.backends.process import AGENT_MAIN
-from shoal.errors import AgentLost, AgentStartError, BackendError, ConfigError
+from shoal.errors import AgentStartError, BackendError, ConfigError
 
 # What the host's Python needs from the host's system: its libraries and the loader. Not /etc:
 # the interpreter runs without it (ld.so.cache is optional), and it holds the host's secrets.
@@ -324,19 +324,10 @@ class ContainerBackend:
         return handle.channel.call(fn, args, kwargs)
 
     async def check_health(self, handle: ContainerAgent) -> bool:
-        if not handle.alive or handle.stopping:
-            return False
-        return await _channel.ping(handle.channel)
+        return await _channel.check_health(handle)
 
     async def stop(self, handle: ContainerAgent, grace: float) -> None:
-        if handle.alive and not handle.stopping:
-            handle.stopping = True
-            with contextlib.suppress(AgentLost):
-                handle.channel.send(_wire.STOP_MSG)
-        try:
-            await asyncio.wait_for(asyncio.shield(handle.channel.exited), grace)
-        except TimeoutError:
-            await self.kill(handle)
+        await _channel.stop(handle, grace, self.kill)
         await asyncio.shield(handle.removed)
 
     async def kill(self, handle: ContainerAgent) -> None:

@@ -22,10 +22,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from shoal.backends import _channel, _ship, _wire
+from shoal.backends import _channel, _ship
 from shoal.backends._channel import Channel, CpuWatch
 from shoal.backends.base import AgentHandle, AgentSpec
-from shoal.errors import AgentLost, ConfigError
+from shoal.errors import ConfigError
 
 AGENT_MAIN = str(Path(__file__).with_name("_agent_main.py"))
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -102,21 +102,11 @@ class ProcessBackend:
         return handle.channel.call(fn, args, kwargs)
 
     async def check_health(self, handle: ProcessAgent) -> bool:
-        if not handle.alive or handle.stopping:
-            return False
-        return await _channel.ping(handle.channel)
+        return await _channel.check_health(handle)
 
     async def stop(self, handle: ProcessAgent, grace: float) -> None:
-        if handle.alive and not handle.stopping:
-            handle.stopping = True
-            with contextlib.suppress(AgentLost):
-                handle.channel.send(_wire.STOP_MSG)
-        try:
-            await asyncio.wait_for(asyncio.shield(handle.channel.exited), grace)
-        except TimeoutError:
-            await self.kill(handle)
-        else:
-            await _end_group(handle)
+        if await _channel.stop(handle, grace, self.kill):
+            await _end_group(handle)  # (kill ends the group itself)
 
     async def kill(self, handle: ProcessAgent) -> None:
         handle.stopping = True

@@ -26,6 +26,10 @@ class AgentState(enum.Enum):
     STOPPING = "stopping"
     STOPPED = "stopped"
 
+    # Members are singletons: hash them by identity, in C, not by name in Python (Enum's
+    # default), since the pool counts agents in a dict keyed by state on every call.
+    __hash__ = object.__hash__
+
 
 class PooledAgent:
     """The seed's ``PooledAgent``: an agent, when it was last used, how often, and its state.
@@ -36,13 +40,14 @@ class PooledAgent:
 
     __slots__ = (
         "agent_id",
+        "calls",
         "created_at",
+        "draining",
         "expires_at",
         "handle",
-        "in_call",
         "last_checked",
         "last_used",
-        "lease",
+        "leases",
         "ready_at",
         "retire_reason",
         "state",
@@ -58,13 +63,16 @@ class PooledAgent:
         self.last_used = now
         self.last_checked = now
         self.usage_count = 0
-        # The lease of the caller holding it (BUSY), else None.
-        self.lease: Lease | None = None
-        # True while a call is outstanding on it (sent, not yet answered).
-        self.in_call = False
-        # Set when the agent must not take another call (lost, timed out, unresponsive): the
-        # holder's release retires it with this reason.
+        # The leases of the callers holding it: one at most, or up to max_concurrency. BUSY
+        # while there is any.
+        self.leases: set[Lease] = set()
+        self.calls = 0  # calls outstanding on it (sent, not yet answered)
+        # Set when the agent must not take another call (lost, timed out, unresponsive): it is
+        # killed, and the last holder's release retires it with this reason.
         self.retire_reason: str | None = None
+        # Set when it should take no new lease but may finish its calls (max_uses reached,
+        # lifetime over, ...): the last holder's release retires it gracefully.
+        self.draining: str | None = None
         self.expires_at = float("inf")  # when max_lifetime (with its jitter) retires it
 
     @property
@@ -97,12 +105,23 @@ class Lease:
     """One caller's hold on one agent, from :meth:`AgentPool.get_agent` until it is released.
 
     Run calls with :meth:`run` / :meth:`call` and give it back with
-    :meth:`AgentPool.release_agent` (or use :meth:`AgentPool.acquire`). A lease is good for one
-    hold only: once released, its calls raise :class:`~shoal.errors.PoolError` and a second
-    release does nothing, so a stale release can never hand someone else's agent on.
+    :meth:`AgentPool.release_agent` (or use :meth:`AgentPool.acquire`). A lease carries one call
+    at a time (an agent with ``max_concurrency`` > 1 is held under several leases at once). A
+    lease is good for one hold only: once released, its calls raise
+    :class:`~shoal.errors.PoolError` and a second release does nothing, so a stale release can
+    never hand someone else's agent on.
     """
 
-    __slots__ = ("_pool", "acquired_at", "agent", "leak_reported", "lease_id", "released", "stack")
+    __slots__ = (
+        "_pool",
+        "acquired_at",
+        "agent",
+        "in_call",
+        "leak_reported",
+        "lease_id",
+        "released",
+        "stack",
+    )
 
     def __init__(self, pool: AgentPool, agent: PooledAgent, lease_id: int, now: float) -> None:
         self._pool = pool
@@ -110,6 +129,7 @@ class Lease:
         self.lease_id = lease_id
         self.acquired_at = now
         self.released = False
+        self.in_call = False  # a call is outstanding under this lease
         self.stack: str | None = None  # where it was taken, when leaks are watched
         self.leak_reported = False
 

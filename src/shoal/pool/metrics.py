@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 _SAMPLES = 2048
@@ -47,23 +49,30 @@ class PoolMetrics:
     start_failures: int
     time: float
     checking: int = 0  # idle agents set aside for a health check (not assignable meanwhile)
+    in_flight: int = 0  # calls held by callers: busy agents x the calls each runs
+    max_concurrency: int = 1  # calls one agent runs at once; utilization counts these slots
 
 
 class RateCounter:
-    """Events per second over a sliding window, in one-second buckets."""
+    """Events per second over a sliding window, in one-second buckets.
 
-    __slots__ = ("_buckets", "_current", "_current_start", "_first")
+    The window's total is kept as buckets come and go, so :meth:`rate` costs O(1) amortised.
+    """
+
+    __slots__ = ("_buckets", "_current", "_current_start", "_first", "_total")
 
     def __init__(self) -> None:
         self._buckets: deque[tuple[float, int]] = deque()
         self._current_start = -math.inf
         self._current = 0
+        self._total = 0  # the events in _buckets
         self._first: float | None = None
 
     def add(self, now: float, n: int = 1) -> None:
         if now - self._current_start >= _RATE_BUCKET_S:
             if self._current:
                 self._buckets.append((self._current_start, self._current))
+                self._total += self._current
             self._current_start = now
             self._current = 0
             if self._first is None:
@@ -72,15 +81,90 @@ class RateCounter:
 
     def rate(self, now: float) -> float:
         horizon = now - _RATE_WINDOW_S
-        while self._buckets and self._buckets[0][0] < horizon:
-            self._buckets.popleft()
+        buckets = self._buckets
+        while buckets and buckets[0][0] < horizon:
+            self._total -= buckets.popleft()[1]
         if self._first is None:
             return 0.0
-        total = sum(n for _, n in self._buckets)
+        total = self._total
         if self._current_start >= horizon:
             total += self._current
         span = min(_RATE_WINDOW_S, now - self._first)
         return total / span if span > 0 else 0.0
+
+
+class Window:
+    """The most recent ``size`` samples, with their mean and quantiles at O(1) amortised cost.
+
+    :meth:`append` is what the hot path pays: a deque append and a count. Readers bring a
+    sorted copy and a running sum up to date with only the samples added since the last read
+    (a binary-search insert and removal each, a full rebuild when most of the window changed,
+    and a rebuild of the sum every ``size`` samples so rounding never accumulates). A pool
+    read once a second therefore costs what its calls since the last read cost, not a sort
+    of the whole window: long, quiet traces no longer pay per tick.
+    """
+
+    __slots__ = ("_added", "_recent", "_shadow", "_size", "_sorted", "_sum", "_sum_age", "_synced")
+
+    def __init__(self, size: int = _SAMPLES) -> None:
+        self._size = size
+        self._recent: deque[float] = deque(maxlen=size)
+        self._added = 0  # samples ever appended
+        self._synced = 0  # ... of which _sorted, _shadow and _sum account for
+        self._shadow: deque[float] = deque()  # the window as of the last sync, oldest first
+        self._sorted: list[float] = []
+        self._sum = 0.0
+        self._sum_age = 0  # samples folded into _sum since it was last summed afresh
+
+    def append(self, value: float) -> None:
+        self._recent.append(value)
+        self._added += 1
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self._recent)
+
+    def _sync(self) -> None:
+        new = self._added - self._synced
+        if not new:
+            return
+        self._synced = self._added
+        recent, size = self._recent, self._size
+        if new * 4 >= size or self._sum_age + new >= size:
+            self._shadow = deque(recent)
+            self._sorted = sorted(recent)
+            self._sum = math.fsum(recent)
+            self._sum_age = 0
+            return
+        shadow, ordered = self._shadow, self._sorted
+        added = 0.0
+        for i in range(len(recent) - new, len(recent)):
+            value = recent[i]
+            if len(shadow) >= size:
+                old = shadow.popleft()
+                del ordered[bisect.bisect_left(ordered, old)]
+                added -= old
+            shadow.append(value)
+            bisect.insort(ordered, value)
+            added += value
+        self._sum += added
+        self._sum_age += new
+
+    def mean(self) -> float:
+        self._sync()
+        n = len(self._sorted)
+        return self._sum / n if n else 0.0
+
+    def quantile(self, q: float) -> float:
+        """The ``q``-quantile (0..1) by the nearest-rank method; 0.0 when there are none."""
+        self._sync()
+        ordered = self._sorted
+        if not ordered:
+            return 0.0
+        rank = max(1, math.ceil(q * len(ordered)))
+        return ordered[rank - 1]
 
 
 class MetricsRecorder:
@@ -110,20 +194,16 @@ class MetricsRecorder:
         self.agents_started = 0
         self.agents_retired = 0
         self.start_failures = 0
-        self.wait_times: deque[float] = deque(maxlen=_SAMPLES)
-        self.exec_times: deque[float] = deque(maxlen=_SAMPLES)
+        self.wait_times = Window()
+        self.exec_times = Window()
         self.arrivals = RateCounter()
         self.completions = RateCounter()
 
 
-def mean(values: deque[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
+def mean(values: Window) -> float:
+    return values.mean()
 
 
-def percentile(values: deque[float], q: float) -> float:
+def percentile(values: Window, q: float) -> float:
     """The ``q``-quantile (0..1) by the nearest-rank method; 0.0 when there are no samples."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q * len(ordered)))
-    return ordered[rank - 1]
+    return values.quantile(q)

@@ -18,7 +18,8 @@ import contextlib
 import functools
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+import math
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Literal, TypeVar
 
 from shoal.backends.base import AgentSpec, Backend, MeasuresMemory, ReportsLiveness
@@ -49,7 +50,7 @@ from shoal.pool.waitqueue import Waiter
 
 T = TypeVar("T")
 log = logging.getLogger("shoal.pool")
-_UNDELIVERED_RETRIES = 3
+UNDELIVERED_RETRIES = 3  # tries of a call that never reached its agent (runner's too)
 
 
 class AgentPool:
@@ -78,6 +79,7 @@ class AgentPool:
         health_check_interval: float = 30.0,
         health_check_timeout: float = 5.0,
         heartbeat_timeout: float | None = 30.0,
+        max_concurrency: int = 1,
         start_timeout: float = 120.0,
         stop_grace: float = 10.0,
         price_per_hour: float | None = None,
@@ -105,6 +107,7 @@ class AgentPool:
             "health_check_interval": health_check_interval,
             "health_check_timeout": health_check_timeout,
             "heartbeat_timeout": heartbeat_timeout,
+            "max_concurrency": max_concurrency,
             "start_timeout": start_timeout,
             "stop_grace": stop_grace,
             "price_per_hour": price_per_hour,
@@ -328,11 +331,39 @@ class AgentPool:
             try:
                 return await self._call(lease, fn, args, kw, timeout)
             except AgentLost as exc:
-                if exc.delivered or exc.remote or attempt >= _UNDELIVERED_RETRIES:
+                if exc.delivered or exc.remote or attempt >= UNDELIVERED_RETRIES:
                     raise
             finally:
                 self._release(lease, True)
         raise AssertionError("unreachable")
+
+    async def map(
+        self, fn: Callable[[Any], T], items: Iterable[Any], *, chunksize: int | None = None
+    ) -> list[T]:
+        """``[fn(x) for x in items]`` on the pool's agents, in order, ``chunksize`` items per
+        call (by default, as ``multiprocessing.Pool.map`` does, about four chunks per agent).
+
+        One call per chunk amortises the round trip over many items: for small items this is
+        the fastest way through the pool. The first exception raised by ``fn`` is raised here
+        once every chunk has finished (a chunk's remaining items are not run after it).
+        """
+        from shoal._chunk import run_chunk
+
+        seq = list(items)
+        if chunksize is None:
+            chunksize = max(1, math.ceil(len(seq) / (4 * max(1, self.size, self.target_size))))
+        elif chunksize < 1:
+            raise ConfigError(f"pool {self.name!r}: map(chunksize={chunksize!r}) must be >= 1")
+        chunks = [seq[i : i + chunksize] for i in range(0, len(seq), chunksize)]
+        done = await asyncio.gather(
+            *(self.call(run_chunk, (fn, chunk)) for chunk in chunks), return_exceptions=True
+        )
+        out: list[T] = []
+        for part in done:
+            if isinstance(part, BaseException):
+                raise part
+            out.extend(part)
+        return out
 
     async def get_agent(self, timeout: float | None = None) -> Lease:
         """Take an agent (the seed's ``GetAgent``): a :class:`Lease` to run calls on and give
@@ -428,6 +459,8 @@ class AgentPool:
     ) -> T:
         st = self._state
         agent = st.begin_call(lease)
+        if st.poke:
+            self._flush()  # maintenance must start watching this call's liveness
         started = self._now()
         failed = True
         fut: asyncio.Future[Any] | None = None
@@ -462,7 +495,7 @@ class AgentPool:
                 st.call_failed(agent, "its call was cancelled", kill=True)
             raise  # (a reply already in: the agent is idle and stays warm)
         finally:
-            st.end_call(agent, started, self._now(), failed)
+            st.end_call(lease, started, self._now(), failed)
             if st.actions:
                 self._flush()
 
@@ -559,6 +592,7 @@ class AgentPool:
             on_exit=functools.partial(self._on_agent_exit, agent),
             heartbeat_interval=_heartbeat_interval(self.config.heartbeat_timeout),
             placement=self.config.placement or {},
+            max_concurrency=self.config.max_concurrency,
         )
         error: BaseException | None = None
         try:

@@ -12,6 +12,7 @@ every interleaving directly.
 from __future__ import annotations
 
 import random
+import sys
 import zlib
 from collections import deque
 from dataclasses import dataclass
@@ -112,6 +113,10 @@ class PoolState:
         self._owner = owner  # what leases point back to (the shell), for lease.run()
         self.agents: dict[str, PooledAgent] = {}
         self.idle: deque[PooledAgent] = deque()  # oldest use first
+        # Busy agents with a free slot (max_concurrency > 1), in the order they got one.
+        self.partial: dict[PooledAgent, None] = {}
+        self._slots = config.max_concurrency
+        self._held = 0  # leases held: calls in flight or about to be
         self._mru = config.assignment == "mru"
         self.queue = WaitQueue()
         self.counts = dict.fromkeys(AgentState, 0)
@@ -131,6 +136,7 @@ class PoolState:
         self.poke = False
         self.wake_at = float("inf")
         self._no_room = False  # the backend said the cluster has no room; said once per episode
+        self._watching_calls = False  # the next wake-up comes soon enough to check liveness
 
     # -- sizes ------------------------------------------------------------------------------------
 
@@ -162,6 +168,13 @@ class PoolState:
     def open(self, now: float) -> None:
         if self.status != "new":
             raise PoolError(f"pool {self.name!r} was already started")
+        if getattr(sys.modules.get("__main__"), "SHOAL_AGENT_LOADING", False):
+            raise PoolError(
+                f"pool {self.name!r} was started while an agent imported a module for its "
+                "call: that module starts pools when imported, so every agent would start more "
+                "agents. Put the code that runs workflows under "
+                '`if __name__ == "__main__":`'
+            )
         self.status = "running"
         self._start_needed(now, None)
 
@@ -201,8 +214,8 @@ class PoolState:
         m = self.metrics
         m.requests_total += 1
         m.arrivals.add(now)
-        if self.idle and not self.queue:
-            agent = self._checkout(now)
+        if not self.queue:
+            agent = self._assignable(now)
             if agent is not None:
                 m.warm_hits += 1
                 m.wait_times.append(0.0)
@@ -235,7 +248,7 @@ class PoolState:
             return "it starts agents only to reach its target (on_demand=False)"
         if not self.breaker.may_start(now):
             return "agent starts are backing off after a failed start"
-        if len(self.queue) - self.counts[STARTING] >= self._room():
+        if -(-len(self.queue) // self._slots) - self.counts[STARTING] >= self._room():
             return "every agent it may still start is spoken for"
         return None
 
@@ -251,9 +264,10 @@ class PoolState:
             return
         lease.released = True
         agent = lease.agent
-        if agent.lease is not lease:
+        if lease not in agent.leases:
             return
-        agent.lease = None
+        agent.leases.discard(lease)
+        self._held -= 1
         if agent.state is not BUSY:
             return  # retired while held (pool closing)
         if used:
@@ -263,6 +277,20 @@ class PoolState:
         reason = lifecycle.after_call(agent, self.config, now, rss_mb)
         if reason is None and self.status != "running":
             reason = "pool closing"
+        if agent.leases:  # others still hold it (max_concurrency > 1)
+            if reason is not None or agent.draining is not None:
+                if agent.retire_reason is None and agent.draining is None:
+                    agent.draining = reason  # no new lease; retired when the last is back
+                self.partial.pop(agent, None)
+                return
+            waiter = self.queue.pop()
+            if waiter is not None:
+                self._assign(waiter, agent, now)
+            else:
+                self.partial[agent] = None
+            return
+        self.partial.pop(agent, None)
+        reason = reason or agent.draining
         if reason is None and self._shrink and not self.queue and self.size > self.target:
             self._shrink -= 1
             reason = f"resize to {self.target}"
@@ -281,11 +309,11 @@ class PoolState:
     def lease_error(self, lease: Lease) -> PoolError | None:
         """Why ``lease`` cannot carry a call, or None if it can."""
         agent = lease.agent
-        if lease.released or agent.lease is not lease:
-            holder = agent.lease
+        if lease.released or lease not in agent.leases:
+            holders = sorted(h.lease_id for h in agent.leases)
             now_held = (
-                f"it is now held under lease {holder.lease_id}"
-                if holder is not None
+                f"it is now held under lease {', '.join(map(str, holders))}"
+                if holders
                 else f"it is {agent.state.value}"
             )
             return PoolError(
@@ -303,11 +331,11 @@ class PoolState:
         if err is not None:
             raise err
         agent = lease.agent
-        if agent.in_call:
+        if lease.in_call:
             raise PoolError(
                 f"agent {agent.agent_id} of pool {self.name!r} is already running a call under "
-                f"lease {lease.lease_id}; an agent runs one call at a time: await that call "
-                "first, or take another agent"
+                f"lease {lease.lease_id}; a lease carries one call at a time: await that call "
+                "first, or take another lease"
             )
         if agent.retire_reason is not None or agent.state is not BUSY:
             raise AgentLost(
@@ -316,12 +344,18 @@ class PoolState:
                 agent.agent_id,
                 delivered=False,
             )
-        agent.in_call = True
+        lease.in_call = True
+        agent.calls += 1
         self.metrics.requests_active += 1
+        if not self._watching_calls and self.config.heartbeat_timeout is not None:
+            # Maintenance sleeps as if nothing ran: wake it to watch this call's liveness.
+            self._watching_calls = True
+            self.poke = True
         return agent
 
-    def end_call(self, agent: PooledAgent, started: float, now: float, failed: bool) -> None:
-        agent.in_call = False
+    def end_call(self, lease: Lease, started: float, now: float, failed: bool) -> None:
+        lease.in_call = False
+        lease.agent.calls -= 1
         m = self.metrics
         m.requests_active -= 1
         if failed:
@@ -334,6 +368,7 @@ class PoolState:
         its holder's release retires it; with ``kill`` it is killed now."""
         if agent.retire_reason is None:
             agent.retire_reason = reason
+        self.partial.pop(agent, None)
         if kill and agent.state is BUSY:
             self.actions.append(Kill(agent))
 
@@ -342,7 +377,7 @@ class PoolState:
         return [
             a
             for a in self.agents.values()
-            if a.state is BUSY and a.in_call and a.retire_reason is None
+            if a.state is BUSY and a.calls and a.retire_reason is None
         ]
 
     def unresponsive(self, agent: PooledAgent, seconds: float, now: float) -> None:
@@ -397,7 +432,7 @@ class PoolState:
             # Nobody waits on a crash loop: every waiting caller learns at once.
             for waiter in self.queue.drain():
                 self.actions.append(Reject(waiter, self.broken_error()))
-        elif len(self.queue) > self.counts[STARTING] + self.counts[BUSY]:
+        elif len(self.queue) > (self.counts[STARTING] + self.counts[BUSY]) * self._slots:
             # A caller that nothing in flight can serve gets the error rather than waiting.
             head = self.queue.pop()
             if head is not None:
@@ -449,6 +484,7 @@ class PoolState:
         elif agent.state is BUSY and agent.retire_reason is None:
             code = agent.handle.exit_code if agent.handle is not None else None
             agent.retire_reason = f"agent lost (exit code {code})"
+            self.partial.pop(agent, None)
         # A starting agent's start fails on its own.
 
     def agent_stopped(self, agent: PooledAgent, now: float) -> None:
@@ -527,7 +563,7 @@ class PoolState:
         deadline = now + interval
         threshold = cfg.leak_threshold
         if threshold is not None:
-            held = [a.lease for a in self.agents.values() if a.lease is not None]
+            held = [lease for a in self.agents.values() for lease in a.leases]
             found, due = leaks.overdue(held, threshold, now)
             for lease in found:
                 lease.leak_reported = True
@@ -548,7 +584,8 @@ class PoolState:
             deadline = min(deadline, self.idle[0].last_used + cfg.idle_timeout)
         if self.breaker.backoff_until > now:
             deadline = min(deadline, self.breaker.backoff_until)
-        if cfg.heartbeat_timeout is not None and self.counts[BUSY]:
+        self._watching_calls = bool(self.counts[BUSY])
+        if cfg.heartbeat_timeout is not None and self._watching_calls:
             deadline = min(deadline, now + max(0.05, cfg.heartbeat_timeout / 4))
         return deadline
 
@@ -587,7 +624,7 @@ class PoolState:
             avg_execution_time=mean(m.exec_times),
             wait_p50=percentile(m.wait_times, 0.50),
             wait_p99=percentile(m.wait_times, 0.99),
-            utilization_rate=c[BUSY] / size if size else 0.0,
+            utilization_rate=self._held / (size * self._slots) if size else 0.0,
             throughput=m.completions.rate(now),
             arrival_rate=m.arrivals.rate(now),
             warm_hits=m.warm_hits,
@@ -597,6 +634,8 @@ class PoolState:
             start_failures=m.start_failures,
             time=now,
             checking=c[CHECKING],
+            in_flight=self._held,
+            max_concurrency=self._slots,
         )
 
     def state_line(self) -> str:
@@ -615,8 +654,24 @@ class PoolState:
     def _lease(self, agent: PooledAgent, now: float) -> Lease:
         self._lease_ids += 1
         lease = Lease(self._owner, agent, self._lease_ids, now)
-        agent.lease = lease
+        agent.leases.add(lease)
+        self._held += 1
+        if len(agent.leases) < self._slots:
+            self.partial[agent] = None
+        else:
+            self.partial.pop(agent, None)
         return lease
+
+    def _assignable(self, now: float) -> PooledAgent | None:
+        """An agent with room for one more lease: an idle one first (calls spread over the
+        agents there are), else a busy one with a free slot (max_concurrency > 1)."""
+        if self.idle:
+            agent = self._checkout(now)
+            if agent is not None:
+                return agent
+        if self.partial:
+            return next(iter(self.partial))
+        return None
 
     def _checkout(self, now: float) -> PooledAgent | None:
         """Take an idle agent for a call, retiring the ones found stale on the way."""
@@ -646,8 +701,8 @@ class PoolState:
     def _pump(self, now: float) -> None:
         """Hand idle agents to waiting callers, retire owed surplus, start what is needed."""
         queue = self.queue
-        while queue and self.idle:
-            agent = self._checkout(now)
+        while queue and (self.idle or self.partial):
+            agent = self._assignable(now)
             if agent is None:
                 break
             head = queue.pop()
@@ -667,7 +722,8 @@ class PoolState:
         c = self.counts
         size = self.size
         waiting = len(self.queue)
-        demand = waiting - c[STARTING] if self.config.on_demand else 0
+        # One new agent serves max_concurrency waiters.
+        demand = -(-waiting // self._slots) - c[STARTING] if self.config.on_demand else 0
         floor = self.target - size
         if self.breaker.broken is not None and not c[STARTING]:
             floor = max(floor, 1)  # keep probing, one start per back-off, to notice recovery
@@ -707,6 +763,7 @@ class PoolState:
         """Take an idle, checking or busy agent out of service; the shell stops it."""
         before = self.size
         self._set(agent, STOPPING)
+        self.partial.pop(agent, None)
         self.metrics.agents_retired += 1
         lost = agent.handle is not None and not agent.alive
         self._event("lost" if lost else "retire", agent, before, reason, now)

@@ -9,7 +9,8 @@ How the autoscaler and the pool share the work (neither fights the other):
 - The idle reaper only retires agents *above* the target, after ``idle_timeout``; the autoscaler
   lowering the target retires idle agents at once, least recently used first. Agents started on
   demand that the policy has not wanted for a third of ``cooldown_period`` (while some sit idle)
-  are let go then, without waiting for ``idle_timeout``. No one ever retires a busy agent.
+  are let go then, without waiting for ``idle_timeout`` (the :class:`ShedSurplus` guard). No
+  one ever retires a busy agent.
 
 So the autoscaler's worth shows as cold starts avoided (agents warm before callers arrive) and
 agent-seconds saved (targets lowered when demand falls), and every change lands in
@@ -28,8 +29,10 @@ from shoal.errors import ConfigError
 from shoal.pool.metrics import PoolMetrics
 from shoal.pool.pool import AgentPool
 from shoal.scaling.config import ScalingPolicyConfig, parse_scaling_policy
-from shoal.scaling.guards import build_policy
+from shoal.scaling.guards import ShedSurplus, build_policy
 from shoal.scaling.policy import Decision, FunctionPolicy, Policy
+from shoal.scaling.predict import Forecast
+from shoal.scaling.predictive import find_predict_state
 
 log = logging.getLogger("shoal.scaling")
 
@@ -57,29 +60,31 @@ class AutoScaler:
             policy = parse_scaling_policy(f"pool {pool.name!r} scaling_policy", policy)
         if isinstance(policy, ScalingPolicyConfig):
             self.config = policy
-            self.policy: Policy[Any] = build_policy(
-                policy, price_per_hour=pool.config.price_per_hour
-            )
+            guarded = build_policy(policy, price_per_hour=pool.config.price_per_hour)
+            self.cost_cap = guarded.cost_cap
+            inner: Policy[Any] = guarded
             interval = interval if interval is not None else policy.interval
         elif hasattr(policy, "decide") and hasattr(policy, "initial_state"):
-            self.policy = policy  # type: ignore[assignment]
+            inner = policy  # type: ignore[assignment]
+            self.cost_cap = getattr(policy, "cost_cap", None)
         elif callable(policy):
-            self.policy = FunctionPolicy(policy)
+            inner = FunctionPolicy(policy)
+            self.cost_cap = None
         else:
             raise ConfigError(f"pool {pool.name!r}: {policy!r} is not a scaling policy")
         self.interval = interval if interval is not None else 1.0
         if self.interval <= 0:
             raise ConfigError(f"pool {pool.name!r}: interval={self.interval} must be > 0")
-        self.state: Any = self.policy.initial_state()
-        self.decisions = 0
         # How long idle agents above the policy's size are kept: a third of the stabilisation
         # window for a configured policy — twice the time its smoothed demand takes to count a
         # shortfall (a sixth of the window), so a real one raises the target before they go. A
         # policy object leaves them to the pool's idle_timeout.
-        self._surplus_hold = (
-            self.config.cooldown_period / 3 if self.config is not None else pool.config.idle_timeout
+        hold = self.config.cooldown_period / 3 if self.config is not None else None
+        self.policy: Policy[Any] = ShedSurplus(
+            inner, hold if hold is not None else pool.config.idle_timeout
         )
-        self._surplus_since: float | None = None
+        self.state: Any = self.policy.initial_state()
+        self.decisions = 0
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -94,7 +99,7 @@ class AutoScaler:
             for note in self.config.unimplemented():
                 log.warning("pool %r: %s", self.pool.name, note)
                 self.pool.note(note)
-        cap = getattr(self.policy, "cost_cap", None)
+        cap = self.cost_cap
         if cap is not None:
             # The cap binds agents started on demand too, not only the autoscaler's target.
             threshold = self.config.cost_threshold if self.config else None
@@ -126,20 +131,23 @@ class AutoScaler:
         self.state = decision.state
         self.decisions += 1
         desired = min(max(decision.desired, pool.min_size), pool.max_size)
-        # Agents started on demand sit above the target. Once the pool has had idle agents
-        # beyond what the policy wants for a while (see _surplus_hold), let them go, as a lower
-        # recommendation would, rather than after the pool's idle_timeout.
-        surplus = snapshot.idle > 0 and snapshot.size > desired
-        if not surplus:
-            self._surplus_since = None
-        elif self._surplus_since is None:
-            self._surplus_since = now
-        shed = surplus and now - (self._surplus_since or now) >= self._surplus_hold
-        if (desired != pool.target_size or shed) and not pool.closed:
+        if (desired != pool.target_size or decision.shed) and not pool.closed:
             pool.set_target(desired, f"autoscaler: {decision.reason}", snapshot)
-            if shed:
-                self._surplus_since = None
         return decision
+
+    @property
+    def forecast(self) -> Forecast | None:
+        """The predictor's latest forecast (rate, model, period, MASE); None without one."""
+        found = find_predict_state(self.state)
+        return found.last if found is not None else None
+
+    @property
+    def forecast_mase(self) -> float | None:
+        """How good the pool's forecast has been: its mean absolute error over the naive
+        forecast's at the same horizon (below 1 beats "now goes on"); None without a predictor
+        or before it has been scored."""
+        fc = self.forecast
+        return fc.mase if fc is not None else None
 
     async def _loop(self) -> None:
         while True:

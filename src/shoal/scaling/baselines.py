@@ -1,5 +1,6 @@
 """The field's autoscalers, as pure shoal policies: Kubernetes HPA, Knative KPA, Ray Serve, and
-FaaS keep-alive (plus ``fixed``, shoal's :class:`~shoal.scaling.policy.FixedPolicy`).
+FaaS keep-alive. (``fixed``, the fifth baseline of ``shoal simulate``, is shoal's
+:class:`~shoal.scaling.policy.FixedPolicy`.)
 
 Each follows its system's published algorithm with that system's defaults, which each class's
 docstring lists with where they come from. They implement the
@@ -24,11 +25,13 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shoal.errors import ConfigError
 from shoal.pool.metrics import PoolMetrics
-from shoal.scaling.policy import Decision, FixedPolicy, Policy
+from shoal.scaling.policy import Decision
+
+if TYPE_CHECKING:
+    from shoal.scaling.config import ScalingPolicyConfig
 
 Samples = tuple[tuple[float, float], ...]
 
@@ -46,7 +49,8 @@ def _mean(samples: Samples, now: float, span: float) -> float:
 
 
 def _in_flight(snapshot: PoolMetrics) -> float:
-    return float(snapshot.busy + snapshot.queue_depth)
+    """Calls running or queued (an agent serving several at once counts each)."""
+    return float(max(snapshot.busy, snapshot.in_flight) + snapshot.queue_depth)
 
 
 # -- Kubernetes HPA -------------------------------------------------------------------------------
@@ -55,9 +59,11 @@ def _in_flight(snapshot: PoolMetrics) -> float:
 @dataclass(frozen=True)
 class HPAState:
     last_sync: float | None = None
-    util_sum: float = 0.0  # utilization samples since the last sync, for their average
-    util_n: int = 0
+    # (time, metric per ready pod) over the metric lag plus one sync period
+    samples: Samples = ()
     recommendations: Samples = ()  # (time, replicas) over the scale-down stabilization window
+    ready: int = -1  # ready pods at the last decision
+    became_ready: Samples = ()  # (time, pods that became ready then) over one metric window
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,16 @@ class HPAPolicy:
 
     Utilization saturates at 100% however long the queue, so HPA grows at most x1.25 per sync at
     the default target when the pool is overloaded: that is how HPA on CPU behaves.
+
+    Metric delays: HPA reads what metrics-server last scraped, so the sync at time t sees the
+    samples of ``(t - metric_lag_s - sync_period_s, t - metric_lag_s]`` (``metric_lag_s`` 15,
+    metrics-server's default resolution); and a pod that became ready less than one metric
+    window (``metric_window_s``, 15 s) ago has no usable sample yet, so it is set aside as not
+    ready (HPA's ``--horizontal-pod-autoscaler-initial-readiness-delay`` logic).
+
+    ``metric="inflight"`` (the ``hpa-inflight`` policy) is HPA on a custom per-pod metric,
+    calls in flight (running and queued) per pod, with an ``AverageValue`` target of
+    ``target_utilization`` x the agent's concurrency: it does not saturate, so a queue counts.
     """
 
     target_utilization: float = 0.8
@@ -94,6 +110,9 @@ class HPAPolicy:
     downscale_stabilization_s: float = 300.0
     scale_up_pods: int = 4
     scale_up_percent: float = 100.0
+    metric_lag_s: float = 15.0
+    metric_window_s: float = 15.0
+    metric: str = "cpu"  # or "inflight"
     name: str = "hpa"
     on_demand: bool = False
 
@@ -103,30 +122,51 @@ class HPAPolicy:
     def decide(self, snapshot: PoolMetrics, state: HPAState, now: float) -> Decision[HPAState]:
         current = snapshot.target_size
         ready = snapshot.idle + snapshot.busy
-        util_sum, util_n = state.util_sum, state.util_n
+        span = self.metric_lag_s + self.sync_period_s
+        samples = state.samples
         if ready:
-            util_sum, util_n = util_sum + snapshot.busy / ready, util_n + 1
+            samples = _record(samples, now, self._metric(snapshot, ready), span)
+        fresh = state.became_ready
+        if state.ready >= 0 and ready > state.ready:
+            fresh = _record(fresh, now, ready - state.ready, self.metric_window_s)
+        young = sum(int(n) for t, n in fresh if t > now - self.metric_window_s)
+        keep = HPAState(state.last_sync, samples, state.recommendations, ready, fresh)
         if state.last_sync is not None and now - state.last_sync < self.sync_period_s:
-            waiting = HPAState(state.last_sync, util_sum, util_n, state.recommendations)
-            return Decision(current, waiting, "between syncs")
-        if not util_n:
-            synced = HPAState(now, 0.0, 0, state.recommendations)
-            return Decision(current, synced, "no ready pods to measure")
-        util = util_sum / util_n
-        ratio = util / self.target_utilization
-        basis = f"utilization {util:.0%} vs target {self.target_utilization:.0%}"
+            return Decision(current, keep, "between syncs")
+        seen = now - self.metric_lag_s
+        lo = bisect.bisect_right(samples, seen - self.sync_period_s, key=lambda x: x[0])
+        hi = bisect.bisect_right(samples, seen, key=lambda x: x[0])
+        window = samples[lo:hi]
+        measured = ready - young
+        synced = dataclasses.replace(keep, last_sync=now)
+        if not window or measured <= 0:
+            return Decision(current, synced, "no ready pods with metrics to measure")
+        util = sum(v for _, v in window) / len(window)
+        target = self.target_utilization * (
+            max(1, snapshot.max_concurrency) if self.metric == "inflight" else 1
+        )
+        ratio = util / target
+        what = "in flight per pod" if self.metric == "inflight" else "utilization"
+        basis = (
+            f"{what} {util:.2f} ({self.metric_lag_s:g} s old) vs target {target:.2f}"
+            if self.metric == "inflight"
+            else f"utilization {util:.0%} ({self.metric_lag_s:g} s old) vs target "
+            f"{self.target_utilization:.0%}"
+        )
+        unready = snapshot.starting + young
         if abs(ratio - 1) <= self.tolerance:
             rec, why = current, f"{basis}: within tolerance"
-        elif ratio > 1 and snapshot.starting:
-            # Pods not yet ready are assumed idle, which damps a scale-up already under way.
-            pods = ready + snapshot.starting
-            damped = util * ready / (self.target_utilization * pods)
+        elif ratio > 1 and unready:
+            # Pods not yet ready (or without a sample yet) are assumed idle, which damps a
+            # scale-up already under way.
+            pods = measured + unready
+            damped = util * measured / (target * pods)
             if abs(damped - 1) <= self.tolerance or damped < 1:
-                rec, why = current, f"{basis}; {snapshot.starting} pod(s) not ready: hold"
+                rec, why = current, f"{basis}; {unready} pod(s) not ready: hold"
             else:
                 rec, why = math.ceil(damped * pods), f"{basis} over {pods} pods"
         else:
-            rec, why = math.ceil(ratio * ready), f"{basis} over {ready} ready pods"
+            rec, why = math.ceil(ratio * measured), f"{basis} over {measured} ready pods"
 
         history = _record(state.recommendations, now, rec, self.downscale_stabilization_s)
         desired = rec
@@ -143,7 +183,14 @@ class HPAPolicy:
         if desired > limit:
             desired = limit
             why += f"; scale-up limited to {limit}"
-        return Decision(desired, HPAState(now, 0.0, 0, history), f"{why}: {desired}")
+        synced = dataclasses.replace(synced, recommendations=history)
+        return Decision(desired, synced, f"{why}: {desired}")
+
+    def _metric(self, snapshot: PoolMetrics, ready: int) -> float:
+        """This instant's per-pod metric: busy share (CPU), or calls in flight per pod."""
+        if self.metric == "inflight":
+            return _in_flight(snapshot) / ready
+        return snapshot.busy / ready
 
 
 # -- Knative KPA ----------------------------------------------------------------------------------
@@ -260,9 +307,10 @@ class KPAPolicy:
 
 @dataclass(frozen=True)
 class RayServeState:
-    samples: Samples = ()  # (time, ongoing requests) over the look-back period
+    samples: Samples = ()  # (time, ongoing requests) over the look-back period, as pushed
     streak: int = 0  # +1 while decisions say up, -1 while they say down, 0 otherwise
     streak_since: float = 0.0
+    pushed: float | None = None  # when the replicas last pushed their metrics
 
 
 @dataclass(frozen=True)
@@ -279,21 +327,24 @@ class RayServePolicy:
     Defaults and sources (``ray.serve.config.AutoscalingConfig``, Ray 2.32+, and
     ``ray/serve/autoscaling_policy.py``):
 
-    - ``target_ongoing_requests`` 2 (1 before Ray 2.32);
+    - ``target_ongoing_requests``: Ray's default is 2 (1 before Ray 2.32) for replicas that take
+      several requests at once; a shoal agent takes ``max_concurrency`` (one by default), so
+      here it is that — ``target_ongoing_requests = max_ongoing_requests``, as one would deploy
+      a one-call replica — unless given;
     - ``upscale_delay_s`` 30, ``downscale_delay_s`` 600;
     - ``upscaling_factor`` / ``downscaling_factor`` 1.0 (``smoothing_factor``);
-    - ``look_back_period_s`` 30.
-
-    Not modelled: replicas push their metrics every ``metrics_interval_s`` (10 s), so Ray's view
-    lags by up to that much; here it is as fresh as each decision, which flatters Ray slightly.
+    - ``look_back_period_s`` 30;
+    - ``metrics_interval_s`` 10: replicas push their ongoing requests that often, so the
+      controller averages the pushed samples only, and its view lags by up to that much.
     """
 
-    target_ongoing_requests: float = 2.0
+    target_ongoing_requests: float | None = None
     upscale_delay_s: float = 30.0
     downscale_delay_s: float = 600.0
     upscaling_factor: float = 1.0
     downscaling_factor: float = 1.0
     look_back_period_s: float = 30.0
+    metrics_interval_s: float = 10.0
     name: str = "rayserve"
     on_demand: bool = False
 
@@ -305,29 +356,37 @@ class RayServePolicy:
     ) -> Decision[RayServeState]:
         current = snapshot.target_size
         ongoing = _in_flight(snapshot)
-        samples = _record(state.samples, now, ongoing, self.look_back_period_s)
+        samples, pushed = state.samples, state.pushed
+        if pushed is None or now - pushed >= self.metrics_interval_s - 1e-9:
+            samples, pushed = _record(samples, now, ongoing, self.look_back_period_s), now
         running = snapshot.idle + snapshot.busy
         if running == 0:
             if ongoing > 0:
                 up = max(math.ceil(self.upscaling_factor), current)
                 return Decision(
-                    up, RayServeState(samples), f"{ongoing:.0f} request(s) and no replica: {up}"
+                    up,
+                    RayServeState(samples, pushed=pushed),
+                    f"{ongoing:.0f} request(s) and no replica: {up}",
                 )
-            return Decision(current, RayServeState(samples), "no replica, no request")
+            idle = RayServeState(samples, pushed=pushed)
+            return Decision(current, idle, "no replica, no request")
         avg = _mean(samples, now, self.look_back_period_s)
-        want = avg / self.target_ongoing_requests
+        per = self.target_ongoing_requests or max(1, snapshot.max_concurrency)
+        want = avg / per
         factor = self.upscaling_factor if want > running else self.downscaling_factor
         desired = math.ceil(running + factor * (want - running) - 1e-9)
         if math.ceil(want - 1e-9) < running and desired == running:
             desired -= 1  # a small factor must not leave the scale-down stuck
-        basis = f"{avg:.2f} ongoing (30 s) / {self.target_ongoing_requests:g} per replica"
+        basis = f"{avg:.2f} ongoing (30 s, pushed every {self.metrics_interval_s:g} s) / {per:g}"
         if desired > current:
             streak, since = (1, state.streak_since) if state.streak > 0 else (1, now)
             if now - since >= self.upscale_delay_s:
-                return Decision(desired, RayServeState(samples), f"{basis}: up to {desired}")
+                return Decision(
+                    desired, RayServeState(samples, pushed=pushed), f"{basis}: up to {desired}"
+                )
             return Decision(
                 current,
-                RayServeState(samples, streak, since),
+                RayServeState(samples, streak, since, pushed),
                 f"{basis}: wants {desired}, up for {now - since:.0f}/{self.upscale_delay_s:g} s",
             )
         if desired < current:
@@ -335,14 +394,16 @@ class RayServePolicy:
             if current > 1:
                 desired = max(1, desired)
             if now - since >= self.downscale_delay_s:
-                return Decision(desired, RayServeState(samples), f"{basis}: down to {desired}")
+                return Decision(
+                    desired, RayServeState(samples, pushed=pushed), f"{basis}: down to {desired}"
+                )
             return Decision(
                 current,
-                RayServeState(samples, streak, since),
+                RayServeState(samples, streak, since, pushed),
                 f"{basis}: wants {desired}, down for {now - since:.0f}/"
                 f"{self.downscale_delay_s:g} s",
             )
-        return Decision(current, RayServeState(samples), f"{basis}: steady")
+        return Decision(current, RayServeState(samples, pushed=pushed), f"{basis}: steady")
 
 
 # -- FaaS keep-alive ------------------------------------------------------------------------------
@@ -362,9 +423,11 @@ class KeepAlivePolicy:
     an instance that served the peak stays until the peak is that old. A request that finds no
     free instance starts one at once (``on_demand``), as a FaaS platform does.
 
-    Defaults and sources: ``keep_alive_s`` 600 — the fixed 10-minute keep-alive that AWS Lambda
-    and Azure Functions (Consumption plan) were measured to use in "Serverless in the Wild"
-    (Shahrad et al., USENIX ATC 2020), the paper that published the Azure Functions trace.
+    Defaults and sources: ``keep_alive_s`` 600 — AWS Lambda's keep-alive of about 10 minutes
+    (measured in "Serverless in the Wild", Shahrad et al., USENIX ATC 2020, and in "Peeking
+    Behind the Curtains of Serverless Platforms", Wang et al., USENIX ATC 2018). Azure
+    Functions' Consumption plan keeps an idle instance about 20 minutes: ``keepalive:1200`` in
+    ``shoal simulate`` (``idle_terminate: 1200``).
     """
 
     keep_alive_s: float = 600.0
@@ -392,51 +455,48 @@ class KeepAlivePolicy:
         )
 
 
-# -- by name --------------------------------------------------------------------------------------
-
-#: The baselines by name; ``fixed`` is shoal's :class:`~shoal.scaling.policy.FixedPolicy`.
-BASELINES: tuple[str, ...] = ("fixed", "hpa", "kpa", "rayserve", "keepalive")
-
-
-def on_demand(policy: object) -> bool:
-    """Whether the system ``policy`` models starts an agent for a caller who would wait."""
-    return bool(getattr(policy, "on_demand", False))
+# -- from a scaling_policy ------------------------------------------------------------------------
+# Each baseline with its defaults, and the ``scaling_policy`` keys a user gave explicitly mapped
+# onto its own knobs. Which names pick them is :mod:`shoal.scaling.registry`'s business.
 
 
-def from_config(name: str, config: Any) -> Policy[Any]:
-    """The baseline ``name``, with its defaults, and the ``scaling_policy`` keys a user gave
-    explicitly mapped onto its own knobs.
+def _given(config: ScalingPolicyConfig) -> Mapping[str, Any]:
+    return {k: getattr(config, k) for k in config.model_fields_set}
 
-    ``config`` is a :class:`~shoal.scaling.config.ScalingPolicyConfig`. Mapped keys:
-    ``target_utilization`` (hpa, kpa), ``cooldown_period`` (hpa's scale-down stabilization,
-    rayserve's downscale delay), ``idle_terminate`` (kpa's scale-to-zero grace, keepalive's
-    keep-alive). ``fixed`` keeps ``min_instances`` agents.
-    """
-    given: Mapping[str, Any] = {k: getattr(config, k) for k in config.model_fields_set}
-    if name == "fixed":
-        return FixedPolicy(config.min_instances)
-    if name == "hpa":
-        hpa = HPAPolicy()
-        if "target_utilization" in given:
-            hpa = dataclasses.replace(hpa, target_utilization=given["target_utilization"])
-        if "cooldown_period" in given:
-            hpa = dataclasses.replace(hpa, downscale_stabilization_s=given["cooldown_period"])
-        return hpa
-    if name == "kpa":
-        kpa = KPAPolicy()
-        if "target_utilization" in given:
-            kpa = dataclasses.replace(kpa, target_utilization=given["target_utilization"])
-        if "idle_terminate" in given:
-            kpa = dataclasses.replace(kpa, scale_to_zero_grace_s=given["idle_terminate"])
-        return kpa
-    if name == "rayserve":
-        ray = RayServePolicy()
-        if "cooldown_period" in given:
-            ray = dataclasses.replace(ray, downscale_delay_s=given["cooldown_period"])
-        return ray
-    if name == "keepalive":
-        keep = KeepAlivePolicy()
-        if "idle_terminate" in given:
-            keep = dataclasses.replace(keep, keep_alive_s=given["idle_terminate"])
-        return keep
-    raise ConfigError(f"unknown baseline policy {name!r}; known: {', '.join(BASELINES)}")
+
+def hpa_from_config(config: ScalingPolicyConfig) -> HPAPolicy:
+    """``target_utilization``; ``cooldown_period`` is HPA's scale-down stabilization."""
+    given, hpa = _given(config), HPAPolicy()
+    if config.policy_name == "hpa-inflight":
+        hpa = dataclasses.replace(hpa, metric="inflight", name="hpa-inflight")
+    if "target_utilization" in given:
+        hpa = dataclasses.replace(hpa, target_utilization=given["target_utilization"])
+    if "cooldown_period" in given:
+        hpa = dataclasses.replace(hpa, downscale_stabilization_s=given["cooldown_period"])
+    return hpa
+
+
+def kpa_from_config(config: ScalingPolicyConfig) -> KPAPolicy:
+    """``target_utilization``; ``idle_terminate`` is KPA's scale-to-zero grace."""
+    given, kpa = _given(config), KPAPolicy()
+    if "target_utilization" in given:
+        kpa = dataclasses.replace(kpa, target_utilization=given["target_utilization"])
+    if "idle_terminate" in given:
+        kpa = dataclasses.replace(kpa, scale_to_zero_grace_s=given["idle_terminate"])
+    return kpa
+
+
+def rayserve_from_config(config: ScalingPolicyConfig) -> RayServePolicy:
+    """``cooldown_period`` is Ray Serve's downscale delay."""
+    given, ray = _given(config), RayServePolicy()
+    if "cooldown_period" in given:
+        ray = dataclasses.replace(ray, downscale_delay_s=given["cooldown_period"])
+    return ray
+
+
+def keepalive_from_config(config: ScalingPolicyConfig) -> KeepAlivePolicy:
+    """``idle_terminate`` is the keep-alive."""
+    given, keep = _given(config), KeepAlivePolicy()
+    if "idle_terminate" in given:
+        keep = dataclasses.replace(keep, keep_alive_s=given["idle_terminate"])
+    return keep

@@ -7,22 +7,24 @@ give (see :data:`PRESETS`); keys given explicitly always win.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shoal.config import default_max_size, validate
 from shoal.errors import ConfigError
+from shoal.scaling.registry import COMMON_KEYS, POLICIES, POLICY_NAMES
 
 Mode = Literal["auto", "aggressive", "reactive", "conservative", "fixed"]
-Predictor = Literal["ml-based", "linear", "seasonal"]
+Predictor = Literal["none", "seasonal", "linear", "ml-based"]
 
-#: Policies a ``scaling_policy`` may name with ``"policy"``; ``mode`` picks one otherwise.
-#: ``hpa``, ``kpa``, ``rayserve`` and ``keepalive`` are the field's autoscalers
-#: (:mod:`shoal.scaling.baselines`); they bring their own windows, so only bounds guard them.
-POLICY_NAMES: tuple[str, ...] = ("target", "rule", "fixed", "hpa", "kpa", "rayserve", "keepalive")
-BASELINE_NAMES: tuple[str, ...] = ("hpa", "kpa", "rayserve", "keepalive")
+#: The price of one agent-hour, in $, that ``cost_threshold`` divides when the pool has no
+#: ``price_per_hour`` of its own: about one vCPU-hour on demand at the large clouds, so
+#: ``cost_threshold: 100`` buys 1,000 agents.
+DEFAULT_PRICE_PER_HOUR = 0.10
+#: ``idle_time`` of the ``rule`` policy when none is given (the seed's "idle_time > 5min").
+RULE_IDLE_TIME = 300.0
 
 #: What each mode fills in. ``auto`` is the base: target tracking at 70% utilization, checked
 #: every second, growing as fast as demand needs and shrinking only to the highest size
@@ -68,7 +70,9 @@ class ScalingPolicyConfig(BaseModel):
     ``cost_threshold``, ``prefer_spot``; and its metric rules: ``queue_depth`` (callers waiting
     that count as a burst), ``sla`` (a response-time bound, seconds) and ``idle_time`` (how long
     the seed's rule waits at low utilization before scaling down). shoal adds ``policy`` (which
-    policy decides) and ``interval`` (how often it is asked).
+    policy decides), ``interval`` (how often it is asked), and for the ``predictor``:
+    ``forecast_only`` (log what the forecast would do, change nothing) and ``cold_start`` (the
+    agents' start time the forecast must look ahead by; measured by the pool when not given).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -84,13 +88,15 @@ class ScalingPolicyConfig(BaseModel):
     scale_up_rate: int | None = Field(default=None, ge=1, strict=True)
     scale_down_rate: int | None = Field(default=None, ge=1, strict=True)
     predictor: Predictor | None = None
+    forecast_only: bool = Field(default=False, strict=True)
+    cold_start: float | None = Field(default=None, gt=0)
     burst_capacity: int | None = Field(default=None, ge=0, strict=True)
     idle_terminate: float | None = Field(default=None, gt=0)
     cost_threshold: float | None = Field(default=None, gt=0)
     prefer_spot: bool = Field(default=False, strict=True)
     queue_depth: int = Field(default=5, ge=1, strict=True)
     sla: float | None = Field(default=None, gt=0)
-    idle_time: float = Field(default=300.0, ge=0)
+    idle_time: float | None = Field(default=None, ge=0)
     interval: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
@@ -115,13 +121,23 @@ class ScalingPolicyConfig(BaseModel):
     def policy_name(self) -> str:
         return self.policy or ("fixed" if self.mode == "fixed" else "target")
 
+    @property
+    def predictor_name(self) -> str:
+        """The predictor in use: ``none`` when the key is absent."""
+        return self.predictor or "none"
+
+    @property
+    def rule_idle_time(self) -> float:
+        """How long the ``rule`` policy waits at low utilization before each scale-down."""
+        return RULE_IDLE_TIME if self.idle_time is None else self.idle_time
+
+    def given(self, key: str) -> bool:
+        """Whether ``key`` was set by the user or by the mode's preset (not a plain default)."""
+        return key in self.model_fields_set
+
     def unimplemented(self) -> list[str]:
         """Keys that are accepted and validated but do not change behaviour yet."""
         notes = []
-        if self.predictor is not None:
-            notes.append(
-                f"predictor={self.predictor!r} is not implemented yet; scaling is reactive"
-            )
         if self.prefer_spot:
             notes.append("prefer_spot=True has no effect on this backend (no spot capacity)")
         return notes
@@ -141,4 +157,51 @@ def parse_scaling_policy(where: str, policy: Mapping[str, Any]) -> ScalingPolicy
             options[long] = options.pop(short)
     mode = options.get("mode", "auto")
     preset = PRESETS.get(mode, {}) if isinstance(mode, str) else {}
-    return validate(ScalingPolicyConfig, where, {**preset, **options})
+    if mode == "fixed" and options.get("policy", "fixed") != "fixed":
+        raise ConfigError(
+            f"{where}: mode 'fixed' keeps a fixed size, so it takes no policy "
+            f"(got policy={options['policy']!r}); drop 'policy' or pick another mode"
+        )
+    given = set(options)
+    fixed = mode == "fixed" or options.get("policy") == "fixed"
+    size = options.get("min_instances", 1)
+    if fixed and "max_instances" not in options and isinstance(size, int) and size >= 1:
+        options["max_instances"] = size  # a fixed pool has one size
+    config = validate(ScalingPolicyConfig, where, {**preset, **options})
+    _check_keys_act(where, config, given)
+    if config.policy_name == "fixed":
+        config = _fixed_size(where, config, "max_instances" in given)
+    return config
+
+
+def _check_keys_act(where: str, config: ScalingPolicyConfig, given: Iterable[str]) -> None:
+    """Reject a key the chosen policy would ignore, rather than let it do nothing silently."""
+    acts = POLICIES[config.policy_name].keys | COMMON_KEYS
+    idle = sorted(k for k in given if k not in acts)
+    if idle:
+        label = (
+            "mode 'fixed'" if config.policy_name == "fixed" else (f"policy {config.policy_name!r}")
+        )
+        raise ConfigError(
+            f"{where}: {', '.join(idle)} {'does' if len(idle) == 1 else 'do'} nothing under "
+            f"{label}, which acts only on {', '.join(sorted(acts - {'mode', 'policy'}))}; "
+            "remove it or pick a policy that uses it"
+        )
+
+
+def _fixed_size(where: str, config: ScalingPolicyConfig, max_given: bool) -> ScalingPolicyConfig:
+    """A fixed pool has one size, ``min_instances``: ``max_instances`` may only repeat it."""
+    size = config.min_instances
+    if max_given and config.max_instances != size:
+        raise ConfigError(
+            f"{where}: a fixed pool has one size, but min_instances={size} and "
+            f"max_instances={config.max_instances}; give one size (e.g. "
+            f"{{'mode': 'fixed', 'min_instances': {config.max_instances}}}) or use mode "
+            "'auto' to scale between them"
+        )
+    if size < 1:
+        raise ConfigError(
+            f"{where}: a fixed pool of {size} agents could never serve a call; "
+            "give min_instances >= 1"
+        )
+    return config.model_copy(update={"max_instances": size})

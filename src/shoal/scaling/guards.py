@@ -14,25 +14,32 @@ applies, in this order:
    last ``cooldown_period`` seconds, so a brief lull never sheds capacity a moment before the
    next wave (Kubernetes' scale-down stabilisation window, with an up window of zero).
 4. **rate limits** — at most ``scale_up_rate`` added and ``scale_down_rate`` removed per decision.
-5. **cost cap** — never more than ``cost_threshold / price_per_hour`` agents.
+5. **cost cap** — never more than ``cost_threshold / price_per_hour`` agents (the pool's
+   price, or :data:`~shoal.scaling.config.DEFAULT_PRICE_PER_HOUR` when it has none).
 6. **bounds** — within ``[min_instances, max_instances]``.
 
 Every decision carries the reason of each guard that changed it.
 
 The field's autoscalers (``hpa``, ``kpa``, ``rayserve``, ``keepalive``) bring their own
-windows and delays, so they get only the last two (``guards="bounds"``), as does ``fixed``.
+windows and delays, so they get only the last two (``guards="bounds"``), as does ``fixed``; the
+``rule`` policy's ``idle_time`` is its scale-down delay, so it skips the window
+(``guards="no-window"``). Which policy gets which is :mod:`shoal.scaling.registry`'s.
+
+:class:`ShedSurplus` wraps the result once more, for the autoscaler: agents the pool started on
+demand above the policy's size are let go once they have been surplus for a while.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from shoal.errors import ConfigError
 from shoal.pool.metrics import PoolMetrics
-from shoal.scaling.config import BASELINE_NAMES, ScalingPolicyConfig
-from shoal.scaling.policy import Decision, FixedPolicy, Policy, RulePolicy, TargetUtilizationPolicy
+from shoal.scaling.config import DEFAULT_PRICE_PER_HOUR, ScalingPolicyConfig
+from shoal.scaling.policy import Decision, Policy, TargetUtilizationPolicy
+from shoal.scaling.registry import Guards, entry
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,9 @@ class GuardedPolicy:
     config: ScalingPolicyConfig
     price_per_hour: float | None = None
     name: str = field(default="")
-    # "all", or "bounds" for a policy that brings its own windows: only the cost cap and bounds.
-    guards: Literal["all", "bounds"] = "all"
+    # "all"; "no-window" without the stabilisation window; "bounds" for a policy that brings
+    # its own windows: only the cost cap and bounds.
+    guards: Guards = "all"
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -62,21 +70,22 @@ class GuardedPolicy:
         if cap is not None and cap < self.config.min_instances:
             raise ConfigError(
                 f"scaling_policy: cost_threshold={self.config.cost_threshold} $/h at "
-                f"{self.price_per_hour} $/agent-hour affords {cap} agents, fewer than "
-                f"min_instances={self.config.min_instances}"
+                f"{self.price} $/agent-hour affords {cap} agents, fewer than "
+                f"min_instances={self.config.min_instances}; raise cost_threshold or lower "
+                "min_instances"
             )
+
+    @property
+    def price(self) -> float:
+        """$ per agent-hour: the pool's price, or the documented default."""
+        return self.price_per_hour if self.price_per_hour is not None else DEFAULT_PRICE_PER_HOUR
 
     @property
     def cost_cap(self) -> int | None:
         cfg = self.config
-        if cfg.cost_threshold is None:
-            return None
-        if not self.price_per_hour:
-            raise ConfigError(
-                "scaling_policy: cost_threshold needs the pool's price_per_hour "
-                "(the price of one agent-hour) to know how many agents it buys"
-            )
-        return math.floor(cfg.cost_threshold / self.price_per_hour + 1e-9)
+        if cfg.cost_threshold is None or self.price == 0:
+            return None  # free agents: no number of them exceeds a budget
+        return math.floor(cfg.cost_threshold / self.price + 1e-9)
 
     def initial_state(self) -> GuardState:
         return GuardState(self.inner.initial_state())
@@ -125,7 +134,7 @@ class GuardedPolicy:
         # 3. stabilisation: down only to the highest recommendation in the window
         window = cfg.cooldown_period
         history = (*((t, n) for t, n in state.history if t > now - window), (now, desired))
-        if desired < current and window > 0 and not zeroed:
+        if desired < current and window > 0 and not zeroed and self.guards == "all":
             floor = max(n for _, n in history)
             if floor > desired:
                 reasons.append(
@@ -166,42 +175,98 @@ class GuardedPolicy:
 QUEUEING_HEADROOM = 2.5
 
 
+def target_policy(config: ScalingPolicyConfig) -> TargetUtilizationPolicy:
+    """The target policy a mode's config describes, thresholds included where given."""
+    # Smooth over a sixth of the scale-down window (10 s for the default 60 s): a user who
+    # asks for a short cooldown gets a policy that forgets a burst as quickly.
+    smoothing = min(10.0, max(config.interval, config.cooldown_period / 6))
+    # Unless the user asked for a utilization, let queueing theory trim the headroom of
+    # large pools (see TargetUtilizationPolicy.queueing_headroom).
+    beta = None if config.given("target_utilization") else QUEUEING_HEADROOM
+    return TargetUtilizationPolicy(
+        config.target_utilization,
+        smoothing_s=smoothing,
+        queueing_headroom=beta,
+        scale_up_threshold=(
+            config.scale_up_threshold if config.given("scale_up_threshold") else None
+        ),
+        scale_down_threshold=(
+            config.scale_down_threshold if config.given("scale_down_threshold") else None
+        ),
+        sla=config.sla,
+        idle_time=config.idle_time,
+    )
+
+
 def build_policy(
     config: ScalingPolicyConfig, *, price_per_hour: float | None = None
 ) -> GuardedPolicy:
-    """The guarded policy a ``scaling_policy`` names (by ``policy``, or by ``mode``)."""
-    inner: Policy[Any]
-    name = config.policy_name
-    if name == "target":
-        # Smooth over a sixth of the scale-down window (10 s for the default 60 s): a user who
-        # asks for a short cooldown gets a policy that forgets a burst as quickly.
-        smoothing = min(10.0, max(config.interval, config.cooldown_period / 6))
-        # Unless the user asked for a utilization, let queueing theory trim the headroom of
-        # large pools (see TargetUtilizationPolicy.queueing_headroom).
-        beta = None if "target_utilization" in config.model_fields_set else QUEUEING_HEADROOM
-        inner = TargetUtilizationPolicy(
-            config.target_utilization, smoothing_s=smoothing, queueing_headroom=beta
-        )
-    elif name == "rule":
-        inner = RulePolicy(
-            scale_up_threshold=config.scale_up_threshold,
-            scale_down_threshold=config.scale_down_threshold,
-            queue_depth=config.queue_depth,
-            sla=config.sla,
-            idle_time=config.idle_time,
-            step_up=config.scale_up_rate or 1,
-            step_down=config.scale_down_rate or 1,
-        )
-    elif name == "fixed":
-        # A fixed pool does not burst or stabilise: it keeps min_instances agents.
-        return GuardedPolicy(
-            FixedPolicy(config.min_instances), config, price_per_hour, guards="bounds"
-        )
-    elif name in BASELINE_NAMES:
-        from shoal.scaling import baselines
+    """The guarded policy a ``scaling_policy`` names (by ``policy``, or by ``mode``).
 
-        inner = baselines.from_config(name, config)
-        return GuardedPolicy(inner, config, price_per_hour, guards="bounds")
-    else:  # pragma: no cover - the config validates the name
-        raise ConfigError(f"unknown policy {name!r}")
-    return GuardedPolicy(inner, config, price_per_hour)
+    ``price_per_hour`` is the pool's price of an agent-hour, for ``cost_threshold``; without one
+    :data:`~shoal.scaling.config.DEFAULT_PRICE_PER_HOUR` is assumed.
+    """
+    chosen = entry(config.policy_name)
+    inner = chosen.build(config)
+    if config.predictor_name != "none":
+        inner = predictive(inner, config)
+    return GuardedPolicy(inner, config, price_per_hour, guards=chosen.guards)
+
+
+def predictive(inner: Policy[Any], config: ScalingPolicyConfig) -> Policy[Any]:
+    """``inner`` with the config's predictor around it (inside the guards, which bind it)."""
+    from shoal.scaling.predict import Forecaster
+    from shoal.scaling.predictive import PredictivePolicy
+
+    # Bins of 10 s (or the interval, if longer): short enough to see a 30-s burst's phase,
+    # long enough that a bin of a light load holds more than noise.
+    forecaster = Forecaster(kind=config.predictor_name, bin_s=max(10.0, config.interval))
+    beta = None if config.given("target_utilization") else QUEUEING_HEADROOM
+    return PredictivePolicy(
+        inner,
+        forecaster,
+        interval=config.interval,
+        target_utilization=config.target_utilization,
+        queueing_headroom=beta,
+        cold_start=config.cold_start,
+        forecast_only=config.forecast_only,
+    )
+
+
+@dataclass(frozen=True)
+class SurplusState:
+    inner: Any
+    since: float | None = None  # when idle agents above the policy's size were first seen
+
+
+@dataclass(frozen=True)
+class ShedSurplus:
+    """Let go of idle agents above the policy's size once they have been surplus for ``hold_s``.
+
+    Agents the pool started on demand sit above the target. Once the pool has had idle agents
+    beyond what the policy wants for ``hold_s`` seconds, the decision asks the autoscaler to set
+    the target again (``shed``), which retires them as a lower recommendation would, rather than
+    after the pool's ``idle_timeout``. Busy agents are never retired.
+    """
+
+    inner: Policy[Any]
+    hold_s: float
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def initial_state(self) -> SurplusState:
+        return SurplusState(self.inner.initial_state())
+
+    def decide(
+        self, snapshot: PoolMetrics, state: SurplusState, now: float
+    ) -> Decision[SurplusState]:
+        raw = self.inner.decide(snapshot, state.inner, now)
+        desired = min(max(raw.desired, snapshot.min_size), snapshot.max_size)
+        if not (snapshot.idle > 0 and snapshot.size > desired):
+            return Decision(raw.desired, SurplusState(raw.state), raw.reason)
+        since = state.since if state.since is not None else now
+        if now - since < self.hold_s:
+            return Decision(raw.desired, SurplusState(raw.state, since), raw.reason)
+        return Decision(raw.desired, SurplusState(raw.state), raw.reason, shed=True)

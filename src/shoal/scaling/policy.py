@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from shoal.pool.metrics import PoolMetrics
@@ -26,6 +26,9 @@ class Decision(Generic[S]):
     desired: int
     state: S
     reason: str
+    # Set the target again even if ``desired`` equals it, so the pool lets go of idle agents
+    # above it now (agents started on demand) instead of after its ``idle_timeout``.
+    shed: bool = False
 
 
 class Policy(Protocol[S]):
@@ -55,7 +58,9 @@ def observe(snapshot: PoolMetrics, state: RateState, now: float, *, tau: float =
     ``tau`` is the smoothing time constant in seconds, so the result does not depend on how
     often the policy is asked.
     """
-    in_flight = float(snapshot.busy + snapshot.queue_depth)
+    # Agents' worth of calls: an agent runs max_concurrency calls at once.
+    calls = max(snapshot.in_flight, snapshot.busy)  # (equal when an agent runs one call)
+    in_flight = (calls + snapshot.queue_depth) / max(1, snapshot.max_concurrency)
     if state.time is None or now <= state.time:
         return RateState(snapshot.requests_total, now, state.rate, in_flight)
     dt = now - state.time
@@ -67,6 +72,14 @@ def observe(snapshot: PoolMetrics, state: RateState, now: float, *, tau: float =
         state.rate + a * (instant - state.rate),
         state.busy + a * (in_flight - state.busy),
     )
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """The target policy's memory: the smoothed rates, and since when utilization is low."""
+
+    seen: RateState = RateState()
+    low_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,20 +97,76 @@ class TargetUtilizationPolicy:
     agents keep the chance that a call waits at a few percent whatever the load (square-root
     staffing, Halfin and Whitt), so a large pool runs hotter than ``target_utilization`` while
     a small one keeps the headroom it needs.
+
+    The seed's thresholds, each off unless given: above ``scale_up_threshold`` utilization,
+    or when the caller at the head of the queue will miss the ``sla`` (its wait so far plus the
+    mean run time exceeds it), the size grows by at least one whatever the demand says. Then
+    fewer agents are recommended only while utilization is below ``scale_down_threshold``,
+    and only once it has stayed there for ``idle_time`` seconds.
     """
 
     target_utilization: float = 0.7
     tolerance: float = 0.1
     smoothing_s: float = 10.0
     queueing_headroom: float | None = None
+    scale_up_threshold: float | None = None
+    scale_down_threshold: float | None = None
+    sla: float | None = None
+    idle_time: float | None = None
     name: str = "target"
 
-    def initial_state(self) -> RateState:
-        return RateState()
+    def initial_state(self) -> TargetState:
+        return TargetState()
 
-    def decide(self, snapshot: PoolMetrics, state: RateState, now: float) -> Decision[RateState]:
+    def decide(
+        self, snapshot: PoolMetrics, state: TargetState, now: float
+    ) -> Decision[TargetState]:
+        tracked = self._track(snapshot, state.seen, now)
+        current = snapshot.target_size
+        util = snapshot.utilization_rate
+        up = None
+        if self.scale_up_threshold is not None and util > self.scale_up_threshold:
+            up = f"utilization {util:.0%} > scale_up_threshold {self.scale_up_threshold:.0%}"
+        late = snapshot.oldest_wait + snapshot.avg_execution_time
+        if self.sla is not None and snapshot.queue_depth > 0 and late > self.sla:
+            up = f"a caller waiting {snapshot.oldest_wait:.2f} s will miss the sla {self.sla:g} s"
+        if up is not None and tracked.desired <= current:
+            return Decision(current + 1, TargetState(tracked.state), f"{up}: +1")
+        if up is not None or tracked.desired >= current:
+            return Decision(tracked.desired, TargetState(tracked.state), tracked.reason)
+        # The demand says fewer: under the thresholds only from low utilization, held long enough.
+        low = self.scale_down_threshold
+        if self.idle_time is not None and low is None:
+            low = 0.3
+        if low is None:
+            return Decision(tracked.desired, TargetState(tracked.state), tracked.reason)
+        if util >= low:
+            return Decision(
+                current,
+                TargetState(tracked.state),
+                f"{tracked.reason}, but utilization {util:.0%} is not below "
+                f"scale_down_threshold {low:.0%}",
+            )
+        since = state.low_since if state.low_since is not None else now
+        wait = self.idle_time or 0.0
+        if now - since < wait:
+            return Decision(
+                current,
+                TargetState(tracked.state, since),
+                f"{tracked.reason}; utilization {util:.0%} low for {now - since:.0f} of "
+                f"{wait:.0f} s (idle_time)",
+            )
+        return Decision(
+            tracked.desired,
+            TargetState(tracked.state, since),
+            f"{tracked.reason}; utilization {util:.0%} < {low:.0%}"
+            + (f" for {now - since:.0f} s" if wait else ""),
+        )
+
+    def _track(self, snapshot: PoolMetrics, state: RateState, now: float) -> Decision[RateState]:
+        """Plain target tracking: the size the smoothed demand needs."""
         seen = observe(snapshot, state, now, tau=self.smoothing_s)
-        little = seen.rate * snapshot.avg_execution_time
+        little = seen.rate * snapshot.avg_execution_time / max(1, snapshot.max_concurrency)
         demand = max(little, seen.busy)
         need = demand / self.target_utilization
         at = f"at {self.target_utilization:.0%} utilization"
@@ -127,8 +196,11 @@ class RulePolicy:
 
     Up when utilization is above ``scale_up_threshold``, when callers have waited over
     ``wait_s`` (one second), when more than ``queue_depth`` are queued, or when the response time
-    exceeds ``sla``. Down when utilization has stayed below ``scale_down_threshold`` with an empty
-    queue for ``idle_time``. Each decision moves by ``step_up`` / ``step_down`` agents.
+    exceeds ``sla``. Down once utilization has stayed below ``scale_down_threshold`` with an
+    empty queue for ``idle_time``, then again at every decision while it stays there, so an
+    idle pool steps down to its minimum. Each decision moves by ``step_up`` / ``step_down``
+    agents. ``idle_time`` is the rule's own scale-down delay: the guards' stabilisation window
+    does not apply to it (it would hold every single step for the whole window).
     """
 
     scale_up_threshold: float = 0.8
@@ -165,7 +237,7 @@ class RulePolicy:
             if now - since >= self.idle_time:
                 return Decision(
                     current - self.step_down,
-                    RuleState(now),
+                    RuleState(since),
                     f"utilization {util:.0%} < {self.scale_down_threshold:.0%} for "
                     f"{now - since:.0f} s: -{self.step_down}",
                 )
@@ -204,8 +276,3 @@ class FunctionPolicy:
 
     def decide(self, snapshot: PoolMetrics, state: Any, now: float) -> Decision[Any]:
         return self.fn(snapshot, state, now)
-
-
-def with_name(policy: Any, name: str) -> Any:
-    """A copy of a dataclass policy under another name (for tables and events)."""
-    return replace(policy, name=name)

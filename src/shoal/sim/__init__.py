@@ -10,13 +10,8 @@ field's autoscalers (Kubernetes HPA, Knative KPA, Ray Serve, FaaS keep-alive) as
         print(simulate(w, name, cold_start=2.0, max_size=200).summary())
 """
 
-from shoal.scaling.baselines import (
-    BASELINES,
-    HPAPolicy,
-    KeepAlivePolicy,
-    KPAPolicy,
-    RayServePolicy,
-)
+from shoal.scaling.baselines import HPAPolicy, KeepAlivePolicy, KPAPolicy, RayServePolicy
+from shoal.scaling.registry import BASELINES
 from shoal.sim import workload as workloads
 from shoal.sim.backend import SimAgent, SimBackend, serve
 from shoal.sim.run import POLICIES, SHOAL_POLICIES, SUMMARY_KEYS, Series, SimResult, simulate

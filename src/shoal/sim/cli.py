@@ -18,7 +18,8 @@ from typing import Any, TextIO
 
 from shoal.clock import perf_counter
 from shoal.errors import ConfigError, ShoalError
-from shoal.sim.run import POLICIES, SimResult, simulate
+from shoal.scaling.predict import PREDICTORS
+from shoal.sim.run import POLICIES, SimResult, plan, simulate
 from shoal.sim.workload import (
     DISTRIBUTIONS,
     GENERATORS,
@@ -75,18 +76,39 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="append",
         metavar="NAME",
         help=(
-            f"a policy to run, repeatable: {', '.join(POLICIES)}, fixed:N "
+            f"a policy to run, repeatable: {', '.join(POLICIES)}, fixed:N, keepalive:S, "
+            "auto+PREDICTOR "
             f"(default: {' '.join(DEFAULT_POLICIES)})"
         ),
     )
     p.add_argument("--cold-start", type=float, default=2.0, metavar="S", help="agent start (2.0)")
     p.add_argument("--min-size", type=int, default=1, metavar="N", help="fewest agents (1)")
     p.add_argument("--max-size", type=int, default=100, metavar="N", help="most agents (100)")
+    p.add_argument(
+        "--max-concurrency", type=int, default=1, metavar="N", help="calls per agent at once (1)"
+    )
     p.add_argument("--sla", type=float, default=None, metavar="S", help="response-time bound")
     p.add_argument("--price", type=float, default=None, metavar="P", help="$ per agent-hour")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="for every random draw (0)")
     p.add_argument(
         "--interval", type=float, default=None, metavar="S", help="time-series sample period"
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help=(
+            "start every policy at the opening load's size after replaying the workload's "
+            "first S seconds, not counted (0: min-size warm agents under the full load, "
+            "empty histories)"
+        ),
+    )
+    p.add_argument(
+        "--predictor",
+        choices=PREDICTORS,
+        default=None,
+        help="the predictor of shoal's own policies (their default: none)",
     )
     p.add_argument("--json", action="store_true", help="print a JSON list and nothing else")
     p.add_argument("--plot", metavar="OUT.png", help="draw load, size, queue and wait over time")
@@ -98,13 +120,13 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     policies: list[str] = args.policy or list(DEFAULT_POLICIES)
     try:
-        for name in policies:
-            base, _, size = name.partition(":")
-            if base not in POLICIES or (size and base != "fixed"):
-                raise ConfigError(
-                    f"unknown policy {name!r}; known: {', '.join(POLICIES)} (or fixed:N)"
-                )
+        if args.plot:
+            from shoal.sim.plot import require_matplotlib
+
+            require_matplotlib()  # before minutes of simulating, not after
         workload = _workload(args)
+        for name in policies:
+            plan(name, workload, min_size=max(0, args.min_size), max_size=max(1, args.max_size))
         results = []
         started = perf_counter()
         for name in policies:
@@ -119,6 +141,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
                     price=args.price,
                     interval=args.interval,
                     seed=args.seed,
+                    max_concurrency=args.max_concurrency,
+                    warmup=args.warmup,
+                    predictor=args.predictor,
                 )
             )
         wall = perf_counter() - started
@@ -156,6 +181,8 @@ def _title(workload: Workload, args: argparse.Namespace) -> str:
         f"workload {workload.name}: {len(workload):,} requests over {workload.horizon:,.0f} s, "
         f"mean run time {workload.mean_duration:.3g} s | cold start {args.cold_start:g} s, "
         f"pool {args.min_size}..{args.max_size}, seed {args.seed}"
+        + (f", warm-up {args.warmup:g} s" if args.warmup else "")
+        + (f", predictor {args.predictor}" if args.predictor else "")
     )
 
 
@@ -181,6 +208,9 @@ def table(results: Sequence[SimResult]) -> str:
         head.append("SLA missed")
     if cost:
         head.append("cost $")
+    mase = any(r.forecast_mase is not None for r in results)
+    if mase:
+        head.append("forecast MASE")
     rows = [head]
     for r in results:
         row = [
@@ -202,6 +232,8 @@ def table(results: Sequence[SimResult]) -> str:
             row.append("-" if rate is None else f"{rate:.2%}")
         if cost:
             row.append("-" if r.cost_usd is None else f"{r.cost_usd:,.2f}")
+        if mase:
+            row.append("-" if r.forecast_mase is None else f"{r.forecast_mase:.2f}")
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = []

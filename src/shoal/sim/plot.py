@@ -18,6 +18,17 @@ _SHOAL_COLOURS = ("#d62728", "#9467bd", "#8c564b", "#e377c2")
 _OTHER_COLOURS = ("#1f77b4", "#2ca02c", "#ff7f0e", "#bcbd22", "#7f7f7f", "#17becf")
 
 
+def require_matplotlib() -> None:
+    """Raise :class:`~shoal.errors.BackendError` now if matplotlib is missing, so a command
+    asked to plot fails before it simulates anything."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise BackendError(
+            "plotting needs matplotlib. Install it with: pip install 'shoal[sim]'"
+        ) from None
+
+
 def plot(results: Sequence[SimResult], path: str | Path, *, title: str | None = None) -> Path:
     """Write a PNG of ``results`` (runs of the same workload) to ``path``; returns the path.
 

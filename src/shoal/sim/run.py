@@ -26,21 +26,22 @@ from shoal.clock import VirtualTimeLoop, perf_counter
 from shoal.errors import ConfigError, ShoalError
 from shoal.pool.metrics import PoolMetrics
 from shoal.pool.pool import AgentPool
-from shoal.scaling import baselines
 from shoal.scaling.autoscaler import AutoScaler
-from shoal.scaling.baselines import BASELINES
-from shoal.scaling.config import POLICY_NAMES, PRESETS, parse_scaling_policy
-from shoal.scaling.guards import build_policy
+from shoal.scaling.baselines import KeepAlivePolicy
+from shoal.scaling.config import PRESETS, parse_scaling_policy
 from shoal.scaling.policy import Decision, Policy
+from shoal.scaling.registry import BASELINES
+from shoal.scaling.registry import POLICIES as REGISTRY
 from shoal.sim.backend import SimBackend, serve
 from shoal.sim.workload import Distribution, Workload
 
 #: shoal's own policies: the modes, and the policies a ``scaling_policy`` may name.
 SHOAL_POLICIES: tuple[str, ...] = (
     *(m for m in PRESETS if m != "fixed"),
-    *(p for p in POLICY_NAMES if p not in BASELINES),
+    *(p for p in REGISTRY if p not in BASELINES),
 )
-#: Every name :func:`simulate` accepts (``fixed`` also as ``fixed:N``).
+#: Every name :func:`simulate` accepts (``fixed`` also as ``fixed:N``, ``keepalive`` as
+#: ``keepalive:S``, and shoal's own as ``NAME+PREDICTOR``, e.g. ``auto+ml-based``).
 POLICIES: tuple[str, ...] = (*SHOAL_POLICIES, *BASELINES)
 
 _NICE_INTERVALS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
@@ -94,7 +95,9 @@ class SimResult:
     (the pool's counter); ``agents_started`` counts agent starts. ``scale_events`` counts
     changes of the pool's target, ``reversals`` the changes of their direction. The run lasts
     from the first instant of the workload until both its horizon has passed and every request
-    has been answered (``duration_s``).
+    has been answered (``duration_s``). With a ``warmup``, everything counts from its end; then
+    ``peak_size`` is the largest size sampled after it. ``forecast_mase`` is the predictor's
+    (see :mod:`shoal.scaling.predict`), None without one.
     """
 
     policy: str
@@ -124,6 +127,8 @@ class SimResult:
     failed: int
     series: Series = field(repr=False)
     wall_s: float = field(default=0.0, compare=False)  # real seconds the run took
+    forecast_mase: float | None = None  # the predictor's MASE over the run (None without one)
+    warmup_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         """The figures as a JSON-ready dict: :data:`SUMMARY_KEYS`, then response times, starts
@@ -135,6 +140,7 @@ class SimResult:
             agents_started=self.agents_started,
             starting_agent_seconds=self.starting_agent_seconds,
             duration_s=self.duration_s,
+            forecast_mase=self.forecast_mase,
         )
         if self.sla_s is not None:
             out["sla_s"] = self.sla_s
@@ -165,32 +171,51 @@ def plan(
         given = dict(policy)
         label = str(given.get("policy") or given.get("mode") or "auto")
     else:
+        policy, _, predictor = policy.partition("+")
         name, _, arg = policy.partition(":")
-        if name not in POLICIES or (arg and name != "fixed"):
+        if (
+            name not in POLICIES
+            or (arg and name not in ("fixed", "keepalive"))
+            or (predictor and name not in SHOAL_POLICIES)
+        ):
             raise ConfigError(
-                f"unknown policy {policy!r}; known: {', '.join(POLICIES)} (or fixed:N)"
+                f"unknown policy {policy!r}; known: {', '.join(POLICIES)} (or fixed:N, "
+                "keepalive:S, and shoal's with +PREDICTOR)"
             )
         label = name
         given = {"mode": name} if name in PRESETS else {"policy": name}
+        if predictor:
+            given["predictor"] = predictor
+            label = f"{name}+{predictor}"
+        if name == "keepalive":
+            keep = _seconds(policy, arg) if arg else KeepAlivePolicy.keep_alive_s
+            given["idle_terminate"] = keep
+            label = f"keepalive:{keep:g}"
         if name == "fixed":
             size = _fixed_size(policy, arg, workload)
             size = max(size, min_size) if arg else min(max(size, min_size), max_size)
-            given = {"policy": "fixed", "min": size, "max": max(size, max_size)}
+            given = {"policy": "fixed", "min": size}
             label = f"fixed:{size}"
+    fixed = given.get("policy", "fixed" if given.get("mode") == "fixed" else None) == "fixed"
     if not ({"min", "min_instances"} & given.keys()):
         given["min"] = min_size
-    if not ({"max", "max_instances"} & given.keys()):
-        given["max"] = max_size
+    if not fixed and not ({"max", "max_instances"} & given.keys()):
+        given["max"] = max_size  # (a fixed pool has one size)
     config = parse_scaling_policy(f"policy {label!r}", given)
     if on_demand is None:
         # shoal's policies run as a shoal pool does; a baseline as its own system does.
-        on_demand = baselines.on_demand(build_policy(config).inner)
-        if config.policy_name not in BASELINES:
-            on_demand = True
-    lo, hi = config.min_instances, config.max_instances
-    if config.policy_name == "fixed":
-        hi = lo  # nothing to grow into
-    return _Plan(label, given, on_demand, lo, hi)
+        on_demand = REGISTRY[config.policy_name].on_demand
+    return _Plan(label, given, on_demand, config.min_instances, config.max_instances)
+
+
+def _seconds(policy: str, arg: str) -> float:
+    try:
+        value = float(arg)
+    except ValueError:
+        raise ConfigError(f"policy {policy!r}: {arg!r} is not a number of seconds") from None
+    if not value > 0:
+        raise ConfigError(f"policy {policy!r}: the keep-alive must be > 0 seconds")
+    return value
 
 
 def _fixed_size(policy: str, arg: str, workload: Workload) -> int:
@@ -220,6 +245,9 @@ def simulate(
     seed: int = 0,
     idle_timeout: float = 300.0,
     on_demand: bool | None = None,
+    max_concurrency: int = 1,
+    warmup: float = 0.0,
+    predictor: str | None = None,
 ) -> SimResult:
     """Replay ``workload`` on a pool scaled by ``policy`` and measure what happened.
 
@@ -231,6 +259,15 @@ def simulate(
     agent-hour for ``cost_usd``. ``interval`` is the time series' sample period (by default one
     that gives a few hundred points). ``idle_timeout`` is the pool's (production default
     300 s). ``on_demand`` overrides whether the pool starts agents for waiting callers.
+    ``max_concurrency`` is how many requests one agent serves at once.
+    ``predictor`` sets the ``predictor`` of shoal's own policies (baselines have none).
+
+    ``warmup`` (seconds) makes the comparison start from a settled state: the pool is first
+    grown to the size the opening load needs (its first minute's offered load at 70%
+    utilization), then a pre-roll replays the workload's own first ``warmup`` seconds (repeated
+    if it is shorter), so each policy settles and fills its windows and histories as a running
+    system would have; nothing of the pre-roll is counted. Without it every run starts with
+    ``min_size`` warm agents under the full load and empty histories.
 
     Runs synchronously on a fresh virtual-time loop; deterministic for a given ``seed``.
     """
@@ -243,11 +280,25 @@ def simulate(
         raise ConfigError(f"sla={sla!r} must be a number of seconds > 0")
     if price is not None and not price >= 0:
         raise ConfigError(f"price={price!r} must be a number >= 0 ($ per agent-hour)")
+    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+        raise ConfigError(f"max_concurrency={max_concurrency!r} must be an integer >= 1")
+    if max_concurrency < 1:
+        raise ConfigError(f"max_concurrency={max_concurrency!r} must be an integer >= 1")
+    if not warmup >= 0:
+        raise ConfigError(f"warmup={warmup!r} must be a number of seconds >= 0")
+    if predictor is not None and isinstance(policy, str) and "+" not in policy:
+        base = policy.partition(":")[0]
+        if base in SHOAL_POLICIES and predictor != "none":
+            policy = f"{policy}+{predictor}"
+    elif predictor is not None and isinstance(policy, Mapping):
+        policy = {**policy, "predictor": predictor}
     the_plan = plan(policy, workload, min_size=min_size, max_size=max_size, on_demand=on_demand)
     sample = interval if interval is not None else _nice_interval(workload.horizon)
     if not sample > 0:
         raise ConfigError(f"interval={interval!r} must be a number of seconds > 0")
-    run = _Run(workload, the_plan, cold_start, seed, sample, idle_timeout, price)
+    run = _Run(
+        workload, the_plan, cold_start, seed, sample, idle_timeout, price, warmup, max_concurrency
+    )
     started = perf_counter()
     with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
         runner.run(run.main())
@@ -276,10 +327,6 @@ class _Observed:
         self.events = 0
         self.reversals = 0
         self._direction = 0
-
-    @property
-    def cost_cap(self) -> int | None:
-        return getattr(self.inner, "cost_cap", None)
 
     def initial_state(self) -> Any:
         return self.inner.initial_state()
@@ -311,8 +358,12 @@ class _Run:
         interval: float,
         idle_timeout: float,
         price: float | None,
+        warmup: float = 0.0,
+        max_concurrency: int = 1,
     ) -> None:
         self.workload = workload
+        self.warmup = warmup
+        self.seed = seed
         self.plan = the_plan
         self.interval = interval
         n = len(workload)
@@ -328,6 +379,7 @@ class _Run:
             idle_timeout=idle_timeout,
             on_demand=the_plan.on_demand,
             price_per_hour=price,
+            max_concurrency=max_concurrency,
             backend=self.backend,
         )
         self.t0 = 0.0
@@ -341,10 +393,13 @@ class _Run:
         self.observed: _Observed | None = None
         self.end = 0.0
         self.finished = False
+        self.started = 0
         self.agent_seconds = 0.0
         self.starting_seconds = 0.0
         self.cold_starts = 0
+        self.forecast_mase: float | None = None
         self._done: asyncio.Future[None] | None = None
+        self._base: tuple[int, float, int] = (0, 0.0, 0)  # cold starts, busy s, starts at t0
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -352,13 +407,24 @@ class _Run:
         self._time = loop.time
         pool = self.pool
         await pool.start()  # min_size agents warm before the first request, as when deployed
+        warm_size = self._opening()
+        if self.warmup and warm_size > pool.size:
+            await pool.resize(warm_size, reason="simulation warm-up: the opening load's size")
         scaler = AutoScaler(pool, self.plan.scaling_policy)
         self.observed = _Observed(scaler.policy)
         scaler.policy = self.observed
+        if self.warmup:
+            scaler.start()
+            self._preroll(loop)
+            await asyncio.sleep(self.warmup)
+            self.observed.events = self.observed.reversals = 0
+            self._base = (pool.snapshot().cold_starts, self.backend.busy_seconds, pool.size)
         self.t0 = t0 = loop.time()
         at_start = self.backend.agent_seconds(t0)
         starting_at_start = self.backend.starting_seconds(t0)
-        scaler.start()
+        starts_at_start = self.backend.starts
+        if not self.warmup:
+            scaler.start()
         self._sample(loop)
         if self.n:
             loop.call_at(t0 + self.arrivals[0], self._arrive, loop)
@@ -371,9 +437,46 @@ class _Run:
         self.agent_seconds = self.backend.agent_seconds(end) - at_start
         self.starting_seconds = self.backend.starting_seconds(end) - starting_at_start
         self.observed.note(pool.target_size)
-        self.cold_starts = pool.snapshot().cold_starts
+        self.cold_starts = pool.snapshot().cold_starts - self._base[0]
+        self.started = self.backend.starts - starts_at_start
+        self.forecast_mase = scaler.forecast_mase
         await scaler.stop()
         await pool.aclose()
+
+    def _opening(self) -> int:
+        """The size the opening load (the first minute's) needs at 70% utilization."""
+        span = min(60.0, self.workload.horizon) or 1.0
+        rate = bisect.bisect_left(self.arrivals, span) / span
+        size = math.ceil(rate * self.workload.mean_duration / 0.7 - 1e-9)
+        return min(max(size, self.plan.pool_min), self.plan.pool_max)
+
+    def _preroll(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The workload's own first ``warmup`` seconds (repeated if it is shorter), replayed
+        before the counted run, so that every policy's history is that of a running system."""
+        if not self.n:
+            return
+        start, offset = loop.time(), 0.0
+        span = self.workload.horizon or 1.0
+        while offset < self.warmup:
+            for a, d in zip(self.arrivals, self.durations, strict=True):
+                if offset + a >= self.warmup:
+                    break
+                loop.call_at(start + offset + a, self._spawn_preroll, loop, d)
+            offset += span
+
+    def _spawn_preroll(self, loop: asyncio.AbstractEventLoop, duration: float) -> None:
+        loop.create_task(self._preroll_request(duration))
+
+    async def _preroll_request(self, duration: float) -> None:
+        pool = self.pool
+        try:
+            agent = await pool.get_agent()
+            try:
+                await agent.call(serve, (duration,))
+            finally:
+                await pool.release_agent(agent)
+        except ShoalError:
+            pass
 
     def _arrive(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start every request due by now, then sleep until the next one is."""
@@ -422,7 +525,10 @@ class _Run:
         ordered = sorted(waits)
         responses = sorted(w + d for w, d in zip(waits, self.durations, strict=True))
         duration = self.end - self.t0
-        busy = self.backend.busy_seconds
+        busy = self.backend.busy_seconds - self._base[1]
+        peak = self.backend.peak_live
+        if self.warmup:
+            peak = max([s[1] for s in self.samples] + [self._base[2]])
         observed = self.observed
         assert observed is not None
         violations = None
@@ -450,16 +556,18 @@ class _Run:
             busy_agent_seconds=busy,
             starting_agent_seconds=self.starting_seconds,
             cold_starts=self.cold_starts,
-            agents_started=self.backend.starts - self.plan.pool_min,
+            agents_started=self.started,
             scale_events=observed.events,
             reversals=observed.reversals,
-            peak_size=self.backend.peak_live,
+            peak_size=peak,
             price_per_hour=price,
             cost_usd=cost,
             duration_s=duration,
             failed=self.failed,
             series=self._series(),
             wall_s=wall,
+            forecast_mase=self.forecast_mase,
+            warmup_s=self.warmup,
         )
 
     def _series(self) -> Series:
@@ -497,20 +605,12 @@ def _count_at_most(ordered: list[float], bound: float) -> int:
     return bisect.bisect_right(ordered, bound)
 
 
-def compare(
-    workload: Workload, policies: list[str | Mapping[str, Any]], **options: Any
-) -> list[SimResult]:
-    """:func:`simulate` each policy on the same workload with the same options."""
-    return [simulate(workload, p, **options) for p in policies]
-
-
 __all__ = [
     "POLICIES",
     "SHOAL_POLICIES",
     "SUMMARY_KEYS",
     "Series",
     "SimResult",
-    "compare",
     "plan",
     "simulate",
 ]

@@ -12,7 +12,6 @@ Everything random takes a seed, so a workload is the same every time it is made.
 from __future__ import annotations
 
 import csv
-import itertools
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -21,6 +20,14 @@ from pathlib import Path
 from typing import Protocol
 
 from shoal.errors import ConfigError
+
+#: What one simulation replays at most, so a hostile or mistaken trace fails at once with the
+#: line to fix instead of running for ever or exhausting memory: two weeks of time (the Azure
+#: Functions trace's length), a request of a day, five million requests (about a minute per
+#: policy, and under a gigabyte).
+MAX_HORIZON_S = 14 * 86_400.0
+MAX_DURATION_S = 86_400.0
+MAX_REQUESTS = 5_000_000
 
 # -- service-time (and cold-start) distributions ------------------------------------------------
 
@@ -365,6 +372,16 @@ def generate(
     make = GENERATORS.get(name)
     if make is None:
         raise ConfigError(f"unknown workload {name!r}; known: {', '.join(GENERATORS)}")
+    if duration > MAX_HORIZON_S:
+        raise ConfigError(
+            f"duration={duration:g} s is past the {MAX_HORIZON_S:,.0f} s (two weeks) a "
+            "simulation replays; give a shorter --duration"
+        )
+    if rate * duration > MAX_REQUESTS:
+        raise ConfigError(
+            f"rate={rate:g}/s over {duration:g} s is about {rate * duration:,.0f} requests, more "
+            f"than the {MAX_REQUESTS:,} a simulation replays; lower --rate or --duration"
+        )
     return make(rate, duration, service=service, seed=seed)
 
 
@@ -405,6 +422,8 @@ def load_trace(
             first = f.readline()
     except OSError as exc:
         raise TraceError(p, None, f"cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise TraceError(p, 1, f"is not UTF-8 text ({exc.reason}); save it as UTF-8") from None
     if first.lstrip("\ufeff").startswith(_AZURE_KEYS[0]):
         return azure_trace(p, service=service, seed=seed)
     return csv_trace(p)
@@ -433,6 +452,13 @@ def csv_trace(path: str | Path) -> Workload:
                     first = False
                     continue
                 first = False
+                if len(pairs) >= MAX_REQUESTS:
+                    raise TraceError(
+                        p,
+                        lineno,
+                        f"more than {MAX_REQUESTS:,} requests, the most a simulation replays; "
+                        "replay a part of the trace",
+                    )
                 pairs.append(_csv_row(p, lineno, row))
     except OSError as exc:
         raise TraceError(p, None, f"cannot be read: {exc.strerror or exc}") from None
@@ -467,7 +493,22 @@ def _csv_row(path: Path, lineno: int, row: list[str]) -> tuple[float, float]:
         if not math.isfinite(value) or value < 0:
             raise TraceError(path, lineno, f"{name}={text.strip()} must be a finite number >= 0")
         values.append(value)
-    return values[0], values[1]
+    time_s, duration_s = values
+    if time_s > MAX_HORIZON_S:
+        raise TraceError(
+            path,
+            lineno,
+            f"time_s={row[0].strip()} is past the {MAX_HORIZON_S:,.0f} s (two weeks) a "
+            "simulation replays; times are seconds from the trace's start",
+        )
+    if duration_s > MAX_DURATION_S:
+        raise TraceError(
+            path,
+            lineno,
+            f"duration_s={row[1].strip()} is longer than the {MAX_DURATION_S:,.0f} s (a day) "
+            "a simulated request may run; durations are seconds",
+        )
+    return time_s, duration_s
 
 
 def azure_trace(
@@ -505,6 +546,11 @@ def azure_trace(
                     )
             if not minutes:
                 raise TraceError(p, 1, "has no minute columns ('1', '2', ...)")
+            if len(minutes) * 60.0 > MAX_HORIZON_S:
+                raise TraceError(
+                    p, 1, f"has {len(minutes):,} minutes, past the two weeks a simulation replays"
+                )
+            total = 0
             totals = [0] * len(minutes)
             for lineno, row in enumerate(reader, start=2):
                 if not row or not "".join(row).strip():
@@ -522,6 +568,15 @@ def azure_trace(
                         ) from None
                     if count < 0:
                         raise TraceError(p, lineno, f"minute {minute + 1}: count {count} < 0")
+                    total += count
+                    if total > MAX_REQUESTS:
+                        raise TraceError(
+                            p,
+                            lineno,
+                            f"minute {minute + 1}: count {count:,} brings the trace past "
+                            f"{MAX_REQUESTS:,} requests, the most a simulation replays; "
+                            "replay fewer functions",
+                        )
                     totals[minute] += count
     except OSError as exc:
         raise TraceError(p, None, f"cannot be read: {exc.strerror or exc}") from None
@@ -552,9 +607,3 @@ def spread_counts(
     sample = (service or _DEFAULT_SERVICE).sample
     durations = tuple(sample(srng) for _ in arrivals)
     return Workload(name, tuple(arrivals), durations, len(counts) * bucket_s)
-
-
-def merge(name: str, *workloads: Workload) -> Workload:
-    """Several workloads replayed together on one pool."""
-    pairs = list(itertools.chain.from_iterable(workloads))
-    return Workload.from_pairs(name, pairs, max((w.horizon for w in workloads), default=0.0))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from shoal.errors import (
     agent_failed,
 )
 from shoal.pool import AgentPool, Lease
+from shoal.pool.pool import UNDELIVERED_RETRIES
 from shoal.workflow.spec import ErrorPolicy, MapReduceSpec, PoolRequest, StepSpec, WorkflowSpec
 
 
@@ -53,7 +54,6 @@ class PoolHost(Protocol):
 
 
 _RETRYABLE = (AgentLost, CallTimeout)
-_UNDELIVERED_RETRIES = 3
 
 
 class _Skipped(Exception):
@@ -187,7 +187,7 @@ class Runner:
         if self._on_held(step):
             return 1  # the run's own instance serves one call at a time
         pool = await self.rt.pool_for(self.spec.pool_for(step), self.spec.setup())
-        return pool.max_size
+        return pool.max_size * pool.config.max_concurrency
 
     def _on_held(self, step: StepSpec) -> bool:
         """True when ``step`` runs on the instance this run holds."""
@@ -301,7 +301,7 @@ class Runner:
                     raise _Skipped  # waited for an agent while the run failed or was stopped
                 return await self._send(lease, fn, ctx, args, timeout)
             except AgentLost as exc:
-                if exc.delivered or exc.remote or attempt >= _UNDELIVERED_RETRIES:
+                if exc.delivered or exc.remote or attempt >= UNDELIVERED_RETRIES:
                     raise
             finally:
                 await pool.release_agent(lease)
@@ -401,7 +401,7 @@ class Runner:
             items = _as_items(spec.name, spec.name, self.input)
             prog.total = len(items)
             pool: AgentPool = await self.rt.pool_for(spec.pool(), None)
-            limit = spec.max_parallel or pool.max_size
+            limit = spec.max_parallel or pool.max_size * pool.config.max_concurrency
             fn = ContextCall(spec.fn)
 
             def call(i: int, item: Any) -> Any:
@@ -420,6 +420,11 @@ class Runner:
 
 
 def _as_items(workflow: str, step: str, value: Any) -> list[Any]:
+    if isinstance(value, Mapping):  # iterating would hand out its keys alone
+        raise WorkflowError(
+            f"workflow {workflow!r}: parallel step {step!r} got a dict; pass a list of items "
+            "(e.g. list(d.items()))"
+        )
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         raise WorkflowError(
             f"workflow {workflow!r} step {step!r} is parallel, so its input must be an iterable "

@@ -124,9 +124,7 @@ class WorkflowSpec:
     def workflow_pool(self) -> PoolRequest:
         options: dict[str, Any] = {"image": self.image} if self.image else {}
         options.update(self.pool_config or {})
-        if self.scaling_policy is not None:
-            options.setdefault("min_size", self.scaling_policy.min_instances)
-            options.setdefault("max_size", self.scaling_policy.max_instances)
+        options.update(_scaled_options(self.scaling_policy))
         return PoolRequest(self.name, options, self.scaling_policy)
 
 
@@ -168,12 +166,15 @@ def step(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     retry_backoff: float = 0.0,
     on_error: OnError = "raise",
+    max_concurrency: int | None = None,
 ) -> Any:
     """Mark an ``async def`` method of a ``@workflow`` class as a step.
 
     ``parallel=True`` runs it once per item of the previous step's result, at most
     ``max_parallel`` at a time. ``execution_mode`` is ``"pooled"`` (a warm agent),
     ``"dedicated"`` (a fresh agent per call, stopped after it) or ``"inline"`` (in this process).
+    ``max_concurrency`` (the step's own pool) is how many calls one agent runs at once — for
+    I/O-bound steps, so 100 LLM calls in flight need not take 100 agents.
     ``retries`` is how many times a call whose agent was lost or timed out is tried again on
     another agent; the step's own exceptions are retried only when listed in ``retry_on``
     (after ``retry_backoff`` seconds, doubling). ``on_error="collect"`` lets a parallel step
@@ -189,10 +190,12 @@ def step(
                 "a coroutine function)"
             )
         params = list(inspect.signature(f).parameters.values())
-        if len(params) < 2:
+        if len(params) < 2 or not _is_ctx(params[1]):
+            names = ", ".join(p.name for p in params)
+            where = f"; the Context would arrive as {params[1].name!r}" if len(params) > 1 else ""
             raise WorkflowError(
-                f"{label} must take (self, ctx[, input]); "
-                f"it takes ({', '.join(p.name for p in params)})"
+                f"{label} must take (self, ctx[, input]); it takes ({names}){where}. Add a "
+                "'ctx: Context' parameter after self"
             )
         positional = [p for p in params[2:] if p.default is inspect.Parameter.empty]
         if len(positional) > 1:
@@ -203,6 +206,7 @@ def step(
         _check_step_options(
             label, parallel, execution_mode, pool_size, max_parallel, retries, timeout
         )
+        _check_sizes(label, pool_size, pool_config, scaling_policy)
         spec = StepSpec(
             name=name or f.__name__,
             method=f.__name__,
@@ -212,9 +216,11 @@ def step(
             retries=retries,
             timeout=timeout,
             takes_input=len(params) > 2,
-            pool_config=_check_pool_config(f"{label} pool_config", pool_config),
+            pool_config=_check_pool_config(
+                f"{label} pool_config", _with_concurrency(label, pool_config, max_concurrency)
+            ),
             pool_size=pool_size,
-            scaling_policy=_scaling(f"{label} scaling_policy", scaling_policy),
+            scaling_policy=_scaling(f"{label} scaling_policy", scaling_policy, pool_config),
             pool=pool,
             errors=_errors(label, parallel, retries, retry_on, retry_backoff, on_error),
         )
@@ -260,7 +266,8 @@ def workflow(
         setup = c.__dict__.get("setup")
         if setup is not None and inspect.iscoroutinefunction(setup):
             raise WorkflowError(f"{label}: setup(self) must be a plain method, not async")
-        policy = _scaling(f"{label} scaling_policy", scaling_policy)
+        _check_sizes(label, None, pool_config, scaling_policy)
+        policy = _scaling(f"{label} scaling_policy", scaling_policy, pool_config)
         spec = WorkflowSpec(
             name=wf_name,
             cls=c,
@@ -288,22 +295,28 @@ def mapreduce(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     retry_backoff: float = 0.0,
     on_error: OnError = "raise",
+    max_concurrency: int | None = None,
 ) -> Any:
     """Make ``async def fn(ctx, item)`` a standalone fan-out over an iterable.
 
     Running it (``await rt.run(fn, items)``) maps ``fn`` over the items on a pool of
     ``pool_size`` agents, at most ``max_parallel`` at a time, and returns ``reduce(results)``
     (the list of results, in input order, when there is no ``reduce``). ``retries``,
-    ``retry_on``, ``retry_backoff`` and ``on_error`` are as for :func:`step`.
+    ``retry_on``, ``retry_backoff``, ``on_error`` and ``max_concurrency`` are as for
+    :func:`step`.
     """
 
     def build(f: F) -> F:
         label = f"mapreduce {name or getattr(f, '__name__', f)!r}"
         if not inspect.iscoroutinefunction(f):
             raise WorkflowError(f"{label} must be defined with 'async def'")
-        if len(inspect.signature(f).parameters) < 2:
-            raise WorkflowError(f"{label} must take (ctx, item)")
+        params = list(inspect.signature(f).parameters.values())
+        if len(params) < 2 or not _is_ctx(params[0]):
+            raise WorkflowError(
+                f"{label} must take (ctx, item); it takes ({', '.join(p.name for p in params)})"
+            )
         _check_step_options(label, True, "pooled", pool_size, max_parallel, retries, timeout)
+        _check_sizes(label, pool_size, pool_config, None)
         if reduce is not None and not callable(reduce):
             raise WorkflowError(f"{label}: reduce must be callable, got {reduce!r}")
         spec = MapReduceSpec(
@@ -312,7 +325,9 @@ def mapreduce(
             pool_size=pool_size,
             max_parallel=max_parallel,
             reduce=reduce,
-            pool_config=_check_pool_config(f"{label} pool_config", pool_config),
+            pool_config=_check_pool_config(
+                f"{label} pool_config", _with_concurrency(label, pool_config, max_concurrency)
+            ),
             retries=retries,
             timeout=timeout,
             errors=_errors(label, True, retries, retry_on, retry_backoff, on_error),
@@ -321,6 +336,23 @@ def mapreduce(
         return f
 
     return build(fn) if fn is not None else build
+
+
+def _with_concurrency(
+    label: str, pool_config: Mapping[str, Any] | None, max_concurrency: int | None
+) -> Mapping[str, Any] | None:
+    """``pool_config`` with ``max_concurrency`` added (it is a pool option)."""
+    if max_concurrency is None:
+        return pool_config
+    if not _is_int(max_concurrency) or max_concurrency < 1:
+        raise WorkflowError(f"{label}: max_concurrency={max_concurrency!r} must be an integer >= 1")
+    given = (pool_config or {}).get("max_concurrency") if isinstance(pool_config, Mapping) else None
+    if given is not None and given != max_concurrency:
+        raise WorkflowError(
+            f"{label}: max_concurrency={max_concurrency} and pool_config max_concurrency={given} "
+            "disagree; give it once"
+        )
+    return {**(pool_config or {}), "max_concurrency": max_concurrency}
 
 
 def _errors(
@@ -410,15 +442,63 @@ def _check_pool_config(
     return dict(pool_config)
 
 
-def _scaling(where: str, policy: Mapping[str, Any] | None) -> ScalingPolicyConfig | None:
+def _scaling(
+    where: str, policy: Mapping[str, Any] | None, pool_config: Mapping[str, Any] | None
+) -> ScalingPolicyConfig | None:
     if policy is None:
         return None
     from shoal.scaling.config import parse_scaling_policy
+    from shoal.scaling.guards import build_policy
 
+    price = (pool_config or {}).get("price_per_hour") if isinstance(pool_config, Mapping) else None
     try:
-        return parse_scaling_policy(where, policy)
+        config = parse_scaling_policy(where, policy)
+        build_policy(config, price_per_hour=price)  # e.g. a cost_threshold below min_instances
     except ConfigError as exc:
-        raise WorkflowError(str(exc)) from None
+        message = str(exc).removeprefix("scaling_policy: ")
+        raise WorkflowError(message if where in message else f"{where}: {message}") from None
+    return config
+
+
+def _is_ctx(param: inspect.Parameter) -> bool:
+    """Whether ``param`` is where the Context goes: named ``ctx`` or annotated ``Context``."""
+    from shoal.context import Context
+
+    note = param.annotation
+    if note is Context or (isinstance(note, str) and note.rsplit(".", 1)[-1] == "Context"):
+        return True
+    return param.name in ("ctx", "context", "_ctx") and note is inspect.Parameter.empty
+
+
+def _check_sizes(
+    label: str,
+    pool_size: int | None,
+    pool_config: Mapping[str, Any] | None,
+    scaling_policy: Mapping[str, Any] | None,
+) -> None:
+    """Refuse two sizes for one pool: one of them would be silently ignored."""
+    config = dict(pool_config) if isinstance(pool_config, Mapping) else {}
+    sized = {k: config[k] for k in ("min_size", "max_size") if k in config}
+    if pool_size is not None and scaling_policy is not None:
+        raise WorkflowError(
+            f"{label}: pool_size={pool_size} fixes the pool's size, so its scaling_policy "
+            "would have nothing to scale; give one of them (the scaling_policy's min and max "
+            "bound the pool)"
+        )
+    if pool_size is not None:
+        clash = {k: v for k, v in sized.items() if v != pool_size}
+        if clash:
+            shown = ", ".join(f"{k}={v}" for k, v in clash.items())
+            raise WorkflowError(
+                f"{label}: pool_size={pool_size} sets min_size and max_size, but pool_config "
+                f"gives {shown}; give the size once"
+            )
+    if scaling_policy is not None and sized:
+        shown = ", ".join(f"{k}={v}" for k, v in sized.items())
+        raise WorkflowError(
+            f"{label}: pool_config gives {shown} and a scaling_policy; the scaling_policy's "
+            "min_instances and max_instances bound the pool, so drop them from pool_config"
+        )
 
 
 def _step_pool_options(workflow: str, step: StepSpec) -> dict[str, Any]:
@@ -426,7 +506,19 @@ def _step_pool_options(workflow: str, step: StepSpec) -> dict[str, Any]:
     if step.pool_size is not None:
         options.setdefault("min_size", step.pool_size)
         options.setdefault("max_size", step.pool_size)
-    if step.scaling_policy is not None:
-        options.setdefault("min_size", step.scaling_policy.min_instances)
-        options.setdefault("max_size", step.scaling_policy.max_instances)
+    options.update(_scaled_options(step.scaling_policy))
+    return options
+
+
+def _scaled_options(policy: ScalingPolicyConfig | None) -> dict[str, Any]:
+    """The pool options a scaling policy sets: its bounds; a fixed pool also starts no agents on
+    demand, so it stays the size it was given."""
+    if policy is None:
+        return {}
+    options: dict[str, Any] = {
+        "min_size": policy.min_instances,
+        "max_size": policy.max_instances,
+    }
+    if policy.policy_name == "fixed":
+        options["on_demand"] = False
     return options

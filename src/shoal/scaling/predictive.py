@@ -1,0 +1,196 @@
+"""A predictor around any policy: capacity ready before the load the forecast expects.
+
+:class:`PredictivePolicy` is itself a pure policy. Every ``bin_s`` seconds it folds the arrivals
+of the bin just closed into a :class:`~shoal.scaling.predict.Forecaster`, then asks it for the
+highest arrival rate it expects between now and one cold start plus one interval ahead — the
+soonest an agent started at the next decision could be ready. The size that rate needs (the same
+sizing as the target policy: demand over ``target_utilization``, at most demand + β√demand) is
+the forecast's size, and the decision is ``max(reactive, forecast)``: a forecast only ever *adds*
+capacity. The guards wrap the whole (:func:`~shoal.scaling.guards.build_policy`), so bounds, the
+cost cap and the rate limits bind forecast capacity too.
+
+The forecast acts only when it is worth believing: when the rise it expects stands clear of the
+noise of its own recent errors and its recent error is below the naive forecast's (MASE < 1).
+On a load without a pattern it is silent, and costs nothing.
+
+When the forecast has been good (MASE at most ``lean_mase``) the reactive policy runs with less
+headroom (square-root staffing with β = ``lean_beta`` instead of its own), since capacity for a
+coming rise no longer has to sit idle in advance: the headroom follows the forecast's confidence.
+
+``forecast_only`` computes and logs everything (in the reason, and the MASE in the state) but
+decides as the reactive policy alone would.
+
+The horizon's cold start is ``cold_start`` when given; otherwise it is measured from the pool's
+own counters (Little's law: agents starting on average over agents started per second), 2 s
+until the first few starts are seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from shoal.pool.metrics import PoolMetrics
+from shoal.scaling.policy import Decision, Policy, TargetUtilizationPolicy
+from shoal.scaling.predict import Forecast, Forecaster, ForecastState
+
+DEFAULT_COLD_START_S = 2.0
+
+
+@dataclass(frozen=True)
+class PredictState:
+    inner: Any
+    forecast: ForecastState
+    bin_start: float | None = None  # when the open bin began
+    bin_total: int = 0  # requests_total when it began
+    last_time: float | None = None
+    starting_s: float = 0.0  # agents starting, integrated over time (for the cold start)
+    started0: int = -1  # agents_started at the first decision
+    last: Forecast | None = None
+    added: int = 0  # agents the forecast added at the last decision
+
+
+@dataclass(frozen=True)
+class PredictivePolicy:
+    """``inner``'s decision, raised to what the forecast of the arrival rate needs."""
+
+    inner: Policy[Any]
+    forecaster: Forecaster
+    interval: float = 1.0
+    target_utilization: float = 0.7
+    queueing_headroom: float | None = None
+    cold_start: float | None = None
+    forecast_only: bool = False
+    lean_mase: float = 0.8
+    lean_beta: float = 1.5
+    noise_z: float = 2.0
+    min_rise: float = 0.25
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def initial_state(self) -> PredictState:
+        return PredictState(self.inner.initial_state(), self.forecaster.initial_state())
+
+    def cold_start_s(self, state: PredictState, snapshot: PoolMetrics) -> float:
+        """The given cold start, or the one the pool's counters show (Little's law)."""
+        if self.cold_start is not None:
+            return self.cold_start
+        done = snapshot.agents_started - state.started0
+        if state.started0 >= 0 and done >= 3 and state.starting_s > 0:
+            return state.starting_s / done
+        return DEFAULT_COLD_START_S
+
+    def decide(
+        self, snapshot: PoolMetrics, state: PredictState, now: float
+    ) -> Decision[PredictState]:
+        fc = self.forecaster
+        fstate = state.forecast
+        bin_start, bin_total = state.bin_start, state.bin_total
+        total = snapshot.requests_total
+        if bin_start is None:
+            bin_start, bin_total = now, total
+        elif now - bin_start >= fc.bin_s - 1e-9:
+            elapsed = now - bin_start
+            closed = max(1, int(elapsed / fc.bin_s + 1e-9))
+            rate = (total - bin_total) / elapsed
+            for _ in range(min(closed, 64)):  # a long gap (a paused loop) is one flat stretch
+                fstate = fc.update(fstate, rate)
+            bin_start, bin_total = now, total
+        starting_s = state.starting_s
+        if state.last_time is not None and now > state.last_time:
+            starting_s += snapshot.starting * (now - state.last_time)
+        started0 = snapshot.agents_started if state.started0 < 0 else state.started0
+        seen = dataclasses.replace(
+            state,
+            forecast=fstate,
+            bin_start=bin_start,
+            bin_total=bin_total,
+            last_time=now,
+            starting_s=starting_s,
+            started0=started0,
+        )
+
+        cold = self.cold_start_s(seen, snapshot)
+        reach = now + cold + self.interval - bin_start
+        ahead = max(1, int(reach / fc.bin_s) + 1)
+        forecast = fc.forecast(fstate, ahead) if fstate.bins else None
+        confident = (
+            forecast is not None
+            and forecast.recent_mase is not None
+            and forecast.recent_mase <= self.lean_mase
+        )
+        inner: Policy[Any] = self.inner
+        if confident and isinstance(inner, TargetUtilizationPolicy) and not self.forecast_only:
+            beta = inner.queueing_headroom
+            if beta is not None and beta > self.lean_beta:
+                inner = dataclasses.replace(inner, queueing_headroom=self.lean_beta)
+        raw = inner.decide(snapshot, state.inner, now)
+        if forecast is None:
+            return Decision(
+                raw.desired, dataclasses.replace(seen, inner=raw.state), raw.reason, raw.shed
+            )
+
+        need, why = self._need(forecast, fstate, snapshot)
+        added = max(0, need - raw.desired) if why is None else 0
+        head = (
+            f"forecast {forecast.rate:.2f}/s (up to {forecast.upper:.2f}) within "
+            f"{cold + self.interval:.0f} s by {forecast.model}"
+            + (f", period {forecast.period_s:g} s" if forecast.period_s else "")
+            + (f", MASE {forecast.recent_mase:.2f}" if forecast.recent_mase is not None else "")
+        )
+        next_state = dataclasses.replace(seen, inner=raw.state, last=forecast, added=added)
+        if why is not None or added == 0:
+            reason = f"{raw.reason}; {head}: {why or f'needs {need}, no more'}"
+            return Decision(raw.desired, next_state, reason, raw.shed)
+        if self.forecast_only:
+            reason = f"{raw.reason}; {head}: would add {added} (forecast only)"
+            return Decision(raw.desired, next_state, reason, raw.shed)
+        return Decision(need, next_state, f"{raw.reason}; {head}: needs {need} (+{added})")
+
+    def _need(
+        self, forecast: Forecast, fstate: ForecastState, snapshot: PoolMetrics
+    ) -> tuple[int, str | None]:
+        """The size the forecast needs, or why it is not to be believed."""
+        if forecast.recent_mase is None:
+            return 0, "still learning"
+        if forecast.recent_mase >= 1.0:
+            return 0, "no better than naive"
+        now_rate = fstate.level
+        spread = _spread(fstate.residuals)
+        # A rise the reactive headroom absorbs, or one inside the forecast's own noise, is not
+        # worth capacity in advance.
+        if forecast.peak <= now_rate * (1 + self.min_rise) or (
+            forecast.peak <= now_rate + self.noise_z * spread
+        ):
+            return 0, "no rise beyond its noise"
+        exec_s = snapshot.avg_execution_time / max(1, snapshot.max_concurrency)
+        demand = forecast.upper * exec_s
+        if demand <= 0:
+            return 0, "no demand"
+        need = demand / self.target_utilization
+        beta = self.queueing_headroom
+        if beta is not None:
+            need = min(need, demand + beta * math.sqrt(demand))
+        return math.ceil(need - 1e-9), None
+
+
+def _spread(residuals: tuple[float, ...]) -> float:
+    """Mean absolute residual: a robust scale of the forecast's recent noise."""
+    if not residuals:
+        return 0.0
+    return sum(abs(r) for r in residuals) / len(residuals)
+
+
+def find_predict_state(state: Any) -> PredictState | None:
+    """The predictor's state inside a policy's (wrapped) state, if it has one."""
+    for _ in range(8):
+        if isinstance(state, PredictState):
+            return state
+        state = getattr(state, "inner", None)
+        if state is None:
+            return None
+    return None

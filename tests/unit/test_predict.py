@@ -1,0 +1,148 @@
+"""The predictor: forecasts on synthetic series, and the predictive policy inside the guards."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from typing import Any
+
+import pytest
+
+from shoal.pool.metrics import PoolMetrics
+from shoal.scaling import build_policy, parse_scaling_policy
+from shoal.scaling.predict import Forecaster
+from shoal.scaling.predictive import PredictivePolicy, find_predict_state
+from shoal.sim import simulate, workloads
+
+
+def poisson(lam: float, rng: random.Random) -> float:
+    # Normal approximation is enough for bins of tens of arrivals.
+    return max(0.0, rng.gauss(lam, math.sqrt(lam)))
+
+
+def feed(kind: str, rates: list[float], horizon: int = 1) -> tuple[Forecaster, Any, list[float]]:
+    fc = Forecaster(kind=kind, horizon=horizon)
+    state = fc.initial_state()
+    uppers = []
+    for r in rates:
+        state = fc.update(state, r)
+        uppers.append(fc.forecast(state).upper)
+    return fc, state, uppers
+
+
+@pytest.mark.parametrize("kind", ["seasonal", "ml-based"])
+def test_a_periodic_series_is_forecast_better_than_naive(kind: str) -> None:
+    rng = random.Random(1)
+    # bursts of 40/s for 3 of every 30 bins, 5/s otherwise (in 10-s bins: counts / 10)
+    rates = [poisson((400 if i % 30 >= 27 else 50), rng) / 10 for i in range(600)]
+    fc, state, _ = feed(kind, rates)
+    got = fc.forecast(state)
+    assert got.period_s == pytest.approx(300.0)
+    assert got.mase is not None and got.mase < 1
+
+
+def test_linear_tracks_a_trend() -> None:
+    rates = [5 + 0.1 * i for i in range(200)]
+    fc, state, _ = feed("linear", rates, horizon=3)
+    got = fc.forecast(state, 3)
+    assert got.rate == pytest.approx(5 + 0.1 * 202, rel=0.01)
+
+
+def test_noise_adds_no_capacity() -> None:
+    """A steady load: the predictive auto costs within 1% of the plain one."""
+    load = workloads.steady(10, 900, seed=3)
+    plain = simulate(load, "auto", warmup=300)
+    predicted = simulate(load, "auto+ml-based", warmup=300)
+    assert predicted.agent_seconds <= plain.agent_seconds * 1.01
+    assert predicted.forecast_mase is not None
+
+
+def snap(*, t: float, total: int, busy: int, target: int, starting: int = 0) -> PoolMetrics:
+    base: dict[str, Any] = {f.name: 0 for f in dataclasses.fields(PoolMetrics)}
+    base.update(name="p", min_size=0, max_size=1000, avg_wait_time=0.0, avg_execution_time=1.0)
+    base.update(
+        requests_total=total,
+        busy=busy,
+        idle=max(0, target - busy),
+        size=target,
+        target_size=target,
+        starting=starting,
+        time=t,
+        max_concurrency=1,
+    )
+    return PoolMetrics(**base)
+
+
+def drive(policy: Any, seconds: int) -> list[Any]:
+    """A bursty load, one snapshot a second: 5/s, 40/s for 30 s of every 300."""
+    state, total, out = policy.initial_state(), 0, []
+    for t in range(seconds):
+        rate = 40 if t % 300 >= 270 else 5
+        total += rate
+        d = policy.decide(snap(t=float(t), total=total, busy=rate, target=12), state, float(t))
+        state = d.state
+        out.append(d)
+    return out
+
+
+def test_the_forecast_raises_the_size_before_a_recurring_burst() -> None:
+    policy = build_policy(parse_scaling_policy("t", {"predictor": "seasonal", "max": 200}))
+    decisions = drive(policy, 1170)
+    before = decisions[1163:1170]  # the fourth burst starts at 1170
+    assert any(d.desired > 40 and "forecast" in d.reason for d in before)
+
+
+def test_forecast_only_logs_and_changes_nothing() -> None:
+    cfg = {"predictor": "seasonal", "max": 200}
+    acting = drive(build_policy(parse_scaling_policy("t", cfg)), 1170)
+    quiet = build_policy(parse_scaling_policy("t", {**cfg, "forecast_only": True}))
+    logged = drive(quiet, 1170)
+    plain = drive(build_policy(parse_scaling_policy("t", {"max": 200})), 1170)
+    assert [d.desired for d in logged] == [d.desired for d in plain]
+    assert any("(forecast only)" in d.reason for d in logged)
+    assert max(d.desired for d in acting[1160:1170]) > max(d.desired for d in logged[1160:1170])
+    state = find_predict_state(logged[-1].state)
+    assert state is not None and state.last is not None and state.last.period_s == 300.0
+
+
+def test_the_guards_bind_forecast_capacity() -> None:
+    capped = build_policy(
+        parse_scaling_policy("t", {"predictor": "seasonal", "max": 200, "cost_threshold": 2.0})
+    )
+    assert isinstance(capped.inner, PredictivePolicy)
+    decisions = drive(capped, 1170)
+    assert max(d.desired for d in decisions) <= 20  # $2/h at $0.10 per agent-hour
+    assert any("cost cap" in d.reason and "forecast" in d.reason for d in decisions)
+    limited = build_policy(
+        parse_scaling_policy("t", {"predictor": "seasonal", "max": 200, "scale_up_rate": 2})
+    )
+    decisions = drive(limited, 1170)
+    assert all(d.desired <= 12 + 2 for d in decisions)  # the snapshots stay at 12
+
+
+def test_the_cold_start_is_measured_from_the_pool_when_not_given() -> None:
+    policy = build_policy(parse_scaling_policy("t", {"predictor": "linear"})).inner
+    assert isinstance(policy, PredictivePolicy)
+    state = policy.initial_state()
+    for t in range(60):
+        # one start finishes a second while five are starting: 5 s each
+        s = snap(t=float(t), total=t, busy=1, target=4, starting=5)
+        s = dataclasses.replace(s, agents_started=t)
+        state = policy.decide(s, state, float(t)).state
+    assert policy.cold_start_s(state, s) == pytest.approx(5.0, rel=0.05)
+    given = dataclasses.replace(policy, cold_start=7.0)
+    assert given.cold_start_s(state, s) == 7.0
+
+
+def test_warmup_counts_nothing_of_the_preroll() -> None:
+    load = workloads.steady(5, 300, seed=2)
+    cold = simulate(load, "hpa", cold_start=5.0)
+    warm = simulate(load, "hpa", cold_start=5.0, warmup=120)
+    assert warm.requests == cold.requests == len(load)
+    assert warm.warmup_s == 120
+    # Settled at the opening load's size: no one waits for HPA's first syncs.
+    assert warm.p99_wait_s < cold.p99_wait_s
+    assert warm.duration_s == pytest.approx(cold.duration_s, abs=30)
+    # Agent-seconds count from the end of the pre-roll: about the size x the run, not more.
+    assert warm.agent_seconds <= warm.peak_size * (warm.duration_s + 1)
