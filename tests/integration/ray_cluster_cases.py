@@ -267,9 +267,7 @@ async def test_a_frozen_worker_fails_its_calls_in_seconds(
             call = asyncio.ensure_future(pinned.call(workers.sleep, (60.0,)))
             await until(lambda: pinned.metrics.busy == 1, 30, "the call running")
             node = pinned.agents[0].handle.node
-            await until(
-                lambda: backend._nodes[node].last_ok is not None, 60, "the node's probe answering"
-            )
+            await until(lambda: backend._nodes[node].answered, 60, "the node's probe answering")
             began = loop.time()
             cluster.freeze(victim)
             with pytest.raises(Exception) as info:

@@ -75,6 +75,23 @@ async def test_a_lost_actor_is_agent_lost_and_replaced() -> None:
         assert after != before and p.metrics.agents_started == 2
 
 
+async def test_a_replacement_on_the_only_node_is_not_taken_for_lost() -> None:
+    # On a one-node instance, a replacement slower to start than node_timeout was at once taken
+    # for lost with its node (the node's watch kept its last answer from before the loss), and
+    # so was every replacement after it: the pool never served again. Replacements were also
+    # sent to avoid the only node there is.
+    b = RayBackend(num_cpus=0.1, node_timeout=0.5)
+    async with AgentPool("ray", min_size=1, max_size=1, backend=b, setup=workers.slow_setup) as p:
+        before = await p.run(workers.pid)
+        with pytest.raises(AgentLost):
+            await p.run(workers.exit_now, 3)
+        after = await asyncio.wait_for(p.run(workers.pid), 45)
+        assert after != before
+        await asyncio.sleep(2.0)  # rounds of the liveness watch over the new agent
+        assert await p.run(workers.pid) == after
+        assert p.metrics.agents_started == 2, [e.reason for e in p.events]
+
+
 async def test_a_hung_call_times_out_and_the_actor_is_replaced() -> None:
     async with ray_pool(min_size=1, max_size=1) as p:
         before = await p.run(workers.pid)
@@ -184,3 +201,16 @@ def test_a_local_ray_instance_listens_on_loopback_only() -> None:
     assert {"gcs_server", "raylet"} <= commands, listeners  # the probe saw Ray's processes
     exposed = [row for row in listeners if not sockets.is_loopback(row[0])]
     assert exposed == [], f"Ray listens beyond loopback: {exposed}"
+
+
+@pytest.mark.parametrize("fn", [workers.overlap_probe, workers.overlap_probe_sync])
+async def test_an_actor_runs_max_concurrency_calls_at_once(fn: Any) -> None:
+    async with ray_pool(min_size=1, max_size=1, max_concurrency=8) as p:
+        spans = await asyncio.gather(*(p.run(fn, 0.5) for _ in range(16)))
+        assert p.metrics.agents_started == 1
+    edges = sorted([(start, 1) for _, start, _ in spans] + [(end, -1) for _, _, end in spans])
+    now = peak = 0
+    for _, step in edges:
+        now += step
+        peak = max(peak, now)
+    assert len({pid for pid, _, _ in spans}) == 1 and peak >= 4, spans  # 8 slots; load staggers

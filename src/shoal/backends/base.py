@@ -116,6 +116,16 @@ class ReportsLiveness(Protocol):
 
 
 @runtime_checkable
+class SizesPools(Protocol):
+    """A backend that knows how many agents it could run (a cluster's capacity): a pool given
+    no ``max_size`` takes its default from here rather than from this machine's CPUs."""
+
+    async def default_max_size(self, placement: Mapping[str, Any]) -> int | None:
+        """How many agents with ``placement`` to allow by default; None for no opinion."""
+        ...
+
+
+@runtime_checkable
 class MeasuresMemory(Protocol):
     """A backend that can read an agent's resident memory."""
 

@@ -22,7 +22,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from shoal.backends import _ship, _wire
+from shoal.backends import _ray_nodes, _ship, _wire
+from shoal.backends._ray_nodes import NodeWatch
 from shoal.backends.base import AgentHandle, AgentSpec
 from shoal.errors import (
     AgentLost,
@@ -53,12 +54,13 @@ class _Agent:
 
     Creating it is cheap (the driver's path only), so that its placement — which can wait for
     resources — is told apart from its warm-up (the pool's ``setup``, in :meth:`warm`). Calls run
-    one at a time in the default group; ``lifeline`` and ``ping`` run in a group of their own, so
-    the driver learns of the actor's death while it is idle and sees it alive while it runs a
-    call.
+    in the default group, the pool's ``max_concurrency`` at once (each in a thread of Ray's, a
+    coroutine on that thread's own event loop); ``lifeline`` and ``ping`` run in a group of
+    their own, so the driver learns of the actor's death while it is idle and sees it alive
+    while it runs a call.
     """
 
-    def __init__(self, sys_path: list[str]) -> None:
+    def __init__(self, sys_path: list[str], slots: int = 1) -> None:
         import threading
         from collections import OrderedDict
 
@@ -67,6 +69,9 @@ class _Agent:
                 sys.path.insert(0, entry)
         self._functions: OrderedDict[int, Any] = OrderedDict()
         self._never = threading.Event()
+        self._slots = slots
+        self._decoding = threading.Lock()  # the function cache is shared by the call threads
+        self._local = threading.local()  # each call thread's event loop
 
     def where(self) -> tuple[str, str, int]:
         import ray
@@ -83,7 +88,28 @@ class _Agent:
         return failed or pickle.dumps((_wire.READY, os.getpid()), _wire.PROTOCOL)
 
     def call(self, body: bytes) -> bytes:
-        reply: bytes = self._main.serve(body, self._functions)
+        main = self._main
+        if self._slots == 1:
+            reply: bytes = main.serve(body, self._functions)
+            return reply
+        with self._decoding:
+            call = main.decode(body, self._functions)
+        if isinstance(call, bytes):
+            return call
+        fn, args, kwargs = call
+        try:
+            result = fn(*args, **kwargs)
+            if hasattr(type(result), "__await__"):
+                import asyncio
+
+                loop = getattr(self._local, "loop", None)
+                if loop is None:
+                    loop = self._local.loop = asyncio.new_event_loop()
+                result = loop.run_until_complete(result)
+        except BaseException as exc:
+            failed: bytes = main._exception_message(_wire.RAISED, exc)
+            return failed
+        reply = main.result_message(result)
         return reply
 
     def lifeline(self) -> None:
@@ -159,26 +185,6 @@ class RayAgent(AgentHandle):
         return f"<RayAgent {self.agent_id} pid={self.pid} node={self.node_ip} {state}>"
 
 
-class _NodeWatch:
-    """The probe of one node, and when it last answered (loop time)."""
-
-    __slots__ = ("actor", "created", "failed", "last_ok", "pinging")
-
-    def __init__(self, actor: Any, now: float) -> None:
-        self.actor = actor
-        self.created = now
-        self.last_ok: float | None = None
-        self.failed: str | None = None  # the probe's ping failed: the node is gone
-        self.pinging = False
-
-    def silent_for(self, now: float) -> float:
-        """Seconds without an answer; a probe that never answered yet (its worker may take a
-        while to start on a busy node) is given ``_FIRST_PONG_S`` first."""
-        if self.last_ok is None:
-            return max(0.0, now - self.created - _FIRST_PONG_S)
-        return now - self.last_ok
-
-
 PLACEMENT_KEYS = frozenset(
     {"num_cpus", "num_gpus", "memory", "resources", "scheduling_strategy", "label_selector"}
 )
@@ -245,7 +251,8 @@ class RayBackend:
         self._joined = False  # counted among the users of a connection shoal opened
         self._local = False  # that connection is a local instance started here
         self._agents: set[RayAgent] = set()
-        self._nodes: dict[str, _NodeWatch] = {}
+        self._nodes: dict[str, NodeWatch] = {}
+        self._driver_node: str | None = None  # the node this driver runs on, if it is on one
         self._watcher: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -309,16 +316,19 @@ class RayBackend:
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None
-        if self._ray.is_initialized():
-            for watch in self._nodes.values():
-                self._ray.kill(watch.actor, no_restart=True)
-        self._nodes.clear()
+        self._drop_probes()
         if not self._joined:
             return
         self._joined = False
         _USERS[0] -= 1
         if _USERS[0] == 0 and self._ray.is_initialized():
             self._ray.shutdown()
+
+    def _own_node(self) -> str:
+        try:
+            return str(self._ray.get_runtime_context().get_node_id())
+        except Exception:  # a Ray Client driver runs on no node of the cluster
+            return ""
 
     def _cpus_per_agent(self) -> float:
         if self.num_cpus is not None:
@@ -340,13 +350,18 @@ class RayBackend:
     def capacity(self, placement: Mapping[str, Any] | None = None) -> int:
         """How many agents of this shape the cluster's live nodes could hold, all else aside."""
         need = self._demand(self._options(placement or {}))
-        fits = 0
-        for node in self._ray.nodes():
-            if not node.get("Alive"):
-                continue
-            have = node.get("Resources", {})
-            fits += int(min((have.get(k, 0.0) / v for k, v in need.items()), default=0))
-        return fits
+        return _ray_nodes.capacity(self._ray.nodes(), need)
+
+    async def default_max_size(self, placement: Mapping[str, Any]) -> int | None:
+        """A pool's default ``max_size``: as many of its agents as the cluster's live nodes
+        can hold (None if they can hold none: its starts then say what is short). On a local
+        instance started here, whose agents reserve 0.1 CPU only so that pools sized by hand
+        may exceed the cores, the default counts one CPU per agent, as local processes do."""
+        await self._ensure_ray()
+        need = self._demand(self._options(placement))
+        if self._local and self.num_cpus is None and "num_cpus" not in placement:
+            need["CPU"] = 1.0
+        return _ray_nodes.capacity(self._ray.nodes(), need) or None
 
     def _shortfall(self, need: Mapping[str, float]) -> dict[str, tuple[float, float, float]]:
         """``{resource: (needed, free now, cluster total)}`` for what one more agent lacks."""
@@ -420,17 +435,18 @@ class RayBackend:
             "'bundle_index': int}"
         )
 
-    def _avoiding(self, now: float) -> list[str]:
+    def _avoiding(self, need: Mapping[str, float], now: float) -> list[str]:
         for node, until in list(_AVOID.items()):
             if until <= now:
                 del _AVOID[node]
         if not _AVOID:
             return []
-        alive = {n["NodeID"] for n in self._ray.nodes() if n.get("Alive")}
-        return sorted(n for n in _AVOID if n in alive)
+        return _ray_nodes.nodes_to_avoid(self._ray.nodes(), _AVOID, need, now)
 
     async def start(self, spec: AgentSpec) -> RayAgent:
         await self._ensure_ray()
+        if self._driver_node is None:
+            self._driver_node = self._own_node()
         loop = asyncio.get_running_loop()
         placement = dict(getattr(spec, "placement", None) or {})
         try:
@@ -446,6 +462,9 @@ class RayBackend:
             env["env_vars"] = {**env.get("env_vars", {}), **spec.env}
         if env:
             options["runtime_env"] = env
+        slots = int(getattr(spec, "max_concurrency", 1))
+        if slots > 1:  # calls at once in the default group (the "life" group has its own)
+            options["max_concurrency"] = slots
         need = self._demand(options)
         checked = "scheduling_strategy" not in options or options["scheduling_strategy"] in (
             "SPREAD",
@@ -465,14 +484,14 @@ class RayBackend:
                 await asyncio.sleep(_PLACEMENT_CHECK_S)
             else:
                 raise self._no_room(spec, short)
-        avoid = self._avoiding(loop.time())
-        if avoid and checked and "label_selector" not in options:
+        avoid = self._avoiding(need, loop.time()) if checked else []
+        if avoid and "label_selector" not in options:
             # A replacement goes elsewhere than a node that has just lost agents, if it can be
             # placed elsewhere at once; if not, anywhere.
             avoiding = {**options, "label_selector": {"ray.io/node-id": f"!in({','.join(avoid)})"}}
-            actor = self._actor_class().options(**avoiding).remote(sys_path)
+            actor = self._actor_class().options(**avoiding).remote(sys_path, slots)
             try:
-                where: Any = await self._placed(spec, actor, None, patience=_AVOID_PATIENCE_S)
+                where: Any = await self._placed(spec, actor, need, patience=_AVOID_PATIENCE_S)
             except Exception:
                 where = None  # died where it was placed: try again, anywhere
             except BaseException:
@@ -484,7 +503,7 @@ class RayBackend:
             where = None
         try:
             if where is None:
-                actor = self._actor_class().options(**options).remote(sys_path)
+                actor = self._actor_class().options(**options).remote(sys_path, slots)
                 where = await self._placed(spec, actor, need if checked else None)
             node, node_ip, pid = where
             reply = pickle.loads(await actor.warm.remote(setup_blob))
@@ -713,17 +732,28 @@ class RayBackend:
         """While agents live: ping a probe on each of their nodes, and the agents running calls.
 
         A node silent for ``node_timeout`` seconds after its probe first answered (or for
-        ``_FIRST_PONG_S`` if it never did) is taken for frozen or cut off: the calls running on
+        ``FIRST_PONG_S`` if it never did) is taken for frozen or cut off: the calls running on
         it fail now, and its idle agents are reported gone, rather than waiting the minute Ray
         takes to declare the node dead."""
         loop = asyncio.get_running_loop()
-        while self._agents:
-            try:
-                self._watch_once(loop.time())
-            except Exception:  # never let one bad round stop the watching
-                log.exception("shoal: Ray liveness check failed")
-            await asyncio.sleep(self.probe_interval)
-        self._watcher = None
+        try:
+            while self._agents:
+                try:
+                    self._watch_once(loop.time())
+                except Exception:  # never let one bad round stop the watching
+                    log.exception("shoal: Ray liveness check failed")
+                await asyncio.sleep(self.probe_interval)
+        finally:
+            self._watcher = None
+            self._drop_probes()
+
+    def _drop_probes(self) -> None:
+        """No agents left to watch: the probes go (a later agent gets fresh ones, whose silence
+        counts from their own pings)."""
+        if self._ray.is_initialized():
+            for watch in self._nodes.values():
+                self._ray.kill(watch.actor, no_restart=True)
+        self._nodes.clear()
 
     def _watch_once(self, now: float) -> None:
         by_node: dict[str, list[RayAgent]] = {}
@@ -732,16 +762,18 @@ class RayBackend:
         for node in [n for n in self._nodes if n not in by_node]:
             self._ray.kill(self._nodes.pop(node).actor, no_restart=True)  # no agents left
         for node, handles in by_node.items():
-            watch = self._nodes.get(node)
-            if watch is None:
-                watch = self._nodes[node] = _NodeWatch(self._probe(node), now)
-            if not watch.pinging:
-                watch.pinging = True
-                self._ping(watch.actor.ping.remote(), watch)
             for handle in handles:
                 if handle.in_call and not handle.pinging:
                     handle.pinging = True
                     self._ping(handle.actor.ping.remote(), handle)
+            if node == self._driver_node:
+                continue  # this driver's own node cannot freeze while the driver runs
+            watch = self._nodes.get(node)
+            if watch is None:
+                watch = self._nodes[node] = NodeWatch(self._probe(node))
+            if not watch.pinging:
+                watch.sent(now)
+                self._ping(watch.actor.ping.remote(), watch)
             silent = watch.silent_for(now)
             if watch.failed is not None:
                 self._node_lost(node, f"its node {handles[0].node_ip} is gone ({watch.failed})")
@@ -774,22 +806,21 @@ class RayBackend:
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
         ).remote()
 
-    def _ping(self, ref: Any, target: RayAgent | _NodeWatch) -> None:
+    def _ping(self, ref: Any, target: RayAgent | NodeWatch) -> None:
         fut = asyncio.ensure_future(ref)
 
         def done(f: asyncio.Future[Any]) -> None:
-            target.pinging = False
-            if f.cancelled():
-                return
-            exc = f.exception()
-            if exc is None:
-                now = asyncio.get_running_loop().time()
-                if isinstance(target, RayAgent):
-                    target.last_seen = now
-                else:
-                    target.last_ok = now
-            elif isinstance(target, _NodeWatch) and target.failed is None:
-                target.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            exc = None if f.cancelled() else f.exception()
+            if isinstance(target, RayAgent):
+                target.pinging = False
+                if exc is None and not f.cancelled():
+                    target.last_seen = asyncio.get_running_loop().time()
+            elif f.cancelled():
+                target.sent_at = None
+            elif exc is None:
+                target.pong()
+            else:
+                target.lost(f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
 
         fut.add_done_callback(done)
 
@@ -823,7 +854,6 @@ _PLACEMENT_CHECK_S = 0.5
 # Nodes that have just lost agents -> loop time until which new agents avoid them. Shared by
 # every backend of the process: it is news about the cluster, not about one backend.
 _AVOID: dict[str, float] = {}
-_FIRST_PONG_S = 30.0
 _AVOID_PATIENCE_S = 2.0  # how long a replacement waits for a node other than those avoided
 _SHORT_FOR_S = 5.0  # how long "no room" must last to be believed (the view lags)
 _QUEUED_FOR_S = 10.0  # ... for an actor a node was asked for, whose worker may be starting

@@ -22,9 +22,15 @@ import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Literal, TypeVar
 
-from shoal.backends.base import AgentSpec, Backend, MeasuresMemory, ReportsLiveness
+from shoal.backends.base import (
+    AgentSpec,
+    Backend,
+    MeasuresMemory,
+    ReportsLiveness,
+    SizesPools,
+)
 from shoal.clock import Clock, LoopClock
-from shoal.config import PoolConfig
+from shoal.config import PoolConfig, default_max_size
 from shoal.errors import (
     AgentLost,
     CallTimeout,
@@ -122,7 +128,12 @@ class AgentPool:
         }
         if max_size is not None:
             options["max_size"] = max_size
+        elif isinstance(backend, SizesPools) and isinstance(min_size, int):
+            # Until start() asks the backend (a cluster), min_size is no error against this
+            # machine's CPU count.
+            options["max_size"] = max(default_max_size(), min_size)
         self.config = PoolConfig.build(f"pool {name!r}", options)
+        self._max_size_given = max_size is not None
         if backend is None:
             from shoal.backends.process import ProcessBackend
 
@@ -159,6 +170,8 @@ class AgentPool:
         config = PoolConfig.build(where, {"name": name, **(pool_config or {})})
         options = config.model_dump()
         del options["name"]
+        if "max_size" not in (pool_config or {}):
+            options["max_size"] = None  # the default: the backend's, if it has one
         return cls(name, backend=backend, clock=clock, **options)
 
     # -- what it is -------------------------------------------------------------------------------
@@ -249,6 +262,11 @@ class AgentPool:
         only (:class:`~shoal.errors.ResourcesUnavailable`) starts with those, and says so.
         """
         st = self._state
+        if not self._max_size_given and isinstance(self._backend, SizesPools):
+            size = await self._backend.default_max_size(self.config.placement or {})
+            if size is not None:
+                st.adopt_max_size(size, "as many as the backend can hold", self._now())
+                self.config = st.config
         st.open(self._now())
         loop = asyncio.get_running_loop()
         if isinstance(self._clock, LoopClock):

@@ -15,6 +15,7 @@ import random
 import sys
 import zlib
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -530,6 +531,15 @@ class PoolState:
         self._start_needed(now, reason)
         self.poke = True
 
+    def adopt_max_size(self, size: int, reason: str, now: float) -> None:
+        """Take ``size`` (at least ``min_size``) as ``max_size``: the default a backend gave
+        a pool whose ``max_size`` was not set, before it opens."""
+        size = max(size, self.config.min_size, 1)
+        if size != self.config.max_size:
+            self.config = self.config.model_copy(update={"max_size": size})
+            self.ceiling = size
+            self.note(f"max_size {size}: {reason}", now)
+
     def set_ceiling(self, size: int, reason: str, now: float) -> None:
         size = max(self.config.min_size, min(size, self.config.max_size))
         if size != self.ceiling:
@@ -636,6 +646,7 @@ class PoolState:
             checking=c[CHECKING],
             in_flight=self._held,
             max_concurrency=self._slots,
+            nodes=agents_per_node(self.agents.values()),
         )
 
     def state_line(self) -> str:
@@ -775,3 +786,13 @@ class PoolState:
 
     def _event(self, kind: str, agent: PooledAgent, before: int, reason: str, now: float) -> None:
         self.events.append(ScalingEvent(now, kind, agent.agent_id, before, self.size, reason))
+
+
+def agents_per_node(agents: Iterable[PooledAgent]) -> dict[str, int]:
+    """How many started agents (idle, busy, checking) each node holds, for backends with nodes."""
+    found: dict[str, int] = {}
+    for agent in agents:
+        node = agent.node
+        if node is not None and agent.state in (IDLE, BUSY, CHECKING):
+            found[node] = found.get(node, 0) + 1
+    return found
