@@ -116,6 +116,14 @@ async def test_spread_places_agents_on_every_node_and_handles_name_them(
         ]
         assert backend.capacity() == 6
         assert backend.capacity({"num_cpus": 2}) == 3
+        # The node of each agent, on the agent and in the pool's metrics.
+        assert sorted(a.node or "" for a in p.agents) == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+        assert p.metrics.nodes == nodes_of(p)
+    # Without max_size, a pool is sized by what the cluster holds, not by this machine's CPUs.
+    async with AgentPool("auto", min_size=1, backend=backend) as p:
+        assert p.max_size == 6
+    async with AgentPool("auto2", min_size=1, backend=backend, placement={"num_cpus": 2}) as p:
+        assert p.max_size == 3
     async with AgentPool(
         "pinned",
         min_size=2,

@@ -118,6 +118,28 @@ async def test_health_check_notices_a_dead_idle_actor() -> None:
         assert await p.run(workers.add, 1, 2) == 3
 
 
+async def test_an_idle_actor_that_dies_is_replaced_without_waiting_for_a_health_check() -> None:
+    async with ray_pool(min_size=1, max_size=1, health_check_interval=3600.0) as p:
+        agent = p.agents[0]
+        ray.kill(agent.handle.actor, no_restart=True)
+        for _ in range(600):  # bounded (30 s): its death reaches the pool at once
+            if agent.state.value in ("stopping", "stopped"):
+                break
+            await asyncio.sleep(0.05)
+        assert agent.state.value in ("stopping", "stopped")
+        assert await p.run(workers.add, 1, 2) == 3 and p.metrics.requests_failed == 0
+
+
+async def test_a_backend_naming_another_cluster_than_the_one_connected_is_refused() -> None:
+    p = AgentPool(
+        "elsewhere", min_size=1, max_size=1, backend=RayBackend("127.0.0.1:1", num_cpus=0.1)
+    )
+    with pytest.raises(Exception) as info:
+        await p.start()
+    said = f"{info.value} {info.value.__cause__}"
+    assert "a process talks to one cluster" in said and "127.0.0.1:1" in said, said
+
+
 async def test_the_data_pipeline_gives_the_same_result_on_ray_and_on_processes() -> None:
     sys.path.insert(0, str(ROOT / "examples"))  # as a driver that runs the example would
     try:
@@ -214,3 +236,11 @@ async def test_an_actor_runs_max_concurrency_calls_at_once(fn: Any) -> None:
         now += step
         peak = max(peak, now)
     assert len({pid for pid, _, _ in spans}) == 1 and peak >= 4, spans  # 8 slots; load staggers
+
+
+async def test_a_pool_without_max_size_is_sized_by_the_cluster_and_agents_name_their_node() -> None:
+    # The instance has 2 CPUs: room for 4 agents of half a CPU, whatever this machine has.
+    async with AgentPool("sized", min_size=1, backend=backend(), placement={"num_cpus": 0.5}) as p:
+        assert p.max_size == 4
+        assert [a.node for a in p.agents] == ["127.0.0.1"]
+        assert p.metrics.nodes == {"127.0.0.1": 1}

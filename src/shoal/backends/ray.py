@@ -152,6 +152,7 @@ class RayAgent(AgentHandle):
 
     __slots__ = (
         "actor",
+        "calls",
         "gone",
         "in_call",
         "last_seen",
@@ -175,7 +176,9 @@ class RayAgent(AgentHandle):
         self.sent_keys: set[int] = set()
         self.lifeline: asyncio.Future[Any] | None = None
         self.in_call = False
-        self.gone: asyncio.Future[str] | None = None  # resolved with why, if its node is lost
+        self.calls = 0  # calls running on it (up to the pool's max_concurrency)
+        # Resolved with why, if its node is lost: shared by the calls running on it.
+        self.gone: asyncio.Future[str] | None = None
         self.last_seen = 0.0  # loop time of the last reply or pong
         self.pinging = False
         self.stopping = False
@@ -650,9 +653,11 @@ class RayBackend:
         kwargs: Mapping[str, Any],
     ) -> Any:
         loop = asyncio.get_running_loop()
+        if not handle.calls:
+            handle.last_seen = loop.time()
+            handle.gone = loop.create_future()
+        handle.calls += 1
         handle.in_call = True
-        handle.last_seen = loop.time()
-        handle.gone = loop.create_future()
         try:
             return await _ship.call_over(
                 functools.partial(self._request, handle),
@@ -663,8 +668,10 @@ class RayBackend:
                 handle.agent_id,
             )
         finally:
-            handle.in_call = False
-            handle.gone = None
+            handle.calls -= 1
+            if not handle.calls:
+                handle.in_call = False
+                handle.gone = None
 
     async def _request(self, handle: RayAgent, payload: bytes) -> tuple[Any, ...]:
         errors = self._ray.exceptions
