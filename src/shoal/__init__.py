@@ -24,6 +24,7 @@ if _typing.TYPE_CHECKING:
         PoolClosed,
         PoolError,
         PoolTimeout,
+        Preempted,
         RemoteError,
         RemoteTraceback,
         ResourcesUnavailable,
@@ -42,6 +43,7 @@ if _typing.TYPE_CHECKING:
         PoolMetrics,
         ScalingEvent,
     )
+    from shoal.pool.placement import Placement, PreemptionNotice, PreemptionSource
     from shoal.runtime import RunHandle, Runtime, run
     from shoal.sync import SyncPool
 
@@ -58,10 +60,11 @@ _WHERE = {
     "shoal.context": "Context",
     "shoal.errors": (
         "AgentError AgentLost AgentStartError BackendError CallTimeout ConfigError PoolAtCapacity "
-        "PoolBroken PoolClosed PoolError PoolTimeout RemoteError RemoteTraceback RunStopped "
-        "ResourcesUnavailable SerializationError ShoalError StepFailed WorkflowError"
+        "PoolBroken PoolClosed PoolError PoolTimeout Preempted RemoteError RemoteTraceback "
+        "ResourcesUnavailable RunStopped SerializationError ShoalError StepFailed WorkflowError"
     ),
     "shoal.pool": "AgentPool AgentState Lease PooledAgent ScalingEvent PoolManager PoolMetrics",
+    "shoal.pool.placement": "Placement PreemptionNotice PreemptionSource",
     "shoal.runtime": "RunHandle Runtime run",
     "shoal.sync": "SyncPool",
 }
@@ -84,6 +87,7 @@ __all__ = [
     "FakeBackend",
     "Lease",
     "LoopClock",
+    "Placement",
     "PoolAtCapacity",
     "PoolBroken",
     "PoolClosed",
@@ -93,6 +97,9 @@ __all__ = [
     "PoolMetrics",
     "PoolTimeout",
     "PooledAgent",
+    "Preempted",
+    "PreemptionNotice",
+    "PreemptionSource",
     "ProcessBackend",
     "RemoteError",
     "RemoteTraceback",

@@ -54,6 +54,11 @@ class PoolMetrics:
     # Started agents (idle, busy, checking) per node, for a backend that places agents on
     # nodes (Ray); empty otherwise.
     nodes: dict[str, int] = field(default_factory=dict)
+    cost_usd: float = 0.0  # $ spent on agents so far (agent-hours x their placement's price)
+    cost_per_hour: float = 0.0  # the spend rate now: every agent, starting ones included
+    cost_cap_size: int | None = None  # the most serving agents the cost ceiling buys (None: no cap)
+    preemptions: int = 0  # preemption notices received
+    requeued: int = 0  # calls cancelled by a preemption and queued again at the head
 
 
 class RateCounter:
@@ -183,6 +188,7 @@ class MetricsRecorder:
         "requests_active",
         "requests_failed",
         "requests_total",
+        "requeued",
         "start_failures",
         "wait_times",
         "warm_hits",
@@ -197,6 +203,7 @@ class MetricsRecorder:
         self.agents_started = 0
         self.agents_retired = 0
         self.start_failures = 0
+        self.requeued = 0  # calls re-queued at the head after a preemption
         self.wait_times = Window()
         self.exec_times = Window()
         self.arrivals = RateCounter()
