@@ -27,6 +27,7 @@ if _typing.TYPE_CHECKING:
         Preempted,
         RemoteError,
         RemoteTraceback,
+        ResourcesUnavailable,
         RunStopped,
         SerializationError,
         ShoalError,
@@ -60,7 +61,7 @@ _WHERE = {
     "shoal.errors": (
         "AgentError AgentLost AgentStartError BackendError CallTimeout ConfigError PoolAtCapacity "
         "PoolBroken PoolClosed PoolError PoolTimeout Preempted RemoteError RemoteTraceback "
-        "RunStopped SerializationError ShoalError StepFailed WorkflowError"
+        "ResourcesUnavailable RunStopped SerializationError ShoalError StepFailed WorkflowError"
     ),
     "shoal.pool": "AgentPool AgentState Lease PooledAgent ScalingEvent PoolManager PoolMetrics",
     "shoal.pool.placement": "Placement PreemptionNotice PreemptionSource",
@@ -102,6 +103,7 @@ __all__ = [
     "ProcessBackend",
     "RemoteError",
     "RemoteTraceback",
+    "ResourcesUnavailable",
     "RunHandle",
     "RunStopped",
     "Runtime",

@@ -64,6 +64,9 @@ class PoolConfig(BaseModel):
     # after this many seconds without a heartbeat, a reply or CPU progress; None turns it off.
     # Generous, so that a long computation in C that holds the GIL is not taken for frozen.
     heartbeat_timeout: float | None = Field(default=30.0, gt=0)
+    # Where agents run and what each reserves, as the backend understands it (Ray: num_cpus,
+    # num_gpus, memory, resources, scheduling_strategy, label_selector).
+    placement: dict[str, Any] | None = None
     # How many calls one agent runs at once (Ray's max_concurrency, Modal's concurrent inputs):
     # async functions run concurrently on the agent's event loop, plain ones in its threads.
     # For I/O-bound steps (LLM calls, HTTP); CPU-bound ones gain nothing above 1.

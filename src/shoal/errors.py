@@ -64,6 +64,20 @@ class AgentStartError(AgentError):
     """An agent failed to start or warm up; the remote cause is chained as ``__cause__``."""
 
 
+class ResourcesUnavailable(AgentStartError):
+    """The cluster has no room for one more agent: not a crash, and not counted as one.
+
+    ``short`` maps each resource short to how much more one agent needs. The pool keeps the
+    agents it has and tries again later (when another pool shrinks, or a node joins).
+    """
+
+    def __init__(
+        self, message: str, agent_id: str | None = None, *, short: dict[str, float] | None = None
+    ) -> None:
+        super().__init__(message, agent_id)
+        self.short = dict(short or {})
+
+
 class AgentLost(AgentError):
     """The agent died before answering the call.
 

@@ -75,6 +75,23 @@ async def test_a_lost_actor_is_agent_lost_and_replaced() -> None:
         assert after != before and p.metrics.agents_started == 2
 
 
+async def test_a_replacement_on_the_only_node_is_not_taken_for_lost() -> None:
+    # On a one-node instance, a replacement slower to start than node_timeout was at once taken
+    # for lost with its node (the node's watch kept its last answer from before the loss), and
+    # so was every replacement after it: the pool never served again. Replacements were also
+    # sent to avoid the only node there is.
+    b = RayBackend(num_cpus=0.1, node_timeout=0.5)
+    async with AgentPool("ray", min_size=1, max_size=1, backend=b, setup=workers.slow_setup) as p:
+        before = await p.run(workers.pid)
+        with pytest.raises(AgentLost):
+            await p.run(workers.exit_now, 3)
+        after = await asyncio.wait_for(p.run(workers.pid), 45)
+        assert after != before
+        await asyncio.sleep(2.0)  # rounds of the liveness watch over the new agent
+        assert await p.run(workers.pid) == after
+        assert p.metrics.agents_started == 2, [e.reason for e in p.events]
+
+
 async def test_a_hung_call_times_out_and_the_actor_is_replaced() -> None:
     async with ray_pool(min_size=1, max_size=1) as p:
         before = await p.run(workers.pid)
@@ -99,6 +116,28 @@ async def test_health_check_notices_a_dead_idle_actor() -> None:
             await asyncio.sleep(0.05)
         assert agent.state.value in ("stopping", "stopped")
         assert await p.run(workers.add, 1, 2) == 3
+
+
+async def test_an_idle_actor_that_dies_is_replaced_without_waiting_for_a_health_check() -> None:
+    async with ray_pool(min_size=1, max_size=1, health_check_interval=3600.0) as p:
+        agent = p.agents[0]
+        ray.kill(agent.handle.actor, no_restart=True)
+        for _ in range(600):  # bounded (30 s): its death reaches the pool at once
+            if agent.state.value in ("stopping", "stopped"):
+                break
+            await asyncio.sleep(0.05)
+        assert agent.state.value in ("stopping", "stopped")
+        assert await p.run(workers.add, 1, 2) == 3 and p.metrics.requests_failed == 0
+
+
+async def test_a_backend_naming_another_cluster_than_the_one_connected_is_refused() -> None:
+    p = AgentPool(
+        "elsewhere", min_size=1, max_size=1, backend=RayBackend("127.0.0.1:1", num_cpus=0.1)
+    )
+    with pytest.raises(Exception) as info:
+        await p.start()
+    said = f"{info.value} {info.value.__cause__}"
+    assert "a process talks to one cluster" in said and "127.0.0.1:1" in said, said
 
 
 async def test_the_data_pipeline_gives_the_same_result_on_ray_and_on_processes() -> None:
@@ -184,3 +223,24 @@ def test_a_local_ray_instance_listens_on_loopback_only() -> None:
     assert {"gcs_server", "raylet"} <= commands, listeners  # the probe saw Ray's processes
     exposed = [row for row in listeners if not sockets.is_loopback(row[0])]
     assert exposed == [], f"Ray listens beyond loopback: {exposed}"
+
+
+@pytest.mark.parametrize("fn", [workers.overlap_probe, workers.overlap_probe_sync])
+async def test_an_actor_runs_max_concurrency_calls_at_once(fn: Any) -> None:
+    async with ray_pool(min_size=1, max_size=1, max_concurrency=8) as p:
+        spans = await asyncio.gather(*(p.run(fn, 0.5) for _ in range(16)))
+        assert p.metrics.agents_started == 1
+    edges = sorted([(start, 1) for _, start, _ in spans] + [(end, -1) for _, _, end in spans])
+    now = peak = 0
+    for _, step in edges:
+        now += step
+        peak = max(peak, now)
+    assert len({pid for pid, _, _ in spans}) == 1 and peak >= 4, spans  # 8 slots; load staggers
+
+
+async def test_a_pool_without_max_size_is_sized_by_the_cluster_and_agents_name_their_node() -> None:
+    # The instance has 2 CPUs: room for 4 agents of half a CPU, whatever this machine has.
+    async with AgentPool("sized", min_size=1, backend=backend(), placement={"num_cpus": 0.5}) as p:
+        assert p.max_size == 4
+        assert [a.node for a in p.agents] == ["127.0.0.1"]
+        assert p.metrics.nodes == {"127.0.0.1": 1}

@@ -111,6 +111,10 @@ def test_pools_and_metrics(server: ServeProcess) -> None:
         assert {"echo", "gated"} <= set(pools)
         echo = pools["echo"]
         assert echo["target"] >= 1 and echo["metrics"]["requests_total"] >= 3
+        # Each agent, and the node it runs on (none for local processes; Ray's node IP).
+        assert echo["agents"] and all(a["node"] is None for a in echo["agents"])
+        assert {"agent_id", "state", "node", "uses"} <= set(echo["agents"][0])
+        assert echo["metrics"]["nodes"] == {}
         assert echo["events"] and {"kind", "reason", "from_size", "to_size"} <= set(
             echo["events"][0]
         )

@@ -42,7 +42,9 @@ class AgentSpec:
     loop) if the agent dies on its own, so the pool can replace an idle agent without waiting
     for its next health check. ``heartbeat_interval`` (seconds; None for none) is how often an
     agent that can shows it is alive while it runs a call. ``max_concurrency`` is how many
-    calls the pool may send it before the first is answered.
+    calls the pool may send it before the first is answered. ``placement`` is the pool's say in
+    where its agents run and what they reserve (the pool's ``placement`` option; what keys a
+    backend understands is its own business: see :class:`~shoal.backends.ray.RayBackend`).
     """
 
     pool: str
@@ -52,6 +54,7 @@ class AgentSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     on_exit: Callable[[AgentHandle], None] | None = None
     heartbeat_interval: float | None = None
+    placement: Mapping[str, Any] = field(default_factory=dict)
     max_concurrency: int = 1  # calls the agent must be able to run at once
 
 
@@ -109,6 +112,16 @@ class ReportsLiveness(Protocol):
     def unresponsive_for(self, handle: Any, now: float) -> float:
         """Seconds (on the loop's clock) since the agent last showed any sign of life: a
         heartbeat, a reply, or progress of its CPU time. 0 for an agent running no call."""
+        ...
+
+
+@runtime_checkable
+class SizesPools(Protocol):
+    """A backend that knows how many agents it could run (a cluster's capacity): a pool given
+    no ``max_size`` takes its default from here rather than from this machine's CPUs."""
+
+    async def default_max_size(self, placement: Mapping[str, Any]) -> int | None:
+        """How many agents with ``placement`` to allow by default; None for no opinion."""
         ...
 
 

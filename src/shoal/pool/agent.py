@@ -95,6 +95,13 @@ class PooledAgent:
         return self.handle
 
     @property
+    def node(self) -> str | None:
+        """The address of the node the agent runs on, for a backend that places agents on
+        nodes (Ray: the node's IP); None otherwise, or before it has started."""
+        node = getattr(self.handle, "node_ip", None)
+        return None if node is None else str(node)
+
+    @property
     def alive(self) -> bool:
         """False once the backend has seen the agent exit."""
         handle = self.handle

@@ -51,6 +51,10 @@ class CrashLoopBreaker:
         self.broken.__cause__ = err
         return True
 
+    def wait(self, now: float, seconds: float = MAX_BACKOFF_S) -> None:
+        """Hold starts back for ``seconds`` without counting a failure (no room for one now)."""
+        self.backoff_until = max(self.backoff_until, now + seconds)
+
     def succeeded(self) -> bool:
         """Count a successful start; True if it closed a broken pool's breaker."""
         self._backoff = 0.0

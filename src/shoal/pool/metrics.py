@@ -6,7 +6,7 @@ import bisect
 import math
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _SAMPLES = 2048
 _RATE_BUCKET_S = 1.0
@@ -51,6 +51,9 @@ class PoolMetrics:
     checking: int = 0  # idle agents set aside for a health check (not assignable meanwhile)
     in_flight: int = 0  # calls held by callers: busy agents x the calls each runs
     max_concurrency: int = 1  # calls one agent runs at once; utilization counts these slots
+    # Started agents (idle, busy, checking) per node, for a backend that places agents on
+    # nodes (Ray); empty otherwise.
+    nodes: dict[str, int] = field(default_factory=dict)
     cost_usd: float = 0.0  # $ spent on agents so far (agent-hours x their placement's price)
     cost_per_hour: float = 0.0  # the spend rate now: every agent, starting ones included
     cost_cap_size: int | None = None  # the most serving agents the cost ceiling buys (None: no cap)

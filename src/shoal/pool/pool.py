@@ -21,9 +21,15 @@ import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
-from shoal.backends.base import AgentSpec, Backend, MeasuresMemory, ReportsLiveness
+from shoal.backends.base import (
+    AgentSpec,
+    Backend,
+    MeasuresMemory,
+    ReportsLiveness,
+    SizesPools,
+)
 from shoal.clock import Clock, LoopClock
-from shoal.config import PoolConfig
+from shoal.config import PoolConfig, default_max_size
 from shoal.errors import (
     AgentLost,
     CallTimeout,
@@ -31,6 +37,7 @@ from shoal.errors import (
     PoolError,
     PoolTimeout,
     Preempted,
+    ResourcesUnavailable,
 )
 from shoal.pool import leaks
 from shoal.pool.agent import AgentState, Lease, PooledAgent
@@ -96,6 +103,7 @@ class AgentPool:
         max_memory_mb: float | None = None,
         lifetime_jitter: float = 0.1,
         setup: Callable[[], object] | None = None,
+        placement: Mapping[str, Any] | None = None,
         backend: Backend | None = None,
         clock: Clock | None = None,
         max_events: int = 1000,
@@ -126,9 +134,14 @@ class AgentPool:
             "max_memory_mb": max_memory_mb,
             "lifetime_jitter": lifetime_jitter,
             "setup": setup,
+            "placement": None if placement is None else dict(placement),
         }
         if max_size is not None:
             options["max_size"] = max_size
+        elif isinstance(backend, SizesPools) and isinstance(min_size, int):
+            # Until start() asks the backend (a cluster), min_size is no error against this
+            # machine's CPU count.
+            options["max_size"] = max(default_max_size(), min_size)
         if placements is not None:
             options["placements"] = placements
         if regions is not None:
@@ -136,6 +149,7 @@ class AgentPool:
         if rtt_target_ms is not None:
             options["rtt_target_ms"] = rtt_target_ms
         self.config = PoolConfig.build(f"pool {name!r}", options)
+        self._max_size_given = max_size is not None
         if backend is None:
             from shoal.backends.process import ProcessBackend
 
@@ -181,6 +195,8 @@ class AgentPool:
         config = PoolConfig.build(where, {"name": name, **(pool_config or {})})
         options = config.model_dump()
         del options["name"]
+        if "max_size" not in (pool_config or {}):
+            options["max_size"] = None  # the default: the backend's, if it has one
         return cls(name, backend=backend, clock=clock, **options)
 
     # -- what it is -------------------------------------------------------------------------------
@@ -324,9 +340,15 @@ class AgentPool:
         """Start ``min_size`` agents and wait until they are warm.
 
         Raises :class:`~shoal.errors.AgentStartError` (and closes the pool) if any of them
-        fails to start.
+        fails to start — except that a pool for which the cluster has room for some agents
+        only (:class:`~shoal.errors.ResourcesUnavailable`) starts with those, and says so.
         """
         st = self._state
+        if not self._max_size_given and isinstance(self._backend, SizesPools):
+            size = await self._backend.default_max_size(self.config.placement or {})
+            if size is not None:
+                st.adopt_max_size(size, "as many as the backend can hold", self._now())
+                self.config = st.config
         st.open(self._now())
         loop = asyncio.get_running_loop()
         if isinstance(self._clock, LoopClock):
@@ -345,6 +367,8 @@ class AgentPool:
         try:
             starts = self._flush()
             errors = [e for e in await asyncio.gather(*starts) if e is not None]
+            if self.size > 0:  # fewer agents than asked, for want of room: warned, and it serves
+                errors = [e for e in errors if not isinstance(e, ResourcesUnavailable)]
         except BaseException:
             await asyncio.shield(self.aclose())
             raise
@@ -619,6 +643,9 @@ class AgentPool:
         starts = self.set_target(size, reason or f"resize to {size}")
         if wait and starts:
             await asyncio.wait(starts)  # a cancelled caller leaves the starts running
+            for task in starts:  # a size the cluster cannot hold is not a success
+                if not task.cancelled() and isinstance(task.result(), ResourcesUnavailable):
+                    raise task.result()
 
     def set_target(
         self, size: int, reason: str, metrics: PoolMetrics | None = None
@@ -722,6 +749,7 @@ class AgentPool:
             setup=self.config.setup,
             on_exit=functools.partial(self._on_agent_exit, agent),
             heartbeat_interval=_heartbeat_interval(self.config.heartbeat_timeout),
+            placement=self.config.placement or {},
             max_concurrency=self.config.max_concurrency,
         )
         error: BaseException | None = None
@@ -733,7 +761,7 @@ class AgentPool:
             raise
         except BaseException as exc:
             st.start_failed(agent, exc, self._now())
-            error = st.breaker.last_error or exc
+            error = exc if isinstance(exc, ResourcesUnavailable) else st.breaker.last_error or exc
         else:
             st.agent_started(agent, handle, self._now())
         finally:

@@ -15,6 +15,7 @@ import random
 import sys
 import zlib
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from shoal.errors import (
     PoolBroken,
     PoolClosed,
     PoolError,
+    ResourcesUnavailable,
 )
 from shoal.pool import leaks, lifecycle
 from shoal.pool.agent import AgentState, Lease, PooledAgent
@@ -143,6 +145,7 @@ class PoolState:
         # Set when a deadline may have moved earlier than the one the shell sleeps until.
         self.poke = False
         self.wake_at = float("inf")
+        self._no_room = False  # the backend said the cluster has no room; said once per episode
         self._watching_calls = False  # the next wake-up comes soon enough to check liveness
         # Where agents live, what they cost, which placements to avoid (pool/placing.py).
         self.placer = Placer(
@@ -427,6 +430,8 @@ class PoolState:
 
     def agent_started(self, agent: PooledAgent, handle: Any, now: float) -> None:
         agent.handle = handle
+        if self.size >= self.target:
+            self._no_room = False
         self.metrics.agents_started += 1
         self.placer.start_ok(agent.site)
         if agent.swap:
@@ -460,6 +465,9 @@ class PoolState:
             self._event("start_failed", agent, before, "start cancelled", now)
             return
         err = self._start_error(agent, exc)
+        if isinstance(err, ResourcesUnavailable):
+            self._waiting_for_room(agent, err, before, now)
+            return
         self.metrics.start_failures += 1
         self._event("start_failed", agent, before, str(err), now)
         if self._multi and self.placer.choose(now)[0] is not None:
@@ -485,6 +493,22 @@ class PoolState:
             if head is not None:
                 self.actions.append(Reject(head, err))
         self._pump(now)
+
+    def _waiting_for_room(
+        self, agent: PooledAgent, err: ResourcesUnavailable, before: int, now: float
+    ) -> None:
+        """No room on the cluster for one more agent: not a crash (the breaker does not count
+        it). The pool keeps the agents it has and tries again after a back-off; callers fail
+        only if no agent at all can serve them."""
+        if not self._no_room:
+            self._no_room = True
+            self._event("waiting_for_resources", agent, before, str(err), now)
+            self.actions.append(Log(WARNING, str(err)))
+        self.breaker.wait(now)
+        self.poke = True
+        if self.size == 0:
+            for waiter in self.queue.drain():
+                self.actions.append(Reject(waiter, err))
 
     def _start_error(self, agent: PooledAgent, exc: BaseException) -> AgentStartError:
         if isinstance(exc, AgentStartError):
@@ -560,6 +584,15 @@ class PoolState:
             self._retire(self.idle.popleft(), reason, now)
         self._start_needed(now, reason)
         self.poke = True
+
+    def adopt_max_size(self, size: int, reason: str, now: float) -> None:
+        """Take ``size`` (at least ``min_size``) as ``max_size``: the default a backend gave
+        a pool whose ``max_size`` was not set, before it opens."""
+        size = max(size, self.config.min_size, 1)
+        if size != self.config.max_size:
+            self.config = self.config.model_copy(update={"max_size": size})
+            self.ceiling = size
+            self.note(f"max_size {size}: {reason}", now)
 
     def set_ceiling(self, size: int, reason: str, now: float) -> None:
         size = max(self.config.min_size, min(size, self.config.max_size))
@@ -678,6 +711,7 @@ class PoolState:
             checking=c[CHECKING],
             in_flight=self._held,
             max_concurrency=self._slots,
+            nodes=agents_per_node(self.agents.values()),
             cost_usd=self.placer.spent(now),
             cost_per_hour=self.placer.spend_rate,
             cost_cap_size=self.placer.cap_size(size - self.doomed, now),
@@ -969,3 +1003,13 @@ class PoolState:
 
     def _event(self, kind: str, agent: PooledAgent, before: int, reason: str, now: float) -> None:
         self.events.append(ScalingEvent(now, kind, agent.agent_id, before, self.size, reason))
+
+
+def agents_per_node(agents: Iterable[PooledAgent]) -> dict[str, int]:
+    """How many started agents (idle, busy, checking) each node holds, for backends with nodes."""
+    found: dict[str, int] = {}
+    for agent in agents:
+        node = agent.node
+        if node is not None and agent.state in (IDLE, BUSY, CHECKING):
+            found[node] = found.get(node, 0) + 1
+    return found

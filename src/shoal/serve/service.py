@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.errors import ShoalError
-from shoal.pool import AgentPool
+from shoal.pool import AgentPool, PooledAgent
 from shoal.pool.events import ScalingEvent
 from shoal.runtime import RunHandle, Runtime
 from shoal.serve.metrics import EventTally, ServeMetrics
@@ -281,6 +281,7 @@ class Service:
             "name": pool.name,
             "target": pool.target_size,
             "metrics": {k: getattr(m, k) for k in m.__dataclass_fields__},
+            "agents": [agent_view(a, m.time) for a in pool.agents],
             "events": [event_view(e, m.time) for e in list(pool.events)[-50:]],
         }
         if history:
@@ -329,6 +330,7 @@ class Service:
                 "wait_p99": m.wait_p99,
                 "exec_avg": m.avg_execution_time,
                 "throughput": m.throughput,
+                "nodes": m.nodes,
             }
             self.history.setdefault(pool.name, deque(maxlen=_HISTORY)).append(sample)
             self.publish({"type": "sample", "pool": pool.name, **sample})
@@ -346,6 +348,18 @@ class Service:
             k for k in self._seen_progress if k not in self.runs or self.runs[k].done.is_set()
         ]:
             del self._seen_progress[run_id]
+
+
+def agent_view(agent: PooledAgent, now: float) -> dict[str, Any]:
+    """One agent as ``/pools`` shows it: where it runs (``node``: None on a backend without
+    nodes), its state and how much it has been used."""
+    return {
+        "agent_id": agent.agent_id,
+        "state": agent.state.value,
+        "node": agent.node,
+        "uses": agent.usage_count,
+        "age_s": now - agent.created_at,
+    }
 
 
 def event_view(event: ScalingEvent, now: float) -> dict[str, Any]:
