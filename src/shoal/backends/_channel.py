@@ -21,7 +21,7 @@ from typing import Any
 
 from shoal.backends import _ship, _wire
 from shoal.backends.base import AgentSpec
-from shoal.errors import AgentLost, AgentStartError
+from shoal.errors import AgentLost, AgentStartError, CallRecalled
 
 _READ_SIZE = 1 << 18
 
@@ -73,6 +73,7 @@ class Channel:
         "exit_code",
         "exited",
         "last_heard",
+        "ordered",
         "pending",
         "sent_keys",
     )
@@ -100,6 +101,9 @@ class Channel:
         self.exit_code: int | None = None
         self.exited: asyncio.Future[int] = loop.create_future()
         self.last_heard = self.busy_since = loop.time()
+        # The agent serves one call at a time, in the order sent: a call behind another
+        # outstanding one has not started, and can be taken back with recall().
+        self.ordered = False
         os.set_blocking(out_fd, False)
         os.set_blocking(in_fd, False)
         loop.add_reader(in_fd, self._on_readable)
@@ -123,6 +127,16 @@ class Channel:
         if not self.pending:
             self.busy_since = self._loop.time()
         self.pending[call_id] = call
+
+    def recall(self, future: asyncio.Future[Any]) -> None:
+        """Ask the agent not to start the call behind ``future`` if it has not started yet.
+        The call then ends with :class:`~shoal.errors.CallRecalled`, or as it would have
+        (it had started): either way with one outcome."""
+        for call_id, call in self.pending.items():
+            if call.future is future:
+                with contextlib.suppress(AgentLost):  # gone: finish() fails the call
+                    self.send(pickle.dumps((_wire.CANCEL, call_id), _wire.PROTOCOL))
+                return
 
     def request(self, payload: bytes) -> asyncio.Future[tuple[Any, ...]]:
         """Send a control message (INIT, PING) and return a future for the agent's answer."""
@@ -222,6 +236,10 @@ class Channel:
         kind = reply[0]
         if kind == _wire.OK:
             fut.set_result(reply[1])
+        elif kind == _wire.NOT_STARTED:
+            fut.set_exception(
+                CallRecalled(f"call {call_id} was taken back from agent {self.agent_id}")
+            )
         elif kind == _wire.UNKNOWN_FN:
             # The agent evicted the function: send it again, whole, under a new id.
             self.sent_keys.discard(reply[1])
@@ -307,6 +325,20 @@ class Channel:
         for fd in {self._out, self._in, self._lifeline}:  # a socket may be both
             os.close(fd)
         self._out = self._in = self._lifeline = -1
+        if self.ordered:
+            # Only the oldest outstanding call can have started; the ones behind it never
+            # reached the agent's code and are safe to run elsewhere.
+            behind = list(self.pending.values())[1:]
+            for call in behind:
+                if not call.future.done():
+                    call.future.set_exception(
+                        AgentLost(
+                            f"{lost}; this call, queued behind another, had not started",
+                            self.agent_id,
+                            exit_code=code,
+                            delivered=False,
+                        )
+                    )
         self._fail_all(lambda: AgentLost(lost, self.agent_id, exit_code=code))
         self.exited.set_result(code)
 

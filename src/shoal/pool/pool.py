@@ -16,17 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Literal, TypeVar
 
-from shoal.backends.base import AgentSpec, Backend, MeasuresMemory, ReportsLiveness
+from shoal.backends.base import AgentSpec, Backend, MeasuresMemory, Pipelines, ReportsLiveness
 from shoal.clock import Clock, LoopClock
 from shoal.config import PoolConfig
 from shoal.errors import (
     AgentLost,
+    CallRecalled,
     CallTimeout,
     ConfigError,
     PoolError,
@@ -41,6 +41,7 @@ from shoal.pool.state import (
     Kill,
     Log,
     PoolState,
+    Recall,
     Reject,
     Start,
     Stop,
@@ -127,9 +128,11 @@ class AgentPool:
         self._backend = backend
         self._liveness = backend if isinstance(backend, ReportsLiveness) else None
         self._memory = backend if isinstance(backend, MeasuresMemory) else None
+        self._pipelines = backend if isinstance(backend, Pipelines) else None
         self._clock = clock or LoopClock()
         self._now: Callable[[], float] = self._clock.now
         self._state = PoolState(self.config, owner=self, max_events=max_events)
+        self._state.prefetch = self._pipelines is not None and self.config.max_concurrency == 1
         self.events = self._state.events
         self._tasks: set[asyncio.Task[Any]] = set()
         self._starting: dict[PooledAgent, asyncio.Task[BaseException | None]] = {}
@@ -320,16 +323,24 @@ class AgentPool:
         """:meth:`run` with options: ``timeout`` for the call itself (the agent is killed and
         replaced when it expires) and ``acquire_timeout`` for the wait for an agent."""
         kw = kwargs or {}
-        for attempt in itertools.count(1):
-            lease = await self.get_agent(acquire_timeout)
+        # Without a timeout the call may be prefetched: queued on a busy agent, to start when
+        # its call ends. Taken back unstarted (CallRecalled), it is simply run again.
+        prefetchable = timeout is None
+        undelivered = 0
+        while True:
+            lease = await self._get(acquire_timeout, prefetchable)
+            used = True
             try:
                 return await self._call(lease, fn, args, kw, timeout)
+            except CallRecalled:
+                used = False
             except AgentLost as exc:
-                if exc.delivered or exc.remote or attempt >= UNDELIVERED_RETRIES:
+                undelivered += 1
+                if exc.delivered or exc.remote or undelivered >= UNDELIVERED_RETRIES:
                     raise
             finally:
-                self._release(lease, True)
-        raise AssertionError("unreachable")
+                if not lease.deferred:
+                    self._release(lease, used)
 
     async def map(
         self, fn: Callable[[Any], T], items: Iterable[Any], *, chunksize: int | None = None
@@ -369,18 +380,21 @@ class AgentPool:
         agent can be started, :class:`~shoal.errors.PoolBroken` in a crash loop and
         :class:`~shoal.errors.PoolClosed` once the pool is closing.
         """
+        return await self._get(timeout, False)
+
+    async def _get(self, timeout: float | None, prefetchable: bool) -> Lease:
         st = self._state
         now = self._now()
         lease = st.request(now)
         if lease is None:
-            lease = await self._wait(now, timeout)
+            lease = await self._wait(now, timeout, prefetchable)
         if self.config.leak_threshold is not None:
             lease.stack = leaks.where_taken()
         return lease
 
-    async def _wait(self, now: float, timeout: float | None) -> Lease:
+    async def _wait(self, now: float, timeout: float | None, prefetchable: bool) -> Lease:
         fut: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(now, fut)
+        waiter = Waiter(now, fut, prefetchable)
         self._state.enqueue(waiter, now)
         self._flush()
         try:
@@ -459,7 +473,10 @@ class AgentPool:
         failed = True
         fut: asyncio.Future[Any] | None = None
         try:
+            if lease.recalled:  # taken back before it was even sent
+                raise CallRecalled(f"call on agent {agent.agent_id} was taken back unsent")
             fut = self._backend.call(agent.handle, fn, args, kwargs)
+            lease.future = fut
             if timeout is None:
                 result: T = await fut
             else:
@@ -476,11 +493,27 @@ class AgentPool:
                 result = fut.result()  # the reply wins over a deadline in the same pass
             failed = False
             return result
+        except CallRecalled:
+            failed = False
+            raise
         except AgentLost as exc:
             if not exc.remote:
                 st.call_failed(agent, agent.retire_reason or "agent lost", kill=True)
             raise
         except asyncio.CancelledError:
+            pipelines = self._pipelines
+            if (
+                pipelines is not None
+                and fut is not None
+                and not fut.done()
+                and (lease.recalled or lease in st.queued)
+            ):
+                # Queued behind another call: take it back rather than kill the agent (and the
+                # call it runs); the lease goes back once the agent has answered for it.
+                pipelines.recall(agent.handle, fut)
+                lease.deferred = True
+                self._spawn(self._release_after(lease, fut), "recall")
+                raise
             if fut is not None and not fut.done():
                 fut.cancel()
             if fut is None or fut.cancelled():
@@ -492,6 +525,15 @@ class AgentPool:
             st.end_call(lease, started, self._now(), failed)
             if st.actions:
                 self._flush()
+
+    async def _release_after(self, lease: Lease, fut: asyncio.Future[Any]) -> None:
+        """Give back a lease whose caller left while its call was queued on the agent, once
+        the agent has answered for that call (run, or not started)."""
+        try:
+            await asyncio.wait((fut,))
+        finally:
+            ran = fut.done() and (fut.cancelled() or not isinstance(fut.exception(), CallRecalled))
+            self._release(lease, ran)
 
     # -- size -------------------------------------------------------------------------------------
 
@@ -555,6 +597,10 @@ class AgentPool:
                         fut.set_exception(action.error)
                 elif isinstance(action, Check):
                     self._spawn(self._check(action.agent), "check")
+                elif isinstance(action, Recall):
+                    fut = action.lease.future
+                    if fut is not None and not fut.done() and self._pipelines is not None:
+                        self._pipelines.recall(action.lease.agent.handle, fut)
                 elif isinstance(action, Log):
                     log.log(action.level, "%s", action.message)
         if st.poke:
