@@ -128,15 +128,36 @@ class Channel:
             self.busy_since = self._loop.time()
         self.pending[call_id] = call
 
-    def recall(self, future: asyncio.Future[Any]) -> None:
-        """Ask the agent not to start the call behind ``future`` if it has not started yet.
-        The call then ends with :class:`~shoal.errors.CallRecalled`, or as it would have
-        (it had started): either way with one outcome."""
-        for call_id, call in self.pending.items():
-            if call.future is future:
-                with contextlib.suppress(AgentLost):  # gone: finish() fails the call
-                    self.send(pickle.dumps((_wire.CANCEL, call_id), _wire.PROTOCOL))
-                return
+    def recall(self, future: asyncio.Future[Any]) -> bool:
+        """Ask the agent not to start the call behind ``future`` if it has not started yet;
+        True if it is known at once that it will not. The call then ends with
+        :class:`~shoal.errors.CallRecalled` (unless its future was cancelled), or, had it
+        started, as it would have: either way with one outcome.
+
+        On an ordered channel the answer is often known at once: the agent answers a call
+        before it reads the next, so if the call ahead is still unanswered once the replies
+        already written are read, this one has not started, and the CANCEL, now wholly in the
+        pipe ahead of the agent, will stop it (the agent's NOT_STARTED reply is then ignored).
+        """
+        call_id = next((i for i, c in self.pending.items() if c.future is future), None)
+        if call_id is None or (future.done() and not future.cancelled()):
+            return False
+        try:
+            self.send(pickle.dumps((_wire.CANCEL, call_id), _wire.PROTOCOL))
+        except AgentLost:
+            return False  # gone: finish() fails the call
+        if not self.ordered or self._out_buf or next(iter(self.pending)) == call_id:
+            return False
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self._reading and (data := os.read(self._in, _READ_SIZE)):
+                self._frames(data)
+        if call_id not in self.pending or next(iter(self.pending)) == call_id:
+            return False  # answered meanwhile, or it may have started
+        if not future.done():
+            future.set_exception(
+                CallRecalled(f"call {call_id} was taken back from agent {self.agent_id}")
+            )
+        return True
 
     def request(self, payload: bytes) -> asyncio.Future[tuple[Any, ...]]:
         """Send a control message (INIT, PING) and return a future for the agent's answer."""

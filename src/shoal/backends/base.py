@@ -125,11 +125,12 @@ class Pipelines(Protocol):
     an agent its next call while it runs one (prefetch), and take that call back unstarted.
 
     ``pipelines(handle)`` says whether this agent does; ``recall(handle, future)`` asks it not
-    to start the call behind ``future`` if it has not: the call then fails with
-    :class:`~shoal.errors.CallRecalled` or ends as it would have. If the agent dies, a call
-    queued behind another fails with ``AgentLost(delivered=False)``.
+    to start the call behind ``future`` (pending or cancelled) if it has not: the call then
+    fails with :class:`~shoal.errors.CallRecalled` or ends as it would have; True if it is
+    known at once that it will not start. If the agent dies, a call queued behind another
+    fails with ``AgentLost(delivered=False)``.
     """
 
     def pipelines(self, handle: Any) -> bool: ...
 
-    def recall(self, handle: Any, future: Any) -> None: ...
+    def recall(self, handle: Any, future: Any) -> bool: ...

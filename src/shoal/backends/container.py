@@ -327,8 +327,8 @@ class ContainerBackend:
     def pipelines(self, handle: ContainerAgent) -> bool:
         return handle.channel.ordered
 
-    def recall(self, handle: ContainerAgent, future: asyncio.Future[Any]) -> None:
-        handle.channel.recall(future)
+    def recall(self, handle: ContainerAgent, future: asyncio.Future[Any]) -> bool:
+        return handle.channel.recall(future)
 
     async def check_health(self, handle: ContainerAgent) -> bool:
         return await _channel.check_health(handle)

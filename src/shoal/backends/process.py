@@ -104,8 +104,8 @@ class ProcessBackend:
     def pipelines(self, handle: ProcessAgent) -> bool:
         return handle.channel.ordered
 
-    def recall(self, handle: ProcessAgent, future: asyncio.Future[Any]) -> None:
-        handle.channel.recall(future)
+    def recall(self, handle: ProcessAgent, future: asyncio.Future[Any]) -> bool:
+        return handle.channel.recall(future)
 
     async def check_health(self, handle: ProcessAgent) -> bool:
         return await _channel.check_health(handle)

@@ -116,7 +116,6 @@ class Lease:
         "_pool",
         "acquired_at",
         "agent",
-        "deferred",
         "future",
         "in_call",
         "leak_reported",
@@ -137,11 +136,9 @@ class Lease:
         self.stack: str | None = None  # where it was taken, when leaks are watched
         self.leak_reported = False
         # Prefetch: taken on an agent still running another call (its call queues behind it);
-        # recalled when the pool takes that call back; deferred while the pool, not the
-        # caller, gives the lease back; future is the outstanding call's.
+        # recalled when the pool takes that call back; future is the outstanding call's.
         self.prefetched = False
         self.recalled = False
-        self.deferred = False
         self.future: Any = None
 
     @property

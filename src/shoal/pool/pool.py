@@ -339,8 +339,7 @@ class AgentPool:
                 if exc.delivered or exc.remote or undelivered >= UNDELIVERED_RETRIES:
                     raise
             finally:
-                if not lease.deferred:
-                    self._release(lease, used)
+                self._release(lease, used)
 
     async def map(
         self, fn: Callable[[Any], T], items: Iterable[Any], *, chunksize: int | None = None
@@ -505,15 +504,10 @@ class AgentPool:
             if (
                 pipelines is not None
                 and fut is not None
-                and not fut.done()
                 and (lease.recalled or lease in st.queued)
+                and pipelines.recall(agent.handle, fut)
             ):
-                # Queued behind another call: take it back rather than kill the agent (and the
-                # call it runs); the lease goes back once the agent has answered for it.
-                pipelines.recall(agent.handle, fut)
-                lease.deferred = True
-                self._spawn(self._release_after(lease, fut), "recall")
-                raise
+                raise  # queued, never started and now never will: the agent stays in service
             if fut is not None and not fut.done():
                 fut.cancel()
             if fut is None or fut.cancelled():
@@ -525,15 +519,6 @@ class AgentPool:
             st.end_call(lease, started, self._now(), failed)
             if st.actions:
                 self._flush()
-
-    async def _release_after(self, lease: Lease, fut: asyncio.Future[Any]) -> None:
-        """Give back a lease whose caller left while its call was queued on the agent, once
-        the agent has answered for that call (run, or not started)."""
-        try:
-            await asyncio.wait((fut,))
-        finally:
-            ran = fut.done() and (fut.cancelled() or not isinstance(fut.exception(), CallRecalled))
-            self._release(lease, ran)
 
     # -- size -------------------------------------------------------------------------------------
 
