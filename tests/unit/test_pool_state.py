@@ -42,6 +42,8 @@ class Caller:
 
 
 class PoolStateMachine(RuleBasedStateMachine):
+    prefetch = False  # subclasses that set their pools up themselves keep prefetch off
+
     @initialize(
         min_size=st.integers(0, 2),
         extra=st.integers(0, 3),
@@ -196,7 +198,8 @@ class PoolStateMachine(RuleBasedStateMachine):
         assert self.state.abandon(caller.waiter)
         caller.waiter = None
         caller.answers += 1  # the timeout or cancel is its answer
-        self.waiting_order.remove(caller)
+        if caller in self.waiting_order:  # (a call re-queued at the head is not in it)
+            self.waiting_order.remove(caller)
         self.perform()
 
     @precondition(lambda self: bool(self.holders()))
