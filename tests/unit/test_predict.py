@@ -7,11 +7,14 @@ import math
 import random
 from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shoal.pool.metrics import PoolMetrics
 from shoal.scaling import build_policy, parse_scaling_policy
-from shoal.scaling.predict import Forecaster
+from shoal.scaling.predict import Forecaster, _quantile
 from shoal.scaling.predictive import PredictivePolicy, find_predict_state
 from shoal.sim import simulate, workloads
 
@@ -146,3 +149,28 @@ def test_warmup_counts_nothing_of_the_preroll() -> None:
     assert warm.duration_s == pytest.approx(cold.duration_s, abs=30)
     # Agent-seconds count from the end of the pre-roll: about the size x the run, not more.
     assert warm.agent_seconds <= warm.peak_size * (warm.duration_s + 1)
+
+
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=150), st.floats(0, 1))
+def test_the_margin_quantile_is_numpys(values: list[float], q: float) -> None:
+    assert _quantile(tuple(values), q) == pytest.approx(
+        float(np.quantile(values, q)), rel=1e-9, abs=1e-6
+    )
+
+
+def test_the_forecast_is_made_once_per_bin_and_equals_a_fresh_one() -> None:
+    """Between bin edges every decision reuses the forecast; it is the one a fresh call makes."""
+    policy = build_policy(parse_scaling_policy("t", {"predictor": "ml-based", "max": 200}))
+    decisions = drive(policy, 700)
+    states = [find_predict_state(d.state) for d in decisions]
+    inner = policy.inner
+    assert isinstance(inner, PredictivePolicy)
+    reused = 0
+    for a, b in zip(states[600:], states[601:], strict=False):
+        assert a is not None and b is not None and b.last is not None
+        if b.forecast.bins == a.forecast.bins and b.last_key == a.last_key:
+            assert b.last is a.last
+            reused += 1
+        fresh = inner.forecaster.forecast(b.forecast, b.last_key[1])
+        assert fresh == b.last
+    assert reused >= 80  # nine of every ten decisions fall inside a 10-s bin

@@ -49,6 +49,7 @@ class PredictState:
     starting_s: float = 0.0  # agents starting, integrated over time (for the cold start)
     started0: int = -1  # agents_started at the first decision
     last: Forecast | None = None
+    last_key: tuple[int, int] = (-1, 0)  # (bins seen, bins ahead) the last forecast was made for
     added: int = 0  # agents the forecast added at the last decision
 
 
@@ -117,7 +118,15 @@ class PredictivePolicy:
         cold = self.cold_start_s(seen, snapshot)
         reach = now + cold + self.interval - bin_start
         ahead = max(1, int(reach / fc.bin_s) + 1)
-        forecast = fc.forecast(fstate, ahead) if fstate.bins else None
+        # The forecast changes only when a bin closes (or the horizon moves past a bin edge):
+        # made once, then reused by every decision until then.
+        key = (fstate.bins, ahead)
+        if not fstate.bins:
+            forecast = None
+        elif key == state.last_key and state.last is not None:
+            forecast = state.last
+        else:
+            forecast = fc.forecast(fstate, ahead)
         confident = (
             forecast is not None
             and forecast.recent_mase is not None
@@ -142,7 +151,9 @@ class PredictivePolicy:
             + (f", period {forecast.period_s:g} s" if forecast.period_s else "")
             + (f", MASE {forecast.recent_mase:.2f}" if forecast.recent_mase is not None else "")
         )
-        next_state = dataclasses.replace(seen, inner=raw.state, last=forecast, added=added)
+        next_state = dataclasses.replace(
+            seen, inner=raw.state, last=forecast, last_key=key, added=added
+        )
         if why is not None or added == 0:
             reason = f"{raw.reason}; {head}: {why or f'needs {need}, no more'}"
             return Decision(raw.desired, next_state, reason, raw.shed)
@@ -160,7 +171,7 @@ class PredictivePolicy:
         if forecast.recent_mase >= 1.0:
             return 0, "no better than naive"
         now_rate = fstate.level
-        spread = _spread(fstate.residuals)
+        spread = fstate.spread
         # A rise the reactive headroom absorbs, or one inside the forecast's own noise, is not
         # worth capacity in advance.
         if forecast.peak <= now_rate * (1 + self.min_rise) or (
@@ -176,13 +187,6 @@ class PredictivePolicy:
         if beta is not None:
             need = min(need, demand + beta * math.sqrt(demand))
         return math.ceil(need - 1e-9), None
-
-
-def _spread(residuals: tuple[float, ...]) -> float:
-    """Mean absolute residual: a robust scale of the forecast's recent noise."""
-    if not residuals:
-        return 0.0
-    return sum(abs(r) for r in residuals) / len(residuals)
 
 
 def find_predict_state(state: Any) -> PredictState | None:
