@@ -333,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{n} {x:+.1%}" for n, x in extra)
     )
     print(
-        "\n| decide() (100,000 decisions, bursty load) | p50 wall (us) | p99 wall (us) | p99 CPU (us) |"
+        "\n| decide() (100,000 decisions, bursty load) | p50 wall (us) | p99 wall (us) "
+        "| p99 CPU (us) |"
     )
     print("|---|---:|---:|---:|")
     for name, pred in (("auto", "none"), ("auto+ml-based", "ml-based")):

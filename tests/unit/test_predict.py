@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import random
 from typing import Any
@@ -166,7 +167,7 @@ def test_the_forecast_is_made_once_per_bin_and_equals_a_fresh_one() -> None:
     inner = policy.inner
     assert isinstance(inner, PredictivePolicy)
     reused = 0
-    for a, b in zip(states[600:], states[601:], strict=False):
+    for a, b in itertools.pairwise(states[600:]):
         assert a is not None and b is not None and b.last is not None
         if b.forecast.bins == a.forecast.bins and b.last_key == a.last_key:
             assert b.last is a.last
