@@ -11,9 +11,11 @@ Kinds (the ``predictor`` key):
   every so often) and forecasts the mean rate at the same phase over the last few periods; its
   upper bound is the highest rate at that phase (± one bin, for jitter) plus a margin.
 - ``linear`` — a least-squares line through the recent bins, extended ``h`` bins ahead.
-- ``ml-based`` — an ensemble of EWMA, seasonal-naive, additive Holt-Winters, the linear trend and a
-  ridge regression on lags and phase; it follows whichever has the lowest recent error (MASE) and
-  adds a margin from the recent residual quantiles.
+- ``ml-based`` — an ensemble of the naive forecast (the last bin's rate), EWMA, seasonal-naive,
+  additive Holt-Winters, the linear trend and a ridge regression on lags and phase; it follows
+  whichever has the lowest recent error (MASE) and adds a margin from the recent residual
+  quantiles. The naive member keeps it from doing worse than "what happens now goes on" for
+  long on a load none of the others model (sharp bursts at jittered times).
 
 Every forecast is scored against what then arrived: MASE here is the forecast's mean absolute
 error over that of the naive forecast at the same horizon (the rate ``h`` bins earlier), so below
@@ -34,7 +36,7 @@ PREDICTORS: tuple[str, ...] = ("none", "seasonal", "linear", "ml-based")
 _MODELS: dict[str, tuple[str, ...]] = {
     "seasonal": ("snaive",),
     "linear": ("linear",),
-    "ml-based": ("ewma", "snaive", "hw", "linear", "ridge"),
+    "ml-based": ("naive", "ewma", "snaive", "hw", "linear", "ridge"),
 }
 _HISTORY = 8192  # bins kept (at 10 s: 22.7 h): two periods of up to ~11 h are found
 _PERIODS_KEPT = 3  # periods the seasonal forecast looks back over
@@ -242,6 +244,8 @@ class Forecaster:
 
     def _one(self, model: str, state: ForecastState, k: int) -> float:
         hist = state.history
+        if model == "naive":
+            return float(hist[-1])
         if model == "ewma":
             return state.level
         if model == "snaive":

@@ -13,9 +13,13 @@ The forecast acts only when it is worth believing: when the rise it expects stan
 noise of its own recent errors and its recent error is below the naive forecast's (MASE < 1).
 On a load without a pattern it is silent, and costs nothing.
 
-When the forecast has been good (MASE at most ``lean_mase``) the reactive policy runs with less
-headroom (square-root staffing with β = ``lean_beta`` instead of its own), since capacity for a
-coming rise no longer has to sit idle in advance: the headroom follows the forecast's confidence.
+When the forecast is trustworthy the reactive policy runs with less headroom (square-root
+staffing with β = ``lean_beta`` instead of its own), since capacity for a coming rise no longer
+has to sit idle in advance: the headroom follows the forecast's confidence. Trustworthy means
+either a recent MASE of at most ``lean_mase``, or recent errors at the floor that counting
+noise sets: a bin of Poisson arrivals at rate λ varies by √(λ / bin_s) per second, and when
+the mean absolute error is no larger than that (× ``floor_k``), nothing the forecast misses is
+more than chance; the remaining headroom covers the chance (the queueing of a stationary load).
 
 ``forecast_only`` computes and logs everything (in the reason, and the MASE in the state) but
 decides as the reactive policy alone would.
@@ -66,6 +70,8 @@ class PredictivePolicy:
     forecast_only: bool = False
     lean_mase: float = 0.8
     lean_beta: float = 1.5
+    floor_k: float = 1.0
+    lean_smoothing_s: float = 60.0
     noise_z: float = 2.0
     min_rise: float = 0.25
 
@@ -84,6 +90,13 @@ class PredictivePolicy:
         if state.started0 >= 0 and done >= 3 and state.starting_s > 0:
             return state.starting_s / done
         return DEFAULT_COLD_START_S
+
+    def at_noise_floor(self, fstate: ForecastState) -> bool:
+        """Whether the forecast's recent errors are no larger than Poisson counting noise."""
+        if len(fstate.residuals) < 30 or fstate.level <= 0:
+            return False
+        noise = math.sqrt(fstate.level / self.forecaster.bin_s)
+        return fstate.spread <= self.floor_k * noise
 
     def decide(
         self, snapshot: PoolMetrics, state: PredictState, now: float
@@ -127,16 +140,17 @@ class PredictivePolicy:
             forecast = state.last
         else:
             forecast = fc.forecast(fstate, ahead)
-        confident = (
-            forecast is not None
-            and forecast.recent_mase is not None
-            and forecast.recent_mase <= self.lean_mase
+        confident = forecast is not None and (
+            (forecast.recent_mase is not None and forecast.recent_mase <= self.lean_mase)
+            or self.at_noise_floor(fstate)
         )
         inner: Policy[Any] = self.inner
         if confident and isinstance(inner, TargetUtilizationPolicy) and not self.forecast_only:
             beta = inner.queueing_headroom
             if beta is not None and beta > self.lean_beta:
-                inner = dataclasses.replace(inner, queueing_headroom=self.lean_beta)
+                inner = dataclasses.replace(
+                    inner, queueing_headroom=self.lean_beta, smoothing_s=self.lean_smoothing_s
+                )
         raw = inner.decide(snapshot, state.inner, now)
         if forecast is None:
             return Decision(
@@ -179,13 +193,17 @@ class PredictivePolicy:
         ):
             return 0, "no rise beyond its noise"
         exec_s = snapshot.avg_execution_time / max(1, snapshot.max_concurrency)
-        demand = forecast.upper * exec_s
+        # The point forecast gets the reactive policy's queueing headroom; the upper bound (the
+        # point plus the margin of its recent errors) is itself the allowance for being wrong,
+        # and is covered one agent per expected call: the two are not stacked.
+        demand = forecast.peak * exec_s
         if demand <= 0:
             return 0, "no demand"
         need = demand / self.target_utilization
         beta = self.queueing_headroom
         if beta is not None:
             need = min(need, demand + beta * math.sqrt(demand))
+        need = max(need, forecast.upper * exec_s)
         return math.ceil(need - 1e-9), None
 
 
