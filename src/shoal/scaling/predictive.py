@@ -18,7 +18,7 @@ staffing with β = ``lean_beta`` instead of its own), since capacity for a comin
 has to sit idle in advance: the headroom follows the forecast's confidence. Trustworthy means
 either a recent MASE of at most ``lean_mase``, or recent errors at the floor that counting
 noise sets: a bin of Poisson arrivals at rate λ varies by √(λ / bin_s) per second, and when
-the mean absolute error is no larger than that (× ``floor_k``), nothing the forecast misses is
+the mean absolute error is no larger than that (times ``floor_k``), nothing the forecast misses is
 more than chance; the remaining headroom covers the chance (the queueing of a stationary load).
 
 ``forecast_only`` computes and logs everything (in the reason, and the MASE in the state) but
