@@ -184,13 +184,13 @@ def verdict(auto: SimResult, base: SimResult) -> tuple[bool, str]:
     return ok, f"p99 wait {dw}, agent-s {dc}"
 
 
-def run_one(job: tuple[str, float, float, str]) -> SimResult:
+def run_one(job: tuple[str, float, float, str | tuple[tuple[str, object], ...]]) -> SimResult:
     name, scale, cold, policy = job
     scenario = next(sc for sc in SCENARIOS if sc.name == name)
     workload = scenario.make(scale)
     return simulate(
         workload,
-        policy,
+        policy if isinstance(policy, str) else dict(policy),
         cold_start=cold,
         min_size=MIN_SIZE,
         max_size=MAX_SIZE,
@@ -249,14 +249,61 @@ def decide_times(predictor: str, n: int = 100_000) -> DecideTimes:
     return DecideTimes(walls[int(0.99 * n)], cpus[int(0.99 * n)], walls[n // 2])
 
 
+#: The settings of ``auto`` the frontier sweeps: its own, then a fixed target utilization.
+FRONTIER = (None, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def frontier(name: str, scale: float, cold: float, jobs: int) -> None:
+    """``auto`` at every utilization of :data:`FRONTIER` on one scenario against every baseline:
+    where on the wait / agent-seconds curve each baseline sits, and how many of them one
+    setting can meet at once."""
+    bases = [p for p in POLICIES if p not in SHOAL]
+    settings: list[tuple[str, tuple[tuple[str, object], ...]]] = []
+    for u in FRONTIER:
+        cfg: tuple[tuple[str, object], ...] = (("mode", "auto"),)
+        if u is not None:
+            cfg = (*cfg, ("target_utilization", u))
+        settings.append(("auto" if u is None else f"auto, target {u:.0%}", cfg))
+    todo: list[tuple[str, float, float, str | tuple[tuple[str, object], ...]]] = [
+        (name, scale, cold, p) for p in bases
+    ]
+    todo += [(name, scale, cold, cfg) for _, cfg in settings]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        got = list(pool.map(run_one, todo, chunksize=1))
+    base_results, mine = got[: len(bases)], got[len(bases) :]
+    print(f"## Frontier: {name}, cold start {cold:g} s\n")
+    print("| baseline | p99 wait (s) | agent-s |\n|---|---:|---:|")
+    for r in base_results:
+        print(f"| {LABELS.get(r.policy, r.policy)} | {r.p99_wait_s:.3f} | {r.agent_seconds:,.0f} |")
+    print("\n| auto setting | p99 wait (s) | agent-s | meets | misses |\n|---|---:|---:|---:|---|")
+    for (label, _), r in zip(settings, mine, strict=True):
+        missed = [b.policy for b in base_results if not verdict(r, b)[0]]
+        print(
+            f"| {label} | {r.p99_wait_s:.3f} | {r.agent_seconds:,.0f} | "
+            f"{len(bases) - len(missed)} of {len(bases)} | {', '.join(missed) or '-'} |"
+        )
+    print()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="scenarios a third as long")
     parser.add_argument("--million", action="store_true", help="time a 1M-request run")
     parser.add_argument("--only", action="append", help="run only these scenarios")
     parser.add_argument("--jobs", type=int, default=2, help="processes (2)")
+    parser.add_argument(
+        "--frontier",
+        action="append",
+        metavar="SCENARIO",
+        help="sweep auto's target utilization on SCENARIO against every baseline, and stop",
+    )
     args = parser.parse_args(argv)
     scale = 1 / 3 if args.quick else 1.0
+    if args.frontier:
+        for name in args.frontier:
+            for cold in COLD_STARTS:
+                frontier(name, scale, cold, args.jobs)
+        return 0
 
     when = dt.datetime.fromtimestamp(wall_time(), dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"# Scaling scenarios{' (quick: a third as long)' if args.quick else ''}")
