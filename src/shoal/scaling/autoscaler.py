@@ -28,6 +28,7 @@ from typing import Any
 from shoal.errors import ConfigError
 from shoal.pool.metrics import PoolMetrics
 from shoal.pool.pool import AgentPool
+from shoal.scaling import learned
 from shoal.scaling.config import ScalingPolicyConfig, parse_scaling_policy
 from shoal.scaling.guards import ShedSurplus, build_policy
 from shoal.scaling.policy import Decision, FunctionPolicy, Policy
@@ -99,6 +100,9 @@ class AutoScaler:
             for note in self.config.unimplemented():
                 log.warning("pool %r: %s", self.pool.name, note)
                 self.pool.note(note)
+        state_file = self.config.state_file if self.config is not None else None
+        if state_file is not None:
+            self.state = learned.load(state_file, self.state)  # what the last run learnt
         cap = self.cost_cap
         if cap is not None:
             # The cap binds agents started on demand too, not only the autoscaler's target.
@@ -114,6 +118,8 @@ class AutoScaler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            if self.config is not None and self.config.state_file is not None:
+                learned.save(self.config.state_file, self.state)
 
     async def __aenter__(self) -> AutoScaler:
         self.start()
