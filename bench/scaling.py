@@ -285,6 +285,43 @@ def frontier(name: str, scale: float, cold: float, jobs: int) -> None:
     print()
 
 
+def sparse() -> None:
+    """Scale to zero: about 3 calls every 4 minutes (+/- 30 s) for 4 h, against keep-alives."""
+    from shoal.sim.workload import Exponential
+
+    rng = random.Random(3)
+    starts, t = [], 100.0
+    while t < 20_000:
+        starts.append(t)
+        t += 240 + rng.uniform(-30, 30)
+
+    def rate(x: float) -> float:
+        i = bisect.bisect_right(starts, x) - 1
+        return 0.6 if i >= 0 and x - starts[i] < 5 else 0.0
+
+    load = workloads.poisson("sparse", rate, 0.6, 14_400, Exponential(1.0), 3)
+    print(f"## Scale to zero: sparse ({len(load)} requests, cold start 2 s)\n")
+    print(
+        "| policy | p99 wait (s) | mean wait (s) | agent-s | cold starts |\n"
+        "|---|---:|---:|---:|---:|"
+    )
+    runs: list[tuple[str, str | dict[str, object]]] = [
+        ("auto, min 0", {"mode": "auto", "min": 0}),
+        ("auto, min 0, idle_terminate 120", {"mode": "auto", "min": 0, "idle_terminate": 120}),
+        ("auto+ml-based, min 0 (keep-warm)", {"mode": "auto", "min": 0, "predictor": "ml-based"}),
+        ("keepalive:600", "keepalive"),
+        ("keepalive:1200", "keepalive:1200"),
+        ("kpa", "kpa"),
+    ]
+    for label, policy in runs:
+        r = simulate(load, policy, cold_start=2.0, min_size=0, max_size=20, seed=1, warmup=WARMUP_S)
+        print(
+            f"| {label} | {r.p99_wait_s:.3f} | {r.mean_wait_s:.3f} | {r.agent_seconds:,.0f} | "
+            f"{r.cold_starts} |"
+        )
+    print()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="scenarios a third as long")
@@ -297,8 +334,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SCENARIO",
         help="sweep auto's target utilization on SCENARIO against every baseline, and stop",
     )
+    parser.add_argument(
+        "--sparse", action="store_true", help="keep-warm on a scale-to-zero load, and stop"
+    )
     args = parser.parse_args(argv)
     scale = 1 / 3 if args.quick else 1.0
+    if args.sparse:
+        sparse()
+        return 0
     if args.frontier:
         for name in args.frontier:
             for cold in COLD_STARTS:
