@@ -1,6 +1,8 @@
 """The scaling scenario suite: shoal's ``auto`` against the field's autoscalers, in simulation.
 
-Run ``.venv/bin/python bench/scaling.py [--quick] [--plots DIR] [--million]``.
+Run ``.venv/bin/python bench/scaling.py [--quick] [--only NAME] [--million]``; ``--frontier NAME``
+sweeps ``auto``'s target utilization on one scenario, ``--sparse`` runs keep-warm on a
+scale-to-zero load.
 
 Every scenario is replayed with ``shoal.sim.simulate`` — the production pool and autoscaler on
 virtual time — once per policy, all with the same cold start (2 s), bounds (1..200 agents) and

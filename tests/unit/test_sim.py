@@ -177,3 +177,22 @@ def test_simulate_reports_a_bad_plot_path_as_a_usage_error(
     )
     assert code == 2
     assert "No such file or directory" in capsys.readouterr().err
+
+
+def test_on_demand_makes_a_baseline_predict_a_shoal_pool_with_that_policy() -> None:
+    args = ("--workload", "bursty", "--rate", "3", "--duration", "900", "--json", "--seed", "1")
+    status, own = cli(*args, "--policy", "hpa", "--policy", "auto")
+    assert status == 0
+    status, forced = cli(*args, "--policy", "hpa", "--policy", "auto", "--on-demand")
+    assert status == 0
+    status, never = cli(*args, "--policy", "auto", "--no-on-demand")
+    assert status == 0
+    hpa, auto = json.loads(own)
+    hpa_od, auto_od = json.loads(forced)
+    (auto_never,) = json.loads(never)
+    assert (hpa["policy"], hpa_od["policy"]) == ("hpa", "hpa (on demand)")
+    assert auto_od == auto  # shoal's own already start on demand: nothing changes
+    assert auto_never["policy"] == "auto (no on-demand)"
+    # Starting agents for waiting callers cuts HPA's waits on bursts.
+    assert hpa_od["p99_wait_s"] < hpa["p99_wait_s"]
+    assert hpa_od["cold_starts"] > hpa["cold_starts"]

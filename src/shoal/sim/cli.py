@@ -110,6 +110,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="the predictor of shoal's own policies (their default: none)",
     )
+    p.add_argument(
+        "--on-demand",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "start an agent at once for a caller who would wait (--on-demand), or never "
+            "(--no-on-demand), whatever the policy; default: as each policy's own system does "
+            "(shoal's and keepalive: yes; the other baselines: no). --on-demand on a baseline "
+            "predicts a shoal pool configured with that policy"
+        ),
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list and nothing else")
     p.add_argument("--plot", metavar="OUT.png", help="draw load, size, queue and wait over time")
     return p
@@ -144,6 +155,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
                     max_concurrency=args.max_concurrency,
                     warmup=args.warmup,
                     predictor=args.predictor,
+                    on_demand=args.on_demand,
                 )
             )
         wall = perf_counter() - started

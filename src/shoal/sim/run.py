@@ -202,9 +202,13 @@ def plan(
     if not fixed and not ({"max", "max_instances"} & given.keys()):
         given["max"] = max_size  # (a fixed pool has one size)
     config = parse_scaling_policy(f"policy {label!r}", given)
+    # shoal's policies run as a shoal pool does; a baseline as its own system does, unless
+    # told otherwise (then the label says so).
+    own = REGISTRY[config.policy_name].on_demand
     if on_demand is None:
-        # shoal's policies run as a shoal pool does; a baseline as its own system does.
-        on_demand = REGISTRY[config.policy_name].on_demand
+        on_demand = own
+    elif on_demand != own:
+        label += " (on demand)" if on_demand else " (no on-demand)"
     return _Plan(label, given, on_demand, config.min_instances, config.max_instances)
 
 
