@@ -50,14 +50,21 @@ class SimBackend:
     of :func:`serve` takes its ``duration`` argument of loop time; any other function runs
     here, in this process, as on :class:`~shoal.backends.FakeBackend`. Agents never fail, and
     their ``setup`` is not run.
+
+    ``growth`` makes starts slower while others are under way, as on a real host where they
+    share CPU and disk: each agent already starting adds ``growth`` (a fraction) to a start's
+    time. Process agents measured 2.09 s alone and 2.49 s with 16-19 starting: about 0.011.
     """
 
     name = "sim"
 
-    def __init__(self, cold_start: float | Distribution = 0.0, *, seed: int = 0) -> None:
+    def __init__(
+        self, cold_start: float | Distribution = 0.0, *, seed: int = 0, growth: float = 0.0
+    ) -> None:
         self.cold_start: Distribution = (
             Fixed(float(cold_start)) if isinstance(cold_start, int | float) else cold_start
         )
+        self.growth = growth
         self._rng = random.Random(seed)
         self.starts = 0
         self.live = 0  # agents asked for and not yet stopped: starting, idle or busy
@@ -97,8 +104,9 @@ class SimBackend:
         self.starting += 1
         self.peak_live = max(self.peak_live, self.live)
         agent = SimAgent(spec.agent_id, now)
+        others = self.starting - 1  # already under way when this one began
         try:
-            await asyncio.sleep(self.cold_start.sample(self._rng))
+            await asyncio.sleep(self.cold_start.sample(self._rng) * (1 + self.growth * others))
         except BaseException:
             self._advance(loop.time())
             self.starting -= 1

@@ -252,6 +252,7 @@ def simulate(
     max_concurrency: int = 1,
     warmup: float = 0.0,
     predictor: str | None = None,
+    cold_start_growth: float = 0.0,
 ) -> SimResult:
     """Replay ``workload`` on a pool scaled by ``policy`` and measure what happened.
 
@@ -265,6 +266,8 @@ def simulate(
     300 s). ``on_demand`` overrides whether the pool starts agents for waiting callers.
     ``max_concurrency`` is how many requests one agent serves at once.
     ``predictor`` sets the ``predictor`` of shoal's own policies (baselines have none).
+    ``cold_start_growth`` lengthens each start by that fraction per agent already starting
+    (see :class:`~shoal.sim.backend.SimBackend`; about 0.011 for process agents).
 
     ``warmup`` (seconds) makes the comparison start from a settled state: the pool is first
     grown to the size the opening load needs (its first minute's offered load at 70%
@@ -290,6 +293,11 @@ def simulate(
         raise ConfigError(f"max_concurrency={max_concurrency!r} must be an integer >= 1")
     if not warmup >= 0:
         raise ConfigError(f"warmup={warmup!r} must be a number of seconds >= 0")
+    if not (cold_start_growth >= 0 and math.isfinite(cold_start_growth)):
+        raise ConfigError(
+            f"cold_start_growth={cold_start_growth!r} must be a fraction >= 0 "
+            "(e.g. 0.011: each agent already starting makes a start 1.1% slower)"
+        )
     if predictor is not None and isinstance(policy, str) and "+" not in policy:
         base = policy.partition(":")[0]
         if base in SHOAL_POLICIES and predictor != "none":
@@ -301,7 +309,16 @@ def simulate(
     if not sample > 0:
         raise ConfigError(f"interval={interval!r} must be a number of seconds > 0")
     run = _Run(
-        workload, the_plan, cold_start, seed, sample, idle_timeout, price, warmup, max_concurrency
+        workload,
+        the_plan,
+        cold_start,
+        seed,
+        sample,
+        idle_timeout,
+        price,
+        warmup,
+        max_concurrency,
+        cold_start_growth=cold_start_growth,
     )
     started = perf_counter()
     with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
@@ -364,6 +381,8 @@ class _Run:
         price: float | None,
         warmup: float = 0.0,
         max_concurrency: int = 1,
+        *,
+        cold_start_growth: float = 0.0,
     ) -> None:
         self.workload = workload
         self.warmup = warmup
@@ -375,7 +394,7 @@ class _Run:
         self.arrivals = workload.arrivals
         self.durations = workload.durations
         self.waits = [0.0] * n
-        self.backend = SimBackend(cold_start, seed=seed)
+        self.backend = SimBackend(cold_start, seed=seed, growth=cold_start_growth)
         self.pool = AgentPool(
             "sim",
             min_size=the_plan.pool_min,
