@@ -71,16 +71,23 @@ SVC = Exponential(1.0)
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    make: Callable[[float], Workload]  # scale (1.0 full, 1/3 quick) -> workload
+    make: Callable[[float, int], Workload]  # scale (1.0 full, 1/3 quick), seed -> workload
     periodic: bool = False
 
 
 def _jittered_bursts(
-    name: str, rate: float, every: float, duration: float, *, burst: float = 8.0, on_s: float = 30.0
+    name: str,
+    rate: float,
+    every: float,
+    duration: float,
+    seed: int,
+    *,
+    burst: float = 8.0,
+    on_s: float = 30.0,
 ) -> Workload:
     """``rate``/s with a burst of ``burst`` x ``on_s`` long every ``every`` s, each burst's start
     moved at random by up to 10% of ``every`` (seeded)."""
-    rng = random.Random(SEED)
+    rng = random.Random(seed)
     starts = [k * every + every * 0.8 + rng.uniform(-0.1, 0.1) * every for k in range(10_000)]
 
     def fn(t: float) -> float:
@@ -90,10 +97,10 @@ def _jittered_bursts(
                 return rate * burst
         return rate
 
-    return workloads.poisson(name, fn, rate * burst, duration, SVC, SEED)
+    return workloads.poisson(name, fn, rate * burst, duration, SVC, seed)
 
 
-def _weekly(duration: float, day: float) -> Workload:
+def _weekly(duration: float, day: float, seed: int) -> Workload:
     """Diurnal days (``day`` seconds each) with a weekly shape: 5 weekdays, a quieter weekend."""
 
     def fn(t: float) -> float:
@@ -101,16 +108,16 @@ def _weekly(duration: float, day: float) -> Workload:
         level = 12.0 if d < 5 else 6.0
         return level * (1 - 0.8 * math.cos(2 * math.pi * t / day))
 
-    return workloads.poisson("weekly", fn, 12 * 1.8, duration, SVC, SEED)
+    return workloads.poisson("weekly", fn, 12 * 1.8, duration, SVC, seed)
 
 
-def _trend(duration: float) -> Workload:
-    return workloads.poisson("trend", lambda t: 5 + 25 * t / duration, 30, duration, SVC, SEED)
+def _trend(duration: float, seed: int) -> Workload:
+    return workloads.poisson("trend", lambda t: 5 + 25 * t / duration, 30, duration, SVC, seed)
 
 
-def _regimes(duration: float) -> Workload:
+def _regimes(duration: float, seed: int) -> Workload:
     """Levels between 5 and 30/s, each held 5-15 minutes: changes that no period predicts."""
-    rng = random.Random(SEED + 1)
+    rng = random.Random(seed + 1)
     edges, levels, t = [], [], 0.0
     while t < duration:
         edges.append(t)
@@ -120,10 +127,10 @@ def _regimes(duration: float) -> Workload:
     def fn(x: float) -> float:
         return levels[bisect.bisect_right(edges, x) - 1]
 
-    return workloads.poisson("regimes", fn, 30, duration, SVC, SEED)
+    return workloads.poisson("regimes", fn, 30, duration, SVC, seed)
 
 
-def _cluster(duration: float) -> Workload:
+def _cluster(duration: float, seed: int) -> Workload:
     """Shaped like a cluster trace (Alibaba, Google Borg): a diurnal base of services, batch jobs
     submitted every 15 minutes as 60-s waves, and long-tailed run times."""
 
@@ -131,10 +138,10 @@ def _cluster(duration: float) -> Workload:
         base = 3 * (1 - 0.6 * math.cos(2 * math.pi * t / 21_600))
         return base + (12 if t % 900 < 60 else 0)
 
-    return workloads.poisson("cluster-6h", fn, 3 * 1.6 + 12, duration, LogNormal(1.0, 1.0), SEED)
+    return workloads.poisson("cluster-6h", fn, 3 * 1.6 + 12, duration, LogNormal(1.0, 1.0), seed)
 
 
-def _functions(duration: float, day: float) -> Workload:
+def _functions(duration: float, day: float, seed: int) -> Workload:
     """Shaped like the Azure Functions trace: a diurnal base of HTTP calls, plus timer-triggered
     functions firing at the top of every "hour" (a 24th of ``day``) for 20 s."""
     hour = day / 24
@@ -143,27 +150,29 @@ def _functions(duration: float, day: float) -> Workload:
         base = 4 * (1 - 0.7 * math.cos(2 * math.pi * t / day))
         return base + (30 if t % hour < 20 else 0)
 
-    return workloads.poisson("functions-2d", fn, 4 * 1.7 + 30, duration, SVC, SEED)
+    return workloads.poisson("functions-2d", fn, 4 * 1.7 + 30, duration, SVC, seed)
 
 
 #: Scenario durations at full scale; --quick divides them by three.
 SCENARIOS = (
-    Scenario("steady", lambda k: workloads.steady(20, 1800 * k, seed=SEED)),
-    Scenario("diurnal", lambda k: workloads.diurnal(20, 3600 * k, seed=SEED), True),
-    Scenario("bursty", lambda k: workloads.bursty(5, 1800 * k, seed=SEED), True),
-    Scenario("flash", lambda k: workloads.flash(10, 1800 * k, seed=SEED)),
-    Scenario("ramp", lambda k: workloads.ramp(5, 1800 * k, seed=SEED)),
-    Scenario("longtail", lambda k: workloads.longtail(10, 1800 * k, service=SVC, seed=SEED)),
-    Scenario("bursts-5m", lambda k: _jittered_bursts("bursts-5m", 4, 300, 2400 * k), True),
-    Scenario("bursts-15m", lambda k: _jittered_bursts("bursts-15m", 4, 900, 5400 * k), True),
+    Scenario("steady", lambda k, s: workloads.steady(20, 1800 * k, seed=s)),
+    Scenario("diurnal", lambda k, s: workloads.diurnal(20, 3600 * k, seed=s), True),
+    Scenario("bursty", lambda k, s: workloads.bursty(5, 1800 * k, seed=s), True),
+    Scenario("flash", lambda k, s: workloads.flash(10, 1800 * k, seed=s)),
+    Scenario("ramp", lambda k, s: workloads.ramp(5, 1800 * k, seed=s)),
+    Scenario("longtail", lambda k, s: workloads.longtail(10, 1800 * k, service=SVC, seed=s)),
+    Scenario("bursts-5m", lambda k, s: _jittered_bursts("bursts-5m", 4, 300, 2400 * k, s), True),
+    Scenario("bursts-15m", lambda k, s: _jittered_bursts("bursts-15m", 4, 900, 5400 * k, s), True),
     Scenario(
-        "bursts-60m", lambda k: _jittered_bursts("bursts-60m", 2, 3600, 14_400 * k, on_s=60), True
+        "bursts-60m",
+        lambda k, s: _jittered_bursts("bursts-60m", 2, 3600, 14_400 * k, s, on_s=60),
+        True,
     ),
-    Scenario("weekly", lambda k: _weekly(7 * 1800 * k, 1800 * k), True),
-    Scenario("trend", lambda k: _trend(1800 * k)),
-    Scenario("regimes", lambda k: _regimes(3600 * k)),
-    Scenario("cluster-6h", lambda k: _cluster(21_600 * k), True),
-    Scenario("functions-2d", lambda k: _functions(2 * 7200 * k, 7200 * k), True),
+    Scenario("weekly", lambda k, s: _weekly(7 * 1800 * k, 1800 * k, s), True),
+    Scenario("trend", lambda k, s: _trend(1800 * k, s)),
+    Scenario("regimes", lambda k, s: _regimes(3600 * k, s)),
+    Scenario("cluster-6h", lambda k, s: _cluster(21_600 * k, s), True),
+    Scenario("functions-2d", lambda k, s: _functions(2 * 7200 * k, 7200 * k, s), True),
 )
 
 
@@ -186,17 +195,25 @@ def verdict(auto: SimResult, base: SimResult) -> tuple[bool, str]:
     return ok, f"p99 wait {dw}, agent-s {dc}"
 
 
-def run_one(job: tuple[str, float, float, str | tuple[tuple[str, object], ...]]) -> SimResult:
-    name, scale, cold, policy = job
+PolicyArg = str | tuple[tuple[str, object], ...]
+
+
+def run_one(
+    job: tuple[str, float, float, PolicyArg] | tuple[str, float, float, PolicyArg, int],
+) -> SimResult:
+    """One simulation: (scenario, scale, cold start, policy[, seed]); the seed draws both the
+    workload and the simulation."""
+    name, scale, cold, policy = job[:4]
+    seed = job[4] if len(job) > 4 else SEED  # type: ignore[misc]
     scenario = next(sc for sc in SCENARIOS if sc.name == name)
-    workload = scenario.make(scale)
+    workload = scenario.make(scale, seed)
     return simulate(
         workload,
         policy if isinstance(policy, str) else dict(policy),
         cold_start=cold,
         min_size=MIN_SIZE,
         max_size=MAX_SIZE,
-        seed=SEED,
+        seed=seed,
         warmup=WARMUP_S,
     )
 
@@ -324,6 +341,54 @@ def sparse() -> None:
     print()
 
 
+def seeded(chosen: list[Scenario], scale: float, seeds: list[int], jobs: int) -> None:
+    """Every scenario, cold start and policy once per seed (the workload and the simulation
+    drawn anew): each row gives the mean and the range over the seeds, and how many seeds'
+    runs of ``auto`` and ``auto+ml-based`` meet the bar against it."""
+    todo = [
+        (sc.name, scale, c, p, seed)
+        for sc in chosen
+        for c in COLD_STARTS
+        for p in POLICIES
+        for seed in seeds
+    ]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        got = dict(zip(todo, pool.map(run_one, todo, chunksize=1), strict=True))
+    met = dict.fromkeys(SHOAL, 0)
+    total = 0
+    n = len(seeds)
+    for sc in chosen:
+        for cold in COLD_STARTS:
+            print(f"#### {sc.name}, cold start {cold:g} s, seeds {seeds[0]}-{seeds[-1]}\n")
+            print(
+                "| policy | p99 wait (s): mean (min-max) | agent-s: mean (min-max) "
+                "| auto meets it | auto+ml-based meets it |"
+            )
+            print("|---|---:|---:|---|---|")
+            for p in POLICIES:
+                runs = [got[(sc.name, scale, cold, p, seed)] for seed in seeds]
+                w = [r.p99_wait_s for r in runs]
+                c = [r.agent_seconds for r in runs]
+                marks = ["", ""]
+                if p not in SHOAL:
+                    for i, a in enumerate(SHOAL):
+                        ok = sum(
+                            verdict(got[(sc.name, scale, cold, a, seed)], r)[0]
+                            for seed, r in zip(seeds, runs, strict=True)
+                        )
+                        met[a] += ok
+                        marks[i] = f"{ok} of {n}"
+                    total += n
+                print(
+                    f"| {LABELS.get(runs[0].policy, runs[0].policy)} | {sum(w) / n:.3f} "
+                    f"({min(w):.3f}-{max(w):.3f}) | {sum(c) / n:,.0f} "
+                    f"({min(c):,.0f}-{max(c):,.0f}) | {marks[0]} | {marks[1]} |"
+                )
+            print()
+    for a in SHOAL:
+        print(f"**{a} meets the bar in {met[a]} of {total} (comparison, seed) runs.**\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="scenarios a third as long")
@@ -338,6 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--sparse", action="store_true", help="keep-warm on a scale-to-zero load, and stop"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every scenario with N seeds and report mean and range (then stop)",
     )
     args = parser.parse_args(argv)
     scale = 1 / 3 if args.quick else 1.0
@@ -363,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         f"seed {SEED}; warm-up {WARMUP_S:g} s (not counted); waits are arrival -> agent\n"
     )
     chosen = [sc for sc in SCENARIOS if not args.only or sc.name in args.only]
+    if args.seeds > 1:
+        seeded(chosen, scale, list(range(SEED, SEED + args.seeds)), args.jobs)
+        return 0
     jobs = [(sc.name, scale, c, p) for sc in chosen for c in COLD_STARTS for p in POLICIES]
     started = perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
