@@ -3,9 +3,12 @@
 :class:`PredictivePolicy` is itself a pure policy. Every ``bin_s`` seconds it folds the arrivals
 of the bin just closed into a :class:`~shoal.scaling.predict.Forecaster`, then asks it for the
 highest arrival rate it expects between now and one cold start plus one interval ahead — the
-soonest an agent started at the next decision could be ready. The size that rate needs (the same
-sizing as the target policy: demand over ``target_utilization``, at most demand + β√demand) is
-the forecast's size, and the decision is ``max(reactive, forecast)``: a forecast only ever *adds*
+soonest an agent started at the next decision could be ready. The forecast is made once per
+bin (and again only if the horizon crosses a bin edge) and reused by the decisions in between.
+Its size is the larger of the point forecast sized as the target policy sizes demand (over
+``target_utilization``, at most demand + β√demand) and the upper bound (the point plus the
+margin of its recent errors) at one agent per call — the error margin is not stacked on the
+queueing headroom. The decision is ``max(reactive, forecast)``: a forecast only ever *adds*
 capacity. The guards wrap the whole (:func:`~shoal.scaling.guards.build_policy`), so bounds, the
 cost cap and the rate limits bind forecast capacity too.
 
@@ -14,7 +17,9 @@ noise of its own recent errors and its recent error is below the naive forecast'
 On a load without a pattern it is silent, and costs nothing.
 
 When the forecast is trustworthy the reactive policy runs with less headroom (square-root
-staffing with β = ``lean_beta`` instead of its own), since capacity for a coming rise no longer
+staffing with β = ``lean_beta`` instead of its own, and demand smoothed over
+``lean_smoothing_s`` so that the stabilisation window's maximum of a noisy demand estimate does
+not turn noise back into headroom), since capacity for a coming rise no longer
 has to sit idle in advance: the headroom follows the forecast's confidence. Trustworthy means
 either a recent MASE of at most ``lean_mase``, or recent errors at the floor that counting
 noise sets: a bin of Poisson arrivals at rate λ varies by √(λ / bin_s) per second, and when
