@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck unit bench bench-scaling bench-backends bench-serve clean
+.PHONY: demo test lint typecheck unit bench bench-scaling bench-spot bench-backends bench-serve clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: $(VENV)/.dev-installed
 
 bench-scaling: $(VENV)/.dev-installed
 	$(PY) bench/scaling.py
+
+# Issue 16's table: spot, the cost cap and regions in the simulator, against on-demand auto.
+bench-spot: $(VENV)/.dev-installed
+	$(PY) bench/spot.py --write bench/RESULTS.md
 
 bench-backends: $(VENV)/.dev-installed
 	$(PY) bench/backends.py

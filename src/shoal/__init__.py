@@ -24,6 +24,7 @@ if _typing.TYPE_CHECKING:
         PoolClosed,
         PoolError,
         PoolTimeout,
+        Preempted,
         RemoteError,
         RemoteTraceback,
         RunStopped,
@@ -41,6 +42,7 @@ if _typing.TYPE_CHECKING:
         PoolMetrics,
         ScalingEvent,
     )
+    from shoal.pool.placement import Placement, PreemptionNotice, PreemptionSource
     from shoal.runtime import RunHandle, Runtime, run
     from shoal.sync import SyncPool
 
@@ -57,10 +59,11 @@ _WHERE = {
     "shoal.context": "Context",
     "shoal.errors": (
         "AgentError AgentLost AgentStartError BackendError CallTimeout ConfigError PoolAtCapacity "
-        "PoolBroken PoolClosed PoolError PoolTimeout RemoteError RemoteTraceback RunStopped "
-        "SerializationError ShoalError StepFailed WorkflowError"
+        "PoolBroken PoolClosed PoolError PoolTimeout Preempted RemoteError RemoteTraceback "
+        "RunStopped SerializationError ShoalError StepFailed WorkflowError"
     ),
     "shoal.pool": "AgentPool AgentState Lease PooledAgent ScalingEvent PoolManager PoolMetrics",
+    "shoal.pool.placement": "Placement PreemptionNotice PreemptionSource",
     "shoal.runtime": "RunHandle Runtime run",
     "shoal.sync": "SyncPool",
 }
@@ -83,6 +86,7 @@ __all__ = [
     "FakeBackend",
     "Lease",
     "LoopClock",
+    "Placement",
     "PoolAtCapacity",
     "PoolBroken",
     "PoolClosed",
@@ -92,6 +96,9 @@ __all__ = [
     "PoolMetrics",
     "PoolTimeout",
     "PooledAgent",
+    "Preempted",
+    "PreemptionNotice",
+    "PreemptionSource",
     "ProcessBackend",
     "RemoteError",
     "RemoteTraceback",

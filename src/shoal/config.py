@@ -68,6 +68,11 @@ class PoolConfig(BaseModel):
     # async functions run concurrently on the agent's event loop, plain ones in its threads.
     # For I/O-bound steps (LLM calls, HTTP); CPU-bound ones gain nothing above 1.
     max_concurrency: int = Field(default=1, ge=1, le=10_000, strict=True)
+    # Where agents live (see shoal.pool.placement); none: one on-demand placement on the pool's
+    # own backend. ``build`` also takes ``regions`` (region -> placement keys) and merges them.
+    placements: tuple[Any, ...] = ()
+    # Placements farther than this from the caller get new agents only when nearer ones cannot.
+    rtt_target_ms: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _sizes_in_order(self) -> Self:
@@ -80,7 +85,18 @@ class PoolConfig(BaseModel):
 
     @classmethod
     def build(cls, where: str, options: Mapping[str, Any]) -> PoolConfig:
-        """Validate ``options`` into a config, raising :class:`ConfigError` that names ``where``."""
+        """Validate ``options`` into a config, raising :class:`ConfigError` that names ``where``.
+
+        ``placements`` (a list of placements or dicts) and ``regions`` (a mapping of region to
+        a dict of placement keys) are checked by :func:`shoal.pool.placement.parse_placements`
+        and merged into ``placements``."""
+        if isinstance(options, Mapping) and ("placements" in options or "regions" in options):
+            from shoal.pool.placement import parse_placements
+
+            options = dict(options)
+            options["placements"] = parse_placements(
+                where, options.get("placements"), options.pop("regions", None)
+            )
         return validate(cls, where, options)
 
 

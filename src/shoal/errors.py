@@ -88,6 +88,15 @@ class AgentLost(AgentError):
         self.remote = remote
 
 
+class Preempted(AgentLost):
+    """The agent's spot capacity was reclaimed before its call finished.
+
+    The call was cancelled at the notice's deadline; :meth:`AgentPool.call` re-queues it at the
+    head of the queue (unless ``on_preempt="fail"``), so callers of ``call``/``run``/``map``
+    see this only when a call was preempted too often.
+    """
+
+
 def agent_failed(exc: BaseException) -> bool:
     """True when ``exc`` is the loss of an agent (or a call timeout) seen here, which is worth a
     retry on another agent — not such an error raised by the user's code inside the agent."""

@@ -48,14 +48,28 @@ class PooledAgent:
         "last_checked",
         "last_used",
         "leases",
+        "placement",
+        "preempt_deadline",
+        "preempted",
         "ready_at",
         "retire_reason",
+        "site",
         "state",
+        "swap",
         "usage_count",
     )
 
-    def __init__(self, agent_id: str, now: float) -> None:
+    def __init__(self, agent_id: str, now: float, placement: Any = None, site: Any = None) -> None:
         self.agent_id = agent_id
+        # Where it lives (a shoal.pool.placement.Placement; the pool's one placement if it
+        # was given none), and the pool's tally of that placement.
+        self.placement = placement
+        self.site = site
+        # Set by a preemption notice: the loop time its capacity is reclaimed. It takes no new
+        # call; one still running then is cancelled (``preempted``) and re-queued.
+        self.preempt_deadline: float | None = None
+        self.preempted = False
+        self.swap = False  # started on spot to replace an on-demand agent
         self.handle: Any = None
         self.state = AgentState.STARTING
         self.created_at = now

@@ -51,6 +51,11 @@ class PoolMetrics:
     checking: int = 0  # idle agents set aside for a health check (not assignable meanwhile)
     in_flight: int = 0  # calls held by callers: busy agents x the calls each runs
     max_concurrency: int = 1  # calls one agent runs at once; utilization counts these slots
+    cost_usd: float = 0.0  # $ spent on agents so far (agent-hours x their placement's price)
+    cost_per_hour: float = 0.0  # the spend rate now: every agent, starting ones included
+    cost_cap_size: int | None = None  # the most serving agents the cost ceiling buys (None: no cap)
+    preemptions: int = 0  # preemption notices received
+    requeued: int = 0  # calls cancelled by a preemption and queued again at the head
 
 
 class RateCounter:
@@ -180,6 +185,7 @@ class MetricsRecorder:
         "requests_active",
         "requests_failed",
         "requests_total",
+        "requeued",
         "start_failures",
         "wait_times",
         "warm_hits",
@@ -194,6 +200,7 @@ class MetricsRecorder:
         self.agents_started = 0
         self.agents_retired = 0
         self.start_failures = 0
+        self.requeued = 0  # calls re-queued at the head after a preemption
         self.wait_times = Window()
         self.exec_times = Window()
         self.arrivals = RateCounter()

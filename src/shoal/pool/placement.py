@@ -14,17 +14,25 @@ the simulator; it holds data and validation only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shoal.errors import ConfigError
 
 Capacity = Literal["on_demand", "spot"]
 
 #: Seconds between a provider's spot notice and the reclaim when a placement does not say:
 #: AWS's two minutes. (GCP gives 30 s; set ``notice_s`` for it.)
 DEFAULT_NOTICE_S = 120.0
+#: $ per agent-hour when neither a placement nor its pool gives a price: about one vCPU-hour on
+#: demand at the large clouds, so ``cost_threshold: 100`` buys 1,000 agents.
+DEFAULT_PRICE_PER_HOUR = 0.10
+#: A spot placement without a price costs this fraction of the on-demand price (the pool's
+#: ``price_per_hour``, else :data:`DEFAULT_PRICE_PER_HOUR`): spot's usual discount.
+SPOT_PRICE_FACTOR = 0.3
 
 
 class Placement(BaseModel):
@@ -61,6 +69,84 @@ class Placement(BaseModel):
     @property
     def spot(self) -> bool:
         return self.capacity == "spot"
+
+    def price(self, pool_price: float | None) -> float:
+        """$ per agent-hour here: the placement's own price, else the pool's (times
+        :data:`SPOT_PRICE_FACTOR` on spot), else :data:`DEFAULT_PRICE_PER_HOUR` (likewise)."""
+        if self.price_per_hour is not None:
+            return self.price_per_hour
+        base = DEFAULT_PRICE_PER_HOUR if pool_price is None else pool_price
+        return base * SPOT_PRICE_FACTOR if self.spot else base
+
+
+#: The keys a placement takes, in a ``pool_config``'s ``placements`` list or ``regions`` mapping.
+PLACEMENT_KEYS = tuple(Placement.model_fields)
+
+
+def parse_placements(
+    where: str,
+    placements: Sequence[Placement | Mapping[str, Any]] | None = None,
+    regions: Mapping[str, Mapping[str, Any] | Placement] | None = None,
+) -> tuple[Placement, ...]:
+    """Validate a pool's ``placements`` (a list of placements or dicts) and ``regions`` (a
+    mapping of region name to a dict of the same keys) into one tuple of placements, raising
+    :class:`~shoal.errors.ConfigError` with one line naming the entry and what was wrong."""
+    from shoal.config import validate
+
+    found: list[Placement] = []
+    if placements is not None:
+        if isinstance(placements, (str, bytes, Mapping)) or not isinstance(placements, Sequence):
+            raise ConfigError(
+                f"{where}: placements={placements!r} must be a list of placements (dicts with "
+                f"keys {', '.join(PLACEMENT_KEYS)})"
+            )
+        for i, entry in enumerate(placements):
+            found.append(_one(validate, f"{where}: 'placements' entry {i}", entry, {}))
+    if regions is not None:
+        if not isinstance(regions, Mapping):
+            raise ConfigError(
+                f"{where}: regions={regions!r} must map each region's name to a dict of "
+                "placement keys"
+            )
+        for region, entry in regions.items():
+            if not isinstance(region, str) or not region:
+                raise ConfigError(f"{where}: 'regions' key {region!r} is not a region name")
+            if isinstance(entry, Mapping) and entry.get("region", region) != region:
+                raise ConfigError(
+                    f"{where}: 'regions' entry {region!r} says region={entry['region']!r}; "
+                    "drop the key or make it match"
+                )
+            found.append(
+                _one(validate, f"{where}: 'regions' entry {region!r}", entry, {"region": region})
+            )
+    seen: set[str] = set()
+    for p in found:
+        if p.name in seen:
+            raise ConfigError(
+                f"{where}: two placements are named {p.name!r}; give each a unique 'name'"
+            )
+        seen.add(p.name)
+    return tuple(found)
+
+
+def _one(
+    validate: Callable[..., Placement],
+    where: str,
+    entry: Placement | Mapping[str, Any],
+    extra: Mapping[str, Any],
+) -> Placement:
+    if isinstance(entry, Placement):
+        if not extra:
+            return entry
+        fields = entry.model_dump()
+        if entry.name == f"{entry.region}-{entry.capacity}":
+            fields["name"] = ""  # named after its region: name it after the new one
+        return Placement(**{**fields, **extra})
+    if not isinstance(entry, Mapping):
+        raise ConfigError(
+            f"{where}: expected a Placement or a dict of its keys, got {type(entry).__name__}"
+        )
+    return validate(Placement, where, {**extra, **entry})
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +187,12 @@ class PreemptionSource(Protocol):
 
 __all__ = [
     "DEFAULT_NOTICE_S",
+    "DEFAULT_PRICE_PER_HOUR",
+    "PLACEMENT_KEYS",
+    "SPOT_PRICE_FACTOR",
     "Capacity",
     "Placement",
     "PreemptionNotice",
     "PreemptionSource",
+    "parse_placements",
 ]

@@ -16,10 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from shoal.backends.base import AgentSpec, Backend, MeasuresMemory, ReportsLiveness
@@ -31,10 +30,12 @@ from shoal.errors import (
     ConfigError,
     PoolError,
     PoolTimeout,
+    Preempted,
 )
 from shoal.pool import leaks
 from shoal.pool.agent import AgentState, Lease, PooledAgent
 from shoal.pool.metrics import PoolMetrics
+from shoal.pool.placement import Placement, PreemptionNotice
 from shoal.pool.state import (
     Assign,
     Check,
@@ -50,6 +51,7 @@ from shoal.pool.waitqueue import Waiter
 T = TypeVar("T")
 log = logging.getLogger("shoal.pool")
 UNDELIVERED_RETRIES = 3  # tries of a call that never reached its agent (runner's too)
+PREEMPTED_RETRIES = 10  # re-queues of one call after preemptions, before its caller hears
 
 
 class AgentPool:
@@ -61,6 +63,11 @@ class AgentPool:
 
     ``backend`` defaults to local worker processes; ``setup`` runs once in every agent as it
     warms up. See :class:`~shoal.config.PoolConfig` for every option.
+
+    ``placements`` (or ``regions``, a mapping of region to placement keys) say where agents
+    live: each a backend in a region, on on-demand or spot capacity, at a price, with a size
+    limit and a round trip from the caller (:class:`~shoal.pool.placement.Placement`). Without
+    them the pool has one on-demand placement on ``backend``.
     """
 
     def __init__(
@@ -92,6 +99,9 @@ class AgentPool:
         backend: Backend | None = None,
         clock: Clock | None = None,
         max_events: int = 1000,
+        placements: Sequence[Placement | Mapping[str, Any]] | None = None,
+        regions: Mapping[str, Mapping[str, Any]] | None = None,
+        rtt_target_ms: float | None = None,
     ) -> None:
         options: dict[str, Any] = {
             "name": name,
@@ -119,17 +129,31 @@ class AgentPool:
         }
         if max_size is not None:
             options["max_size"] = max_size
+        if placements is not None:
+            options["placements"] = placements
+        if regions is not None:
+            options["regions"] = regions
+        if rtt_target_ms is not None:
+            options["rtt_target_ms"] = rtt_target_ms
         self.config = PoolConfig.build(f"pool {name!r}", options)
         if backend is None:
             from shoal.backends.process import ProcessBackend
 
             backend = ProcessBackend()
         self._backend = backend
-        self._liveness = backend if isinstance(backend, ReportsLiveness) else None
-        self._memory = backend if isinstance(backend, MeasuresMemory) else None
+        self._state = PoolState(self.config, owner=self, max_events=max_events)
+        # What each placement's backend can report, looked up once (a runtime-checkable
+        # protocol's isinstance is slow): by placement name.
+        self._liveness: dict[str, ReportsLiveness] = {}
+        self._memory: dict[str, MeasuresMemory] = {}
+        for site in self._state.placer.order:
+            b = backend if site.placement.backend is None else site.placement.backend
+            if isinstance(b, ReportsLiveness):
+                self._liveness[site.name] = b
+            if isinstance(b, MeasuresMemory):
+                self._memory[site.name] = b
         self._clock = clock or LoopClock()
         self._now: Callable[[], float] = self._clock.now
-        self._state = PoolState(self.config, owner=self, max_events=max_events)
         self.events = self._state.events
         self._tasks: set[asyncio.Task[Any]] = set()
         self._starting: dict[PooledAgent, asyncio.Task[BaseException | None]] = {}
@@ -137,6 +161,7 @@ class AgentPool:
         self._wake: asyncio.Future[None] | None = None
         self._drained: asyncio.Event | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._watchers: list[asyncio.Task[None]] = []
 
     @classmethod
     def from_config(
@@ -190,6 +215,63 @@ class AgentPool:
     def ceiling(self) -> int:
         """The most agents the pool may have: ``max_size``, or less under a cost cap."""
         return self._state.ceiling
+
+    @property
+    def placements(self) -> list[Placement]:
+        """Where the pool's agents live: those configured, or the one on its own backend."""
+        return [site.placement for site in self._state.placer.order]
+
+    @property
+    def cost_per_hour(self) -> float:
+        """$ per hour of the agents the pool has now (starting and stopping ones included)."""
+        return self._state.placer.spend_rate
+
+    @property
+    def cost_usd(self) -> float:
+        """$ spent on agents since the pool started."""
+        return self._state.placer.spent(self._now())
+
+    @property
+    def unit_price(self) -> float:
+        """$ per agent-hour at the pool's cheapest placement."""
+        return self._state.placer.cheapest
+
+    def set_cost_ceiling(self, dollars_per_hour: float | None) -> None:
+        """A hard ceiling on the pool's spend rate (Σ agents x their placement's price,
+        starting ones included): a start that would cross it is refused, on demand or not."""
+        if dollars_per_hour is not None and not dollars_per_hour > 0:
+            raise ConfigError(
+                f"pool {self.name!r}: cost ceiling {dollars_per_hour!r} $/h must be > 0"
+            )
+        self._state.placer.cost_ceiling = dollars_per_hour
+        if dollars_per_hour is not None:
+            self.note(f"cost ceiling {dollars_per_hour:g} $/h")
+
+    def set_spot(
+        self, prefer_spot: bool, *, spot_fraction: float = 0.8, on_demand_base: int = 0
+    ) -> None:
+        """With ``prefer_spot``, keep the first ``on_demand_base`` agents on demand and about
+        ``spot_fraction`` of the rest on the pool's spot placements."""
+        if not 0 <= spot_fraction <= 1 or on_demand_base < 0:
+            raise ConfigError(
+                f"pool {self.name!r}: spot_fraction={spot_fraction!r} must be in [0, 1] and "
+                f"on_demand_base={on_demand_base!r} >= 0"
+            )
+        self._state.placer.set_spot(prefer_spot, spot_fraction, on_demand_base)
+        self._state.poke = True
+        self._flush()
+
+    def preempt(self, notice: PreemptionNotice) -> list[PooledAgent]:
+        """Act on a preemption notice: the agents it names take no new calls, replacements
+        start at once (on spot elsewhere if there is room, else on demand), idle ones stop now,
+        and a call still running at ``notice.deadline`` is cancelled and re-queued at the head
+        of the queue. Returns the agents it reached. Each placement's ``preemption`` source
+        calls this too."""
+        if not isinstance(notice, PreemptionNotice):
+            raise PoolError(f"preempt() takes a PreemptionNotice, not {type(notice).__name__}")
+        hit = self._state.preempt(notice, self._now())
+        self._flush()
+        return hit
 
     @property
     def started(self) -> bool:
@@ -253,6 +335,13 @@ class AgentPool:
         self._maintenance = loop.create_task(
             self._maintain(), name=f"shoal-pool-{self.name}-maintenance"
         )
+        for placement in self.placements:
+            if placement.preemption is not None:
+                self._watchers.append(
+                    loop.create_task(
+                        self._watch(placement), name=f"shoal-pool-{self.name}-{placement.name}"
+                    )
+                )
         try:
             starts = self._flush()
             errors = [e for e in await asyncio.gather(*starts) if e is not None]
@@ -285,6 +374,8 @@ class AgentPool:
         self._flush()
         if self._maintenance is not None:
             self._maintenance.cancel()
+        for watcher in self._watchers:
+            watcher.cancel()
         if st.busy and self._drained is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), self.config.stop_grace)
@@ -296,6 +387,7 @@ class AgentPool:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self._maintenance is not None:
             await asyncio.gather(self._maintenance, return_exceptions=True)
+        await asyncio.gather(*self._watchers, return_exceptions=True)
         st.closed()
 
     # -- calls ------------------------------------------------------------------------------------
@@ -316,20 +408,30 @@ class AgentPool:
         *,
         timeout: float | None = None,
         acquire_timeout: float | None = None,
+        on_preempt: Literal["requeue", "fail"] = "requeue",
     ) -> T:
         """:meth:`run` with options: ``timeout`` for the call itself (the agent is killed and
-        replaced when it expires) and ``acquire_timeout`` for the wait for an agent."""
+        replaced when it expires) and ``acquire_timeout`` for the wait for an agent.
+
+        A call cancelled by a preemption (:class:`~shoal.errors.Preempted`) is re-queued at
+        the head of the queue and runs again on another agent, up to ``PREEMPTED_RETRIES``
+        times; ``on_preempt="fail"`` raises it instead (for a call that must not run twice)."""
         kw = kwargs or {}
-        for attempt in itertools.count(1):
-            lease = await self.get_agent(acquire_timeout)
+        lost = preempted = 0
+        while True:
+            lease = await self.get_agent(acquire_timeout, head=preempted > 0)
             try:
                 return await self._call(lease, fn, args, kw, timeout)
+            except Preempted:
+                preempted += 1
+                if on_preempt == "fail" or preempted > PREEMPTED_RETRIES:
+                    raise
             except AgentLost as exc:
-                if exc.delivered or exc.remote or attempt >= UNDELIVERED_RETRIES:
+                lost += 1
+                if exc.delivered or exc.remote or lost >= UNDELIVERED_RETRIES:
                     raise
             finally:
                 self._release(lease, True)
-        raise AssertionError("unreachable")
 
     async def map(
         self, fn: Callable[[Any], T], items: Iterable[Any], *, chunksize: int | None = None
@@ -359,7 +461,7 @@ class AgentPool:
             out.extend(part)
         return out
 
-    async def get_agent(self, timeout: float | None = None) -> Lease:
+    async def get_agent(self, timeout: float | None = None, *, head: bool = False) -> Lease:
         """Take an agent (the seed's ``GetAgent``): a :class:`Lease` to run calls on and give
         back with :meth:`release_agent`.
 
@@ -367,21 +469,22 @@ class AgentPool:
         :class:`~shoal.errors.PoolTimeout` when the wait expires,
         :class:`~shoal.errors.PoolAtCapacity` when ``max_queue`` callers wait already and no
         agent can be started, :class:`~shoal.errors.PoolBroken` in a crash loop and
-        :class:`~shoal.errors.PoolClosed` once the pool is closing.
+        :class:`~shoal.errors.PoolClosed` once the pool is closing. ``head`` waits ahead of
+        everyone: for a call re-queued after a preemption.
         """
         st = self._state
         now = self._now()
-        lease = st.request(now)
+        lease = st.request(now, head=head) if head else st.request(now)
         if lease is None:
-            lease = await self._wait(now, timeout)
+            lease = await self._wait(now, timeout, head)
         if self.config.leak_threshold is not None:
             lease.stack = leaks.where_taken()
         return lease
 
-    async def _wait(self, now: float, timeout: float | None) -> Lease:
+    async def _wait(self, now: float, timeout: float | None, head: bool = False) -> Lease:
         fut: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         waiter = Waiter(now, fut)
-        self._state.enqueue(waiter, now)
+        self._state.enqueue(waiter, now, head=head)
         self._flush()
         try:
             if timeout is None:
@@ -436,8 +539,9 @@ class AgentPool:
         st = self._state
         rss_mb = None
         agent = lease.agent
-        if self._memory is not None and self.config.max_memory_mb is not None and agent.alive:
-            rss = self._memory.memory_bytes(agent.handle)
+        if self._memory and self.config.max_memory_mb is not None and agent.alive:
+            memory = self._memory.get(agent.placement.name)
+            rss = memory.memory_bytes(agent.handle) if memory is not None else None
             rss_mb = None if rss is None else rss / 2**20
         st.release(lease, self._now(), used=used, rss_mb=rss_mb)
         if st.actions or st.poke:
@@ -459,7 +563,10 @@ class AgentPool:
         failed = True
         fut: asyncio.Future[Any] | None = None
         try:
-            fut = self._backend.call(agent.handle, fn, args, kwargs)
+            backend = agent.placement.backend
+            if backend is None:
+                backend = self._backend
+            fut = backend.call(agent.handle, fn, args, kwargs)
             if timeout is None:
                 result: T = await fut
             else:
@@ -479,6 +586,13 @@ class AgentPool:
         except AgentLost as exc:
             if not exc.remote:
                 st.call_failed(agent, agent.retire_reason or "agent lost", kill=True)
+                if agent.preempt_deadline is not None:
+                    raise Preempted(
+                        f"agent {agent.agent_id} on {agent.placement.name} was preempted while "
+                        f"running {getattr(fn, '__qualname__', fn)!r}; the call did not finish",
+                        agent.agent_id,
+                        delivered=True,
+                    ) from exc
             raise
         except asyncio.CancelledError:
             if fut is not None and not fut.done():
@@ -548,7 +662,8 @@ class AgentPool:
                 elif isinstance(action, Stop):
                     self._spawn(self._stop(action.agent, action.kill), "stop")
                 elif isinstance(action, Kill):
-                    self._spawn(self._backend.kill(action.agent.handle), "kill")
+                    backend = self._backend_of(action.agent)
+                    self._spawn(backend.kill(action.agent.handle), "kill")
                 elif isinstance(action, Reject):
                     fut = action.waiter.token
                     if not fut.done():
@@ -565,6 +680,31 @@ class AgentPool:
         if st.status == "closing" and not st.busy and self._drained is not None:
             self._drained.set()
         return starts
+
+    def _backend_of(self, agent: PooledAgent) -> Backend:
+        backend: Backend | None = agent.placement.backend
+        return self._backend if backend is None else backend
+
+    async def _watch(self, placement: Placement) -> None:
+        """Run a placement's preemption source until the pool closes."""
+        try:
+            await placement.preemption.watch(placement, self._notified, self._now)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "pool %r: the preemption source of %s failed; notices there go unseen",
+                self.name,
+                placement.name,
+            )
+
+    def _notified(self, notice: PreemptionNotice) -> None:
+        if self.closed:
+            return
+        try:
+            self.preempt(notice)
+        except PoolError as exc:
+            log.warning("pool %r: %s", self.name, exc)
 
     def _spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=f"shoal-{self.name}-{what}")
@@ -586,7 +726,8 @@ class AgentPool:
         )
         error: BaseException | None = None
         try:
-            handle = await asyncio.wait_for(self._backend.start(spec), self.config.start_timeout)
+            backend = self._backend_of(agent)
+            handle = await asyncio.wait_for(backend.start(spec), self.config.start_timeout)
         except asyncio.CancelledError:
             st.start_failed(agent, None, self._now())
             raise
@@ -603,13 +744,14 @@ class AgentPool:
     async def _stop(self, agent: PooledAgent, kill: bool) -> None:
         try:
             if agent.handle is not None:
+                backend = self._backend_of(agent)
                 if kill:
-                    await self._backend.kill(agent.handle)
+                    await backend.kill(agent.handle)
                 else:
                     try:
-                        await self._backend.stop(agent.handle, self.config.stop_grace)
+                        await backend.stop(agent.handle, self.config.stop_grace)
                     except Exception:
-                        await self._backend.kill(agent.handle)
+                        await backend.kill(agent.handle)
         finally:
             self._state.agent_stopped(agent, self._now())
             self._flush()
@@ -618,7 +760,7 @@ class AgentPool:
         ok: bool | BaseException
         try:
             async with asyncio.timeout(self.config.health_check_timeout):
-                ok = await self._backend.check_health(agent.handle)
+                ok = await self._backend_of(agent).check_health(agent.handle)
         except TimeoutError:
             ok = False
         except Exception as exc:
@@ -642,10 +784,12 @@ class AgentPool:
         loop = asyncio.get_running_loop()
         while True:
             now = self._now()
-            liveness = self._liveness
-            if liveness is not None and self.config.heartbeat_timeout is not None:
+            if self._liveness and self.config.heartbeat_timeout is not None:
                 for agent in st.calls_in_flight():
-                    st.unresponsive(agent, liveness.unresponsive_for(agent.handle, now), now)
+                    liveness = self._liveness.get(agent.placement.name)
+                    if liveness is not None:
+                        seconds = liveness.unresponsive_for(agent.handle, now)
+                        st.unresponsive(agent, seconds, now)
             deadline = st.tick(now)
             self._wake = loop.create_future()
             st.wake_at = deadline

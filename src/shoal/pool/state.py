@@ -33,6 +33,8 @@ from shoal.pool.agent import AgentState, Lease, PooledAgent
 from shoal.pool.breaker import CrashLoopBreaker
 from shoal.pool.events import ScalingEvent
 from shoal.pool.metrics import MetricsRecorder, PoolMetrics, mean, percentile
+from shoal.pool.placement import Placement, PreemptionNotice
+from shoal.pool.placing import Placer
 from shoal.pool.waitqueue import Waiter, WaitQueue
 
 STARTING, IDLE, CHECKING, BUSY, STOPPING, STOPPED = (
@@ -68,7 +70,14 @@ class Reject:
 
 @dataclass(slots=True)
 class Start:
+    """Start ``agent`` on its placement (``agent.placement``: its backend, or the pool's)."""
+
     agent: PooledAgent
+
+    @property
+    def placement(self) -> Placement:
+        placement: Placement = self.agent.placement
+        return placement
 
 
 @dataclass(slots=True)
@@ -135,6 +144,19 @@ class PoolState:
         self.poke = False
         self.wake_at = float("inf")
         self._watching_calls = False  # the next wake-up comes soon enough to check liveness
+        # Where agents live, what they cost, which placements to avoid (pool/placing.py).
+        self.placer = Placer(
+            config.placements or (Placement(),),
+            config.price_per_hour,
+            rtt_target_ms=config.rtt_target_ms,
+        )
+        self._multi = self.placer.multi
+        # Placements at different distances: a call takes the nearest idle agent.
+        self._nearest = len({s.placement.rtt_ms for s in self.placer.order}) > 1
+        self.doomed = 0  # live agents under a preemption notice: going, replaced already
+        self._doomed_stopping = 0  # agents under a notice, being stopped
+        self._swapping = False  # a spot agent is starting to take an on-demand one's place
+        self._cost_short = 0  # starts the cost ceiling refused, as last noted
 
     # -- sizes ------------------------------------------------------------------------------------
 
@@ -153,7 +175,13 @@ class PoolState:
         return self.status == "running"
 
     def _room(self) -> int:
-        return self.ceiling - self.size - self.counts[STOPPING]
+        # Agents under a preemption notice are leaving: their replacements may start now.
+        return self.ceiling - self.size - self.counts[STOPPING] + self.leaving
+
+    @property
+    def leaving(self) -> int:
+        """Agents under a preemption notice, live or being stopped: not counted in max_size."""
+        return self.doomed + self._doomed_stopping
 
     def _set(self, agent: PooledAgent, state: AgentState) -> None:
         c = self.counts
@@ -204,15 +232,19 @@ class PoolState:
 
     # -- callers ----------------------------------------------------------------------------------
 
-    def request(self, now: float) -> Lease | None:
+    def request(self, now: float, *, head: bool = False) -> Lease | None:
         """A caller asks for an agent: a lease at once if one is idle and nobody waits ahead,
-        else None (then :meth:`enqueue` it). Raises if the pool takes no calls."""
+        else None (then :meth:`enqueue` it). Raises if the pool takes no calls. ``head``: a
+        call re-queued after a preemption, which goes ahead of everyone waiting."""
         if self.status != "running":
             raise self.not_running()
         m = self.metrics
-        m.requests_total += 1
-        m.arrivals.add(now)
-        if not self.queue:
+        if head:
+            m.requeued += 1
+        else:
+            m.requests_total += 1
+            m.arrivals.add(now)
+        if head or not self.queue:
             agent = self._assignable(now)
             if agent is not None:
                 m.warm_hits += 1
@@ -220,14 +252,15 @@ class PoolState:
                 return self._lease(agent, now)
         return None
 
-    def enqueue(self, waiter: Waiter, now: float) -> None:
+    def enqueue(self, waiter: Waiter, now: float, *, head: bool = False) -> None:
         """Queue a caller (after :meth:`request` gave nothing). Raises :class:`PoolBroken` in a
         crash loop and :class:`PoolAtCapacity` when ``max_queue`` callers wait already and no
-        agent can be started for this one."""
+        agent can be started for this one (not for a call re-queued at the ``head``: it was
+        admitted once)."""
         if self.breaker.broken is not None:
             raise self.broken_error()
         cfg = self.config
-        if cfg.max_queue is not None and len(self.queue) >= cfg.max_queue:
+        if not head and cfg.max_queue is not None and len(self.queue) >= cfg.max_queue:
             why = self._why_no_start(now)
             if why is not None:
                 raise PoolAtCapacity(
@@ -235,7 +268,10 @@ class PoolState:
                     "callers are waiting; raise max_size or max_queue, or retry later.",
                     self.state_line(),
                 )
-        self.queue.push(waiter)
+        if head:
+            self.queue.push_front(waiter)
+        else:
+            self.queue.push(waiter)
         self._pump(now)
 
     def _why_no_start(self, now: float) -> str | None:
@@ -392,29 +428,47 @@ class PoolState:
     def agent_started(self, agent: PooledAgent, handle: Any, now: float) -> None:
         agent.handle = handle
         self.metrics.agents_started += 1
+        self.placer.start_ok(agent.site)
+        if agent.swap:
+            self._swapping = False
         if self.breaker.succeeded():
             self.note("recovered: an agent started", now)
             self.actions.append(Log(WARNING, f"pool {self.name!r} recovered: an agent started"))
         agent.ready_at = agent.last_used = agent.last_checked = now
         agent.expires_at = lifecycle.lifetime_end(self.config, now, self._rng)
-        if self.status != "running":
+        if self.status != "running" or agent.preempt_deadline is not None:
             self._set(agent, IDLE)
-            self._retire(agent, "pool closing", now)
+            why = "pool closing" if self.status != "running" else "preempted before it was warm"
+            self._retire(agent, why, now)
+            self._pump(now)
             return
         self._set(agent, IDLE)
         self._push_idle(agent)
+        if agent.swap:
+            self._swapped(now)
         self._pump(now)
 
     def start_failed(self, agent: PooledAgent, exc: BaseException | None, now: float) -> None:
         """A start failed (``exc``) or was cancelled (None)."""
         before = self.size
-        self._remove(agent)
+        if agent.swap:
+            self._swapping = False
+        self._unserve(agent)
+        self._remove(agent, now)
+        self.placer.start_failed(agent.site, now, failed=exc is not None)
         if exc is None:
             self._event("start_failed", agent, before, "start cancelled", now)
             return
         err = self._start_error(agent, exc)
         self.metrics.start_failures += 1
         self._event("start_failed", agent, before, str(err), now)
+        if self._multi and self.placer.choose(now)[0] is not None:
+            # One placement failing is that placement's (it is down for a while, and its
+            # agents go elsewhere), not a crash loop of the pool.
+            self.actions.append(Log(WARNING, f"pool {self.name!r}: {err}; trying elsewhere"))
+            self.poke = True  # its retry is a deadline
+            self._pump(now)
+            return
         broke = self.breaker.failed(err, now, self.name)
         self.poke = True  # the back-off is a deadline
         if broke:
@@ -465,7 +519,7 @@ class PoolState:
         # A starting agent's start fails on its own.
 
     def agent_stopped(self, agent: PooledAgent, now: float) -> None:
-        self._remove(agent)
+        self._remove(agent, now)
         self._pump(now)
 
     def check_done(self, agent: PooledAgent, ok: bool | BaseException, now: float) -> None:
@@ -500,7 +554,7 @@ class PoolState:
         if size != self.target:
             self.events.append(ScalingEvent(now, "scale", "", self.target, size, reason, metrics))
         self.target = size
-        self._shrink = max(0, self.size - size)
+        self._shrink = max(0, self.size - self.doomed - size)
         while self._shrink and self.idle and not self.queue:
             self._shrink -= 1
             self._retire(self.idle.popleft(), reason, now)
@@ -548,6 +602,10 @@ class PoolState:
                 held_s = now - lease.acquired_at
                 self.note(f"agent {lease.agent_id} held {held_s:.0f} s: possible leak", now)
             deadline = min(deadline, due)
+        if self.doomed:
+            self._reclaim(now)
+        if self.placer.prefer_spot and not self._swapping:
+            self._swap_to_spot(now)
         self._pump(now)
         return min(deadline, self._next_deadline(now))
 
@@ -561,6 +619,12 @@ class PoolState:
             deadline = min(deadline, self.idle[0].last_used + cfg.idle_timeout)
         if self.breaker.backoff_until > now:
             deadline = min(deadline, self.breaker.backoff_until)
+        if self._multi:
+            deadline = min(deadline, self.placer.next_retry(now))
+        if self.doomed:
+            for agent in self.agents.values():
+                if agent.preempt_deadline is not None and agent.state is BUSY:
+                    deadline = min(deadline, max(agent.preempt_deadline, now))
         self._watching_calls = bool(self.counts[BUSY])
         if cfg.heartbeat_timeout is not None and self._watching_calls:
             deadline = min(deadline, now + max(0.05, cfg.heartbeat_timeout / 4))
@@ -613,6 +677,11 @@ class PoolState:
             checking=c[CHECKING],
             in_flight=self._held,
             max_concurrency=self._slots,
+            cost_usd=self.placer.spent(now),
+            cost_per_hour=self.placer.spend_rate,
+            cost_cap_size=self.placer.cap_size(size - self.doomed, now),
+            preemptions=self.placer.preemptions,
+            requeued=m.requeued,
         )
 
     def state_line(self) -> str:
@@ -654,7 +723,11 @@ class PoolState:
         """Take an idle agent for a call, retiring the ones found stale on the way."""
         idle, cfg = self.idle, self.config
         while idle:
-            agent = idle.pop() if self._mru else idle.popleft()
+            if self._nearest:
+                agent = self._nearest_idle()
+                idle.remove(agent)
+            else:
+                agent = idle.pop() if self._mru else idle.popleft()
             reason = lifecycle.while_idle(agent, cfg, now, self.size > self.target)
             if reason is not None:
                 self._retire(agent, reason, now)
@@ -662,6 +735,16 @@ class PoolState:
             self._set(agent, BUSY)
             return agent
         return None
+
+    def _nearest_idle(self) -> PooledAgent:
+        """The idle agent with the lowest round trip from the caller; among equals, the one
+        the assignment order would take."""
+        order = reversed(self.idle) if self._mru else iter(self.idle)
+        best = next(order)
+        for agent in order:
+            if agent.placement.rtt_ms < best.placement.rtt_ms:
+                best = agent
+        return best
 
     def _assign(self, waiter: Waiter, agent: PooledAgent, now: float) -> None:
         """Give ``agent`` (idle or just released) to ``waiter``, under a new lease."""
@@ -697,7 +780,7 @@ class PoolState:
         if room <= 0 or not self.breaker.may_start(now):
             return
         c = self.counts
-        size = self.size
+        size = self.size - self.doomed
         waiting = len(self.queue)
         # One new agent serves max_concurrency waiters.
         demand = -(-waiting // self._slots) - c[STARTING] if self.config.on_demand else 0
@@ -712,14 +795,41 @@ class PoolState:
             if demand >= floor
             else f"below target size {self.target}"
         )
-        for _ in range(n):
+        self._start(n, why, now)
+
+    def _start(self, n: int, why: str, now: float, *, swap: bool = False) -> int:
+        """Start up to ``n`` agents, each where the placer says; returns how many started."""
+        placer = self.placer
+        for i in range(n):
+            site, why_not = placer.choose(now) if not swap else (placer.swap_target(now), "")
+            if site is None:
+                if why_not == "cost":
+                    self._cost_refused(n - i, now)
+                return i
             self._agent_ids += 1
-            agent = PooledAgent(f"{self.name}-{self._agent_ids}", now)
+            agent = PooledAgent(f"{self.name}-{self._agent_ids}", now, site.placement, site)
+            agent.swap = swap
             before = self.size
             self.agents[agent.agent_id] = agent
             self.counts[STARTING] += 1
-            self._event("start", agent, before, why, now)
+            placer.added(site, now)
+            where = f" on {site.name}" if self._multi else ""
+            self._event("start", agent, before, why + where, now)
             self.actions.append(Start(agent))
+        self._cost_short = 0
+        return n
+
+    def _cost_refused(self, short: int, now: float) -> None:
+        """The cost ceiling refused ``short`` starts: say so, once per change of how many."""
+        if short == self._cost_short:
+            return
+        self._cost_short = short
+        p = self.placer
+        self.note(
+            f"cost ceiling {p.cost_ceiling:g} $/h binds: {short} agent(s) over what it buys "
+            f"({self.size} agents at {p.spend_rate:.4g} $/h); callers wait for busy agents",
+            now,
+        )
 
     def _push_idle(self, agent: PooledAgent) -> None:
         if not self.idle or agent.expires_at < self.wake_at:
@@ -739,6 +849,9 @@ class PoolState:
     def _retire(self, agent: PooledAgent, reason: str, now: float, *, kill: bool = False) -> None:
         """Take an idle, checking or busy agent out of service; the shell stops it."""
         before = self.size
+        self._unserve(agent)
+        if agent.preempt_deadline is not None:
+            self._doomed_stopping += 1
         self._set(agent, STOPPING)
         self.partial.pop(agent, None)
         self.metrics.agents_retired += 1
@@ -746,9 +859,113 @@ class PoolState:
         self._event("lost" if lost else "retire", agent, before, reason, now)
         self.actions.append(Stop(agent, kill))
 
-    def _remove(self, agent: PooledAgent) -> None:
+    def _remove(self, agent: PooledAgent, now: float | None = None) -> None:
+        if agent.state is STOPPING and agent.preempt_deadline is not None:
+            self._doomed_stopping -= 1
         self._set(agent, STOPPED)
-        self.agents.pop(agent.agent_id, None)
+        if self.agents.pop(agent.agent_id, None) is not None:
+            self.placer.removed(agent.site, agent.created_at if now is None else now)
+
+    def _unserve(self, agent: PooledAgent) -> None:
+        """A live agent leaves service (retired, failed to start): off its placement's tally."""
+        if agent.preempt_deadline is None:
+            self.placer.unserving(agent.site)
+        else:
+            self.doomed -= 1
+
+    # -- placements: preemption and spot ----------------------------------------------------------
+
+    def preempt(self, notice: PreemptionNotice, now: float) -> list[PooledAgent]:
+        """A preemption notice: the agents it names take no new calls, replacements start at
+        once elsewhere, idle ones go now and busy ones at the deadline (see :meth:`tick`).
+        Returns the agents it reached."""
+        site = self.placer.sites.get(notice.placement)
+        if site is None:
+            raise PoolError(
+                f"pool {self.name!r} has no placement {notice.placement!r} to preempt; its "
+                f"placements: {', '.join(self.placer.sites)}"
+            )
+        if self.status != "running":
+            return []
+        demoted = self.placer.notice(site, notice.deadline, now)
+        ids = None if notice.agent_ids is None else set(notice.agent_ids)
+        hit = [
+            a
+            for a in self.agents.values()
+            if a.site is site
+            and a.state in (STARTING, IDLE, CHECKING, BUSY)
+            and a.preempt_deadline is None
+            and (ids is None or a.agent_id in ids)
+        ]
+        why = f"preempted ({notice.source or 'notice'}: {notice.action})"
+        serving = 0
+        for agent in hit:
+            self.placer.unserving(site)
+            self.doomed += 1
+            agent.preempt_deadline = notice.deadline
+            if agent.state is STARTING:
+                continue  # retired as soon as it is up
+            serving += 1
+            if agent.state is IDLE:
+                self.idle.remove(agent)
+                self._retire(agent, why, now)
+            elif agent.state is CHECKING:
+                self._retire(agent, why, now)
+            else:
+                self.partial.pop(agent, None)
+                if agent.draining is None:
+                    agent.draining = why  # no new call; retired when its calls are back
+        in_s = notice.deadline - now
+        self.note(
+            f"preemption notice for {site.name}: {len(hit)} agent(s) gone in {in_s:.0f} s"
+            + ("; placement demoted for a while after repeated preemptions" if demoted else ""),
+            now,
+        )
+        if serving:
+            self._start(min(serving, max(0, self._room())), f"replacing {why}", now)
+        self._pump(now)
+        self.poke = True  # the deadline is one
+        return hit
+
+    def _reclaim(self, now: float) -> None:
+        """Preemption deadlines that have come: cancel the calls still running there."""
+        for agent in list(self.agents.values()):
+            deadline = agent.preempt_deadline
+            if deadline is None or deadline > now or agent.state is not BUSY:
+                continue
+            if agent.retire_reason is None:
+                agent.preempted = True
+                self.call_failed(agent, "preempted: its capacity was reclaimed", kill=True)
+                if not agent.calls:
+                    # Held without a call in flight: nothing to cancel, but it must go.
+                    agent.draining = agent.draining or "preempted"
+
+    def _swap_to_spot(self, now: float) -> None:
+        """Start a spot agent to take the place of an on-demand one above the base."""
+        if self.status != "running" or self._room() <= 0 or not self.breaker.may_start(now):
+            return
+        if self.placer.swap_target(now) is None:
+            return
+        if self._start(1, "swap back to spot", now, swap=True):
+            self._swapping = True
+
+    def _swapped(self, now: float) -> None:
+        """A spot agent is up in place of an on-demand one: retire that one."""
+        for agent in reversed(self.idle):
+            if not agent.placement.spot:
+                self.idle.remove(agent)
+                self._retire(agent, "swapped for a spot agent", now)
+                return
+        for agent in self.agents.values():
+            if (
+                agent.state is BUSY
+                and not agent.placement.spot
+                and agent.draining is None
+                and agent.retire_reason is None
+            ):
+                agent.draining = "swapped for a spot agent"
+                self.partial.pop(agent, None)
+                return
 
     def _event(self, kind: str, agent: PooledAgent, before: int, reason: str, now: float) -> None:
         self.events.append(ScalingEvent(now, kind, agent.agent_id, before, self.size, reason))

@@ -44,6 +44,11 @@ class WaitQueue:
     def push(self, waiter: Waiter) -> None:
         self._q[waiter] = None
 
+    def push_front(self, waiter: Waiter) -> None:
+        """Queue ``waiter`` ahead of everyone (a call re-queued after a preemption)."""
+        self._q[waiter] = None
+        self._q.move_to_end(waiter, last=False)
+
     def pop(self) -> Waiter | None:
         """The oldest waiter, removed; None if nobody waits."""
         if not self._q:

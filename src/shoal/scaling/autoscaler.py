@@ -61,7 +61,8 @@ class AutoScaler:
             policy = parse_scaling_policy(f"pool {pool.name!r} scaling_policy", policy)
         if isinstance(policy, ScalingPolicyConfig):
             self.config = policy
-            guarded = build_policy(policy, price_per_hour=pool.config.price_per_hour)
+            # The cheapest placement's price: no more agents than that buys, whatever the mix.
+            guarded = build_policy(policy, price_per_hour=pool.unit_price)
             self.cost_cap = guarded.cost_cap
             inner: Policy[Any] = guarded
             interval = interval if interval is not None else policy.interval
@@ -96,16 +97,25 @@ class AutoScaler:
         """Begin evaluating every ``interval`` on the running loop."""
         if self.running:
             return
-        if self.config is not None:
-            for note in self.config.unimplemented():
-                log.warning("pool %r: %s", self.pool.name, note)
-                self.pool.note(note)
-        state_file = self.config.state_file if self.config is not None else None
+        config = self.config
+        if config is not None:
+            has_spot = any(p.spot for p in self.pool.placements)
+            for note in config.unimplemented():
+                if not (has_spot and "prefer_spot" in note):
+                    log.warning("pool %r: %s", self.pool.name, note)
+                    self.pool.note(note)
+            if config.prefer_spot and has_spot:
+                prefer, fraction, base = config.spot_keys()
+                self.pool.set_spot(prefer, spot_fraction=fraction, on_demand_base=base)
+            if config.cost_threshold is not None:
+                # A hard ceiling on the spend rate, for agents started on demand too.
+                self.pool.set_cost_ceiling(config.cost_threshold)
+        state_file = config.state_file if config is not None else None
         if state_file is not None:
             self.state = learned.load(state_file, self.state)  # what the last run learnt
         cap = self.cost_cap
         if cap is not None:
-            # The cap binds agents started on demand too, not only the autoscaler's target.
+            # No more agents than the ceiling buys at the cheapest placement.
             threshold = self.config.cost_threshold if self.config else None
             self.pool.set_ceiling(cap, f"cost_threshold {threshold} $/h")
         self._task = asyncio.get_running_loop().create_task(

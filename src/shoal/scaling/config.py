@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shoal.config import default_max_size, validate
 from shoal.errors import ConfigError
+from shoal.pool.placement import DEFAULT_PRICE_PER_HOUR as _DEFAULT_PRICE
 from shoal.scaling.registry import COMMON_KEYS, POLICIES, POLICY_NAMES
 
 Mode = Literal["auto", "aggressive", "reactive", "conservative", "fixed"]
@@ -21,8 +22,8 @@ Predictor = Literal["none", "seasonal", "linear", "ml-based"]
 
 #: The price of one agent-hour, in $, that ``cost_threshold`` divides when the pool has no
 #: ``price_per_hour`` of its own: about one vCPU-hour on demand at the large clouds, so
-#: ``cost_threshold: 100`` buys 1,000 agents.
-DEFAULT_PRICE_PER_HOUR = 0.10
+#: ``cost_threshold: 100`` buys 1,000 agents. (Defined beside the placements that price agents.)
+DEFAULT_PRICE_PER_HOUR = _DEFAULT_PRICE
 #: ``idle_time`` of the ``rule`` policy when none is given (the seed's "idle_time > 5min").
 RULE_IDLE_TIME = 300.0
 
@@ -97,6 +98,10 @@ class ScalingPolicyConfig(BaseModel):
     idle_terminate: float | None = Field(default=None, gt=0)
     cost_threshold: float | None = Field(default=None, gt=0)
     prefer_spot: bool = Field(default=False, strict=True)
+    # With prefer_spot: about this fraction of the agents above on_demand_base run on spot,
+    # and the first on_demand_base (default: min_instances) on demand.
+    spot_fraction: float = Field(default=0.8, ge=0, le=1)
+    on_demand_base: int | None = Field(default=None, ge=0, strict=True)
     queue_depth: int = Field(default=5, ge=1, strict=True)
     sla: float | None = Field(default=None, gt=0)
     idle_time: float | None = Field(default=None, ge=0)
@@ -147,8 +152,17 @@ class ScalingPolicyConfig(BaseModel):
         """Keys that are accepted and validated but do not change behaviour yet."""
         notes = []
         if self.prefer_spot:
-            notes.append("prefer_spot=True has no effect on this backend (no spot capacity)")
+            notes.append(
+                "prefer_spot=True has no effect on this pool (no spot placement; see "
+                "pool_config placements)"
+            )
         return notes
+
+    def spot_keys(self) -> tuple[bool, float, int]:
+        """``prefer_spot``, ``spot_fraction`` and ``on_demand_base`` (``min_instances`` when
+        not given), as :meth:`AgentPool.set_spot` takes them."""
+        base = self.min_instances if self.on_demand_base is None else self.on_demand_base
+        return self.prefer_spot, self.spot_fraction, base
 
 
 def parse_scaling_policy(where: str, policy: Mapping[str, Any]) -> ScalingPolicyConfig:

@@ -14,8 +14,12 @@ applies, in this order:
    last ``cooldown_period`` seconds, so a brief lull never sheds capacity a moment before the
    next wave (Kubernetes' scale-down stabilisation window, with an up window of zero).
 4. **rate limits** — at most ``scale_up_rate`` added and ``scale_down_rate`` removed per decision.
-5. **cost cap** — never more than ``cost_threshold / price_per_hour`` agents (the pool's
-   price, or :data:`~shoal.scaling.config.DEFAULT_PRICE_PER_HOUR` when it has none).
+5. **cost cap** — never more agents than ``cost_threshold`` $/h buys: the pool's own count
+   (``cost_cap_size``: its agents at their placements' prices, plus what the rest buys at the
+   cheapest open placement) when it reports one, else ``cost_threshold / price_per_hour`` (the
+   pool's price, or :data:`~shoal.scaling.config.DEFAULT_PRICE_PER_HOUR`). Headroom goes first
+   (the pool runs hotter); when even the calls in flight need more, it refuses to grow and says
+   by how many agents.
 6. **bounds** — within ``[min_instances, max_instances]``.
 
 Every decision carries the reason of each guard that changed it.
@@ -96,7 +100,7 @@ class GuardedPolicy:
         raw = self.inner.decide(snapshot, state.inner, now)
         desired, reasons = raw.desired, [raw.reason]
         if self.guards == "bounds":
-            desired = self._capped(desired, reasons)
+            desired = self._capped(desired, reasons, snapshot)
             return Decision(desired, GuardState(raw.state), "; ".join(reasons))
 
         # 1. burst
@@ -152,17 +156,26 @@ class GuardedPolicy:
             desired = current - down_rate
             reasons.append(f"scale_down_rate {down_rate}")
 
-        desired = self._capped(desired, reasons)
+        desired = self._capped(desired, reasons, snapshot)
         next_state = GuardState(raw.state, history, snapshot.requests_total, last_arrival)
         return Decision(desired, next_state, "; ".join(reasons))
 
-    def _capped(self, desired: int, reasons: list[str]) -> int:
+    def _capped(self, desired: int, reasons: list[str], snapshot: PoolMetrics) -> int:
         """5. the cost cap, then 6. the bounds."""
         cfg = self.config
         cap = self.cost_cap
+        if snapshot.cost_cap_size is not None and snapshot.cost_per_hour > 0:
+            # The pool's own count, at its placements' prices (it knows the mix).
+            cap = snapshot.cost_cap_size if cap is None else min(cap, snapshot.cost_cap_size)
         if cap is not None and desired > cap:
+            slots = max(1, snapshot.max_concurrency)
+            need = -(-(snapshot.in_flight + snapshot.queue_depth) // slots)
+            if need <= cap:
+                why = f"headroom given up, running hotter (wanted {desired})"
+            else:
+                why = f"refusing to grow: wanted {desired}, {need - cap} over what it buys"
             desired = cap
-            reasons.append(f"cost cap {cap} agents ({cfg.cost_threshold} $/h)")
+            reasons.append(f"cost cap {cap} agents ({cfg.cost_threshold} $/h): {why}")
         bounded = min(max(desired, cfg.min_instances), cfg.max_instances)
         if bounded != desired:
             reasons.append(f"bounds [{cfg.min_instances}, {cfg.max_instances}]")

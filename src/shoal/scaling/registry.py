@@ -24,7 +24,15 @@ Guards = Literal["all", "no-window", "bounds"]
 #: Keys every policy accepts: the bounds, the choice of policy, and ``prefer_spot``, noted as
 #: not implemented yet (the pool records a note).
 COMMON_KEYS: frozenset[str] = frozenset(
-    {"mode", "policy", "min_instances", "max_instances", "prefer_spot"}
+    {
+        "mode",
+        "policy",
+        "min_instances",
+        "max_instances",
+        "prefer_spot",
+        "spot_fraction",
+        "on_demand_base",
+    }
 )
 #: The predictor's keys: shoal's own policies take them (see :mod:`shoal.scaling.predictive`).
 PREDICTOR_KEYS = frozenset({"predictor", "forecast_only", "cold_start", "state_file"})

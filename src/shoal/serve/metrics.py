@@ -125,7 +125,19 @@ class ShoalCollector(Collector):
         )
         cost = GaugeMetricFamily(
             "shoal_pool_cost_dollars_per_hour",
-            "What the pool's live agents cost per hour, where its price_per_hour is set",
+            "What the pool's agents cost per hour (starting ones included), at their "
+            "placements' prices (the documented default where none is set)",
+            labels=["pool"],
+        )
+        spent = CounterMetricFamily(
+            "shoal_pool_cost_dollars", "$ spent on the pool's agents so far", labels=["pool"]
+        )
+        preempted = CounterMetricFamily(
+            "shoal_pool_preemptions", "Spot preemption notices the pool received", labels=["pool"]
+        )
+        requeued = CounterMetricFamily(
+            "shoal_pool_requeued_calls",
+            "Calls cancelled by a preemption and re-queued at the head",
             labels=["pool"],
         )
         for pool in list(self.rt.pools):
@@ -149,10 +161,12 @@ class ShoalCollector(Collector):
                 self.tally.new_events(pool)
             for kind, n in sorted(self.tally.counts.get(name, Counter()).items()):
                 events.add_metric([name, kind], n)
-            price = getattr(getattr(pool, "config", None), "price_per_hour", None)
-            if price:
-                cost.add_metric([name], price * m.size)
+            cost.add_metric([name], m.cost_per_hour)
+            spent.add_metric([name], m.cost_usd)
+            preempted.add_metric([name], m.preemptions)
+            requeued.add_metric([name], m.requeued)
         yield from (agents, target, bounds, queue, util, calls, starts, cold, events, cost)
+        yield from (spent, preempted, requeued)
         if self._count_runs:
             runs = CounterMetricFamily(
                 "shoal_runs", "Runs finished, by status", labels=["workflow", "status"]

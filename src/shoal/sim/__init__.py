@@ -14,6 +14,14 @@ from shoal.scaling.baselines import HPAPolicy, KeepAlivePolicy, KPAPolicy, RaySe
 from shoal.scaling.registry import BASELINES
 from shoal.sim import workload as workloads
 from shoal.sim.backend import SimAgent, SimBackend, serve
+from shoal.sim.placements import (
+    Outage,
+    PlacementOptions,
+    RegionEntry,
+    load_regions,
+    parse_regions,
+    placement_options,
+)
 from shoal.sim.run import POLICIES, SHOAL_POLICIES, SUMMARY_KEYS, Series, SimResult, simulate
 from shoal.sim.workload import (
     Distribution,
@@ -38,7 +46,10 @@ __all__ = [
     "KPAPolicy",
     "KeepAlivePolicy",
     "LogNormal",
+    "Outage",
+    "PlacementOptions",
     "RayServePolicy",
+    "RegionEntry",
     "Series",
     "SimAgent",
     "SimBackend",
@@ -46,7 +57,10 @@ __all__ = [
     "TraceError",
     "Workload",
     "generate",
+    "load_regions",
     "load_trace",
+    "parse_regions",
+    "placement_options",
     "serve",
     "simulate",
     "workloads",

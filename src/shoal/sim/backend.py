@@ -11,6 +11,7 @@ one float addition, because it sits on the hot path of a million calls.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import random
 import time
@@ -18,28 +19,35 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from shoal.backends.base import AgentHandle, AgentSpec
-from shoal.errors import AgentLost
+from shoal.errors import AgentLost, AgentStartError
 from shoal.sim.workload import Distribution, Fixed
 
 
-def serve(duration: float) -> None:
+def serve(duration: float, tag: int | None = None) -> None:
     """The simulated request: ``duration`` seconds of work.
 
     On a :class:`SimBackend` agent the call takes ``duration`` seconds of loop time and runs
     nothing; on a real agent it sleeps, so the same workload can drive a real pool too.
+    ``tag`` names the request to the backend's ``on_served`` (which agent answered it).
     """
     time.sleep(duration)
 
 
 class SimAgent(AgentHandle):
-    """A simulated agent: when it was asked for and when it became ready (loop time)."""
+    """A simulated agent: when it was asked for and when it became ready (loop time).
 
-    __slots__ = ("born", "ready_at")
+    ``calls`` holds its calls in flight when its backend ``tracks_calls`` (None otherwise), so
+    that killing it fails them, as a reclaimed machine would.
+    """
+
+    __slots__ = ("born", "calls", "on_exit", "ready_at")
 
     def __init__(self, agent_id: str, born: float) -> None:
         super().__init__(agent_id)
         self.born = born
         self.ready_at: float | None = None
+        self.calls: set[asyncio.Future[Any]] | None = None
+        self.on_exit: Callable[[Any], None] | None = None
 
 
 class SimBackend:
@@ -48,8 +56,15 @@ class SimBackend:
     ``cold_start`` is how long an agent takes to become ready: a number of seconds, or a
     :class:`~shoal.sim.workload.Distribution` sampled (with ``seed``) for each start. A call
     of :func:`serve` takes its ``duration`` argument of loop time; any other function runs
-    here, in this process, as on :class:`~shoal.backends.FakeBackend`. Agents never fail, and
-    their ``setup`` is not run.
+    here, in this process, as on :class:`~shoal.backends.FakeBackend`. Agents never fail on
+    their own, and their ``setup`` is not run.
+
+    With ``tracks_calls`` (the simulator's placements) the backend also keeps its live agents
+    in :attr:`agents` and each agent's calls in flight, so that :meth:`kill_at` (a spot
+    reclaim) and :meth:`outage` (a region down) can end agents with their calls failing, and
+    ``on_live`` (the change in live agents, the loop time) hears every change in the live
+    count, for a cost meter; ``on_served`` hears the ``tag`` of each :func:`serve` call that
+    finished here.
 
     ``growth`` makes starts slower while others are under way, as on a real host where they
     share CPU and disk: each agent already starting adds ``growth`` (a fraction) to a start's
@@ -59,7 +74,14 @@ class SimBackend:
     name = "sim"
 
     def __init__(
-        self, cold_start: float | Distribution = 0.0, *, seed: int = 0, growth: float = 0.0
+        self,
+        cold_start: float | Distribution = 0.0,
+        *,
+        seed: int = 0,
+        tracks_calls: bool = False,
+        on_live: Callable[[int, float], None] | None = None,
+        on_served: Callable[[int], None] | None = None,
+        growth: float = 0.0,
     ) -> None:
         self.cold_start: Distribution = (
             Fixed(float(cold_start)) if isinstance(cold_start, int | float) else cold_start
@@ -74,6 +96,12 @@ class SimBackend:
         self._since = 0.0
         self._live_area = 0.0
         self._starting_area = 0.0
+        self.tracks_calls = tracks_calls
+        self.agents: dict[str, SimAgent] = {}  # live agents, with tracks_calls
+        self._on_live = on_live
+        self._on_served = on_served
+        self._down: list[tuple[float, float]] = []  # outage windows (loop time)
+        self.kills = 0  # agents killed by kill_at or an outage
 
     # -- the books -------------------------------------------------------------------------------
 
@@ -98,25 +126,70 @@ class SimBackend:
     async def start(self, spec: AgentSpec) -> SimAgent:
         loop = asyncio.get_running_loop()
         now = loop.time()
+        if self._down and self.down(now):
+            raise AgentStartError(f"the simulated region of agent {spec.agent_id} is down")
         self._advance(now)
         self.starts += 1
         self.live += 1
         self.starting += 1
         self.peak_live = max(self.peak_live, self.live)
+        if self._on_live is not None:
+            self._on_live(1, now)
         agent = SimAgent(spec.agent_id, now)
         others = self.starting - 1  # already under way when this one began
         try:
             await asyncio.sleep(self.cold_start.sample(self._rng) * (1 + self.growth * others))
+            if self._down and self.down(loop.time()):
+                raise AgentStartError(f"the simulated region of agent {spec.agent_id} went down")
         except BaseException:
             self._advance(loop.time())
             self.starting -= 1
             self.live -= 1
+            if self._on_live is not None:
+                self._on_live(-1, loop.time())
             raise
         ready = loop.time()
         self._advance(ready)
         self.starting -= 1
         agent.ready_at = ready
+        if self.tracks_calls:
+            agent.calls = set()
+            agent.on_exit = spec.on_exit
+            self.agents[agent.agent_id] = agent
         return agent
+
+    # -- what the simulator does to agents --------------------------------------------------------
+
+    def ready_ids(self) -> list[str]:
+        """The ids of the live, ready agents (with ``tracks_calls``)."""
+        return list(self.agents)
+
+    def kill_at(self, agent_ids: tuple[str, ...] | None, deadline: float) -> None:
+        """Kill these agents (None: all live now) at loop time ``deadline``: a spot reclaim."""
+        loop = asyncio.get_running_loop()
+        ids = tuple(self.agents) if agent_ids is None else agent_ids
+        loop.call_at(deadline, self._reclaim, ids)
+
+    def _reclaim(self, ids: tuple[str, ...]) -> None:
+        for agent_id in ids:
+            agent = self.agents.get(agent_id)
+            if agent is not None:
+                self.kills += 1
+                self._end(agent, -9)
+                if agent.on_exit is not None:
+                    agent.on_exit(agent)  # the pool hears of it, as from a real backend
+
+    def outage(self, start: float, end: float) -> None:
+        """Between loop times ``start`` and ``end`` starts fail, and at ``start`` every live
+        agent is killed: the region is down."""
+        self._down.append((start, end))
+        asyncio.get_running_loop().call_at(start, self._blackout)
+
+    def down(self, now: float) -> bool:
+        return any(a <= now < b for a, b in self._down)
+
+    def _blackout(self) -> None:
+        self._reclaim(tuple(self.agents))
 
     def call(
         self,
@@ -133,6 +206,13 @@ class SimBackend:
             # A plain future and a timer, no task: the simulator runs millions of these.
             duration = args[0] if args else kwargs["duration"]
             self.busy_seconds += duration
+            calls = handle.calls
+            if calls is not None:
+                calls.add(fut)
+                fut.add_done_callback(calls.discard)
+                tag = kwargs.get("tag", args[1] if len(args) > 1 else None)
+                if tag is not None and self._on_served is not None:
+                    fut.add_done_callback(functools.partial(_served, self._on_served, tag))
             loop.call_later(duration, _resolve, fut)
             return fut
         try:
@@ -157,8 +237,26 @@ class SimBackend:
     def _end(self, handle: SimAgent, exit_code: int) -> None:
         if handle.exit_code is None:
             handle.exit_code = exit_code
-            self._advance(asyncio.get_running_loop().time())
+            now = asyncio.get_running_loop().time()
+            self._advance(now)
             self.live -= 1
+            if self._on_live is not None:
+                self._on_live(-1, now)
+            if self.agents.pop(handle.agent_id, None) is not None and handle.calls:
+                for fut in list(handle.calls):
+                    if not fut.done():
+                        fut.set_exception(
+                            AgentLost(
+                                f"agent {handle.agent_id} was reclaimed",
+                                handle.agent_id,
+                                delivered=True,
+                            )
+                        )
+
+
+def _served(on_served: Callable[[int], None], tag: int, fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        on_served(tag)
 
 
 def _resolve(fut: asyncio.Future[Any]) -> None:

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from shoal.clock import perf_counter
 from shoal.errors import ConfigError, ShoalError
 from shoal.scaling.predict import PREDICTORS
+from shoal.sim.placements import PlacementOptions, load_regions, parse_outage, placement_options
 from shoal.sim.run import POLICIES, SimResult, plan, simulate
 from shoal.sim.workload import (
     DISTRIBUTIONS,
@@ -129,9 +130,92 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "predicts a shoal pool configured with that policy"
         ),
     )
+    _placement_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON list and nothing else")
     p.add_argument("--plot", metavar="OUT.png", help="draw load, size, queue and wait over time")
     return p
+
+
+def _placement_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "spot, cost and regions",
+        "Run the pool over simulated placements (any of these flags turns them on). The spot "
+        "market, the preemptions and the regions' distances are simulated. The JSON then adds: "
+        "cost_usd (each placement's agent-seconds, starting ones included, x its price / 3600), "
+        "usd_per_1000_requests, spot_agent_seconds and on_demand_agent_seconds (live agents "
+        "integrated over time), preemptions (notices sent, one per agent), requeued (calls the "
+        "pool cancelled at a reclaim and ran again), lost (requests never answered), "
+        "cost_cap_exceeded_s (seconds the spend rate of live agents was over --cost-cap); "
+        "p99_response_s becomes wait + run time + the round trip from the request's region to "
+        "the placement that answered, and waits run to the start of the run that answered.",
+    )
+    g.add_argument("--prefer-spot", action="store_true", help="put agents on spot first")
+    g.add_argument(
+        "--spot-price",
+        type=float,
+        default=None,
+        metavar="P",
+        help="$ per spot agent-hour (default: 0.3 x --price)",
+    )
+    g.add_argument(
+        "--spot-fraction",
+        type=float,
+        default=0.8,
+        metavar="F",
+        help="with --prefer-spot, the share of agents above --min-size on spot (0.8)",
+    )
+    g.add_argument(
+        "--preemptions-per-hour",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="preemption notices per spot agent-hour, drawn with --seed (0)",
+    )
+    g.add_argument(
+        "--notice",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds from a notice to the reclaim (120, as AWS; GCP gives 30)",
+    )
+    g.add_argument(
+        "--cost-cap", type=float, default=None, metavar="D", help="the most $ per hour to spend"
+    )
+    g.add_argument(
+        "--regions",
+        metavar="FILE.json",
+        help=(
+            'a JSON list of placements, each {"region", "capacity": "on_demand"|"spot", '
+            '"price_per_hour", "max_size", "rtt_ms", "notice_s", "load_share", "shift_h"}: '
+            "load_share is the share of requests from that region (default: equal), shift_h "
+            "shifts that share's arrivals by hours (wrapping at the end), rtt_ms is the round "
+            "trip from callers in the same region (from another region: +70 ms unless "
+            '"rtt_from": {"region": ms} says)'
+        ),
+    )
+    g.add_argument(
+        "--region-outage",
+        action="append",
+        default=[],
+        metavar="NAME:START_S:END_S",
+        help="region NAME fails its starts and loses its agents in that window (repeatable)",
+    )
+
+
+def _placements(args: argparse.Namespace) -> PlacementOptions | None:
+    if not 0 <= args.spot_fraction <= 1:
+        raise ConfigError(f"--spot-fraction {args.spot_fraction!r} must be within [0, 1]")
+    return placement_options(
+        price=args.price,
+        spot_price=args.spot_price,
+        prefer_spot=args.prefer_spot,
+        preemptions_per_hour=args.preemptions_per_hour,
+        notice=args.notice,
+        cost_cap=args.cost_cap,
+        regions=load_regions(args.regions) if args.regions else None,
+        outages=[parse_outage(o) for o in args.region_outage],
+        spot_fraction=args.spot_fraction,
+    )
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -143,6 +227,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             from shoal.sim.plot import require_matplotlib
 
             require_matplotlib()  # before minutes of simulating, not after
+        placements = _placements(args)
         workload = _workload(args)
         for name in policies:
             plan(name, workload, min_size=max(0, args.min_size), max_size=max(1, args.max_size))
@@ -165,6 +250,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
                     predictor=args.predictor,
                     on_demand=args.on_demand,
                     cold_start_growth=args.cold_start_growth,
+                    placements=placements,
                 )
             )
         wall = perf_counter() - started
@@ -232,6 +318,9 @@ def table(results: Sequence[SimResult]) -> str:
     mase = any(r.forecast_mase is not None for r in results)
     if mase:
         head.append("forecast MASE")
+    placed = any(r.placed is not None for r in results)
+    if placed:
+        head += ["spot agent-s", "preempted", "requeued", "lost", "over cap s", "p99 resp"]
     rows = [head]
     for r in results:
         row = [
@@ -255,6 +344,16 @@ def table(results: Sequence[SimResult]) -> str:
             row.append("-" if r.cost_usd is None else f"{r.cost_usd:,.2f}")
         if mase:
             row.append("-" if r.forecast_mase is None else f"{r.forecast_mase:.2f}")
+        if placed:
+            x = r.placed or {}
+            row += [
+                f"{x.get('spot_agent_seconds', 0):,.0f}",
+                f"{x.get('preemptions', 0):,}",
+                f"{x.get('requeued', 0):,}",
+                f"{x.get('lost', 0):,}",
+                f"{x.get('cost_cap_exceeded_s', 0):,.0f}",
+                _s(r.p99_response_s),
+            ]
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = []

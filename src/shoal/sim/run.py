@@ -19,8 +19,8 @@ import asyncio
 import bisect
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from shoal.clock import VirtualTimeLoop, perf_counter
 from shoal.errors import ConfigError, ShoalError
@@ -34,6 +34,9 @@ from shoal.scaling.registry import BASELINES
 from shoal.scaling.registry import POLICIES as REGISTRY
 from shoal.sim.backend import SimBackend, serve
 from shoal.sim.workload import Distribution, Workload
+
+if TYPE_CHECKING:
+    from shoal.sim.placements import PlacementOptions
 
 #: shoal's own policies: the modes, and the policies a ``scaling_policy`` may name.
 SHOAL_POLICIES: tuple[str, ...] = (
@@ -129,6 +132,7 @@ class SimResult:
     wall_s: float = field(default=0.0, compare=False)  # real seconds the run took
     forecast_mase: float | None = None  # the predictor's MASE over the run (None without one)
     warmup_s: float = 0.0
+    placed: Mapping[str, Any] | None = None  # with placements: see shoal.sim.placed.PLACED_KEYS
 
     def summary(self) -> dict[str, Any]:
         """The figures as a JSON-ready dict: :data:`SUMMARY_KEYS`, then response times, starts
@@ -146,6 +150,8 @@ class SimResult:
             out["sla_s"] = self.sla_s
         if self.cost_usd is not None:
             out["cost_usd"] = self.cost_usd
+        if self.placed is not None:
+            out.update(self.placed)
         return out
 
 
@@ -253,6 +259,7 @@ def simulate(
     warmup: float = 0.0,
     predictor: str | None = None,
     cold_start_growth: float = 0.0,
+    placements: PlacementOptions | None = None,
 ) -> SimResult:
     """Replay ``workload`` on a pool scaled by ``policy`` and measure what happened.
 
@@ -275,6 +282,10 @@ def simulate(
     if it is shorter), so each policy settles and fills its windows and histories as a running
     system would have; nothing of the pre-roll is counted. Without it every run starts with
     ``min_size`` warm agents under the full load and empty histories.
+
+    ``placements`` (see :func:`shoal.sim.placements.placement_options`) spreads the pool over
+    simulated placements: spot with preemptions, a cost cap, regions and their outages; the
+    result's summary then has :data:`shoal.sim.placed.PLACED_KEYS` too.
 
     Runs synchronously on a fresh virtual-time loop; deterministic for a given ``seed``.
     """
@@ -308,18 +319,24 @@ def simulate(
     sample = interval if interval is not None else _nice_interval(workload.horizon)
     if not sample > 0:
         raise ConfigError(f"interval={interval!r} must be a number of seconds > 0")
-    run = _Run(
-        workload,
-        the_plan,
-        cold_start,
-        seed,
-        sample,
-        idle_timeout,
-        price,
-        warmup,
-        max_concurrency,
-        cold_start_growth=cold_start_growth,
-    )
+    args = (the_plan, cold_start, seed, sample, idle_timeout, price, warmup, max_concurrency)
+    if placements is None:
+        run = _Run(workload, *args, cold_start_growth=cold_start_growth)
+    else:
+        from shoal.sim.placed import PlacedRun
+        from shoal.sim.placements import split_origins
+
+        workload, origins = split_origins(workload, placements, seed)
+        # The spot preference and the cost cap go where a user puts them: the scaling policy.
+        keys = placements.policy_keys()
+        args = (replace(the_plan, scaling_policy={**the_plan.scaling_policy, **keys}), *args[1:])
+        run = PlacedRun(
+            workload,
+            *args,
+            options=placements,
+            origins=origins,
+            cold_start_growth=cold_start_growth,
+        )
     started = perf_counter()
     with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
         runner.run(run.main())
@@ -394,17 +411,8 @@ class _Run:
         self.arrivals = workload.arrivals
         self.durations = workload.durations
         self.waits = [0.0] * n
-        self.backend = SimBackend(cold_start, seed=seed, growth=cold_start_growth)
-        self.pool = AgentPool(
-            "sim",
-            min_size=the_plan.pool_min,
-            max_size=the_plan.pool_max,
-            idle_timeout=idle_timeout,
-            on_demand=the_plan.on_demand,
-            price_per_hour=price,
-            max_concurrency=max_concurrency,
-            backend=self.backend,
-        )
+        self.cold_start_growth = cold_start_growth
+        self.backend, self.pool = self._build(cold_start, idle_timeout, price, max_concurrency)
         self.t0 = 0.0
         self.next = 0  # the next request to arrive
         self.granted = 0  # requests that have had an agent
@@ -423,6 +431,31 @@ class _Run:
         self.forecast_mase: float | None = None
         self._done: asyncio.Future[None] | None = None
         self._base: tuple[int, float, int] = (0, 0.0, 0)  # cold starts, busy s, starts at t0
+
+    def _build(
+        self,
+        cold_start: float | Distribution,
+        idle_timeout: float,
+        price: float | None,
+        max_concurrency: int,
+    ) -> tuple[Any, AgentPool]:
+        """The backend (or what stands for the backends: see :mod:`shoal.sim.placed`) and the
+        pool to run."""
+        backend = SimBackend(cold_start, seed=self.seed, growth=self.cold_start_growth)
+        pool = AgentPool(
+            "sim",
+            min_size=self.plan.pool_min,
+            max_size=self.plan.pool_max,
+            idle_timeout=idle_timeout,
+            on_demand=self.plan.on_demand,
+            price_per_hour=price,
+            max_concurrency=max_concurrency,
+            backend=backend,
+        )
+        return backend, pool
+
+    def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
+        """At ``t0``, the start of the counted run (placements schedule outages here)."""
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -443,6 +476,7 @@ class _Run:
             self.observed.events = self.observed.reversals = 0
             self._base = (pool.snapshot().cold_starts, self.backend.busy_seconds, pool.size)
         self.t0 = t0 = loop.time()
+        self._begin(loop)
         at_start = self.backend.agent_seconds(t0)
         starting_at_start = self.backend.starting_seconds(t0)
         starts_at_start = self.backend.starts

@@ -21,13 +21,14 @@ from shoal.context import Context, InputMissing
 from shoal.errors import (
     AgentLost,
     CallTimeout,
+    Preempted,
     RunStopped,
     StepFailed,
     WorkflowError,
     agent_failed,
 )
 from shoal.pool import AgentPool, Lease
-from shoal.pool.pool import UNDELIVERED_RETRIES
+from shoal.pool.pool import PREEMPTED_RETRIES, UNDELIVERED_RETRIES
 from shoal.workflow.spec import ErrorPolicy, MapReduceSpec, PoolRequest, StepSpec, WorkflowSpec
 
 
@@ -282,7 +283,9 @@ class Runner:
             step.name,
             item,
             step.errors,
-            lambda ctx: self._on_pool(pool, invoker, ctx, args, step.timeout),
+            lambda ctx: self._on_pool(
+                pool, invoker, ctx, args, step.timeout, step.errors.on_preempt
+            ),
         )
 
     async def _on_pool(
@@ -292,20 +295,27 @@ class Runner:
         ctx: Context,
         args: tuple[Any, ...],
         timeout: float | None,
+        on_preempt: str = "requeue",
     ) -> Any:
-        """One call on an agent of ``pool``; one that never reached its agent is retried."""
-        for attempt in itertools.count(1):
-            lease = await pool.get_agent()
+        """One call on an agent of ``pool``; one that never reached its agent is retried, and
+        one its agent's preemption cut short goes again at the head of the queue."""
+        lost = preempted = 0
+        while True:
+            lease = await pool.get_agent(head=preempted > 0)
             try:
                 if self.stopping or self._failed:
                     raise _Skipped  # waited for an agent while the run failed or was stopped
                 return await self._send(lease, fn, ctx, args, timeout)
+            except Preempted:
+                preempted += 1
+                if on_preempt == "fail" or preempted > PREEMPTED_RETRIES:
+                    raise
             except AgentLost as exc:
-                if exc.delivered or exc.remote or attempt >= UNDELIVERED_RETRIES:
+                lost += 1
+                if exc.delivered or exc.remote or lost >= UNDELIVERED_RETRIES:
                     raise
             finally:
                 await pool.release_agent(lease)
-        raise AssertionError("unreachable")
 
     async def _send(
         self,
@@ -375,7 +385,8 @@ class Runner:
                         f"run {self.ctx.run_id} of {self.spec.name!r} was stopped; {where} "
                         f"lost its agent during the stop and was not retried: {exc}"
                     ) from exc
-                if attempt > retries or not agent_failed(exc):
+                opted_out = isinstance(exc, Preempted) and errors.on_preempt == "fail"
+                if attempt > retries or not agent_failed(exc) or opted_out:
                     raise StepFailed(
                         f"{where} failed after {attempt} attempt(s): {type(exc).__name__}: {exc}",
                         workflow=self.spec.name,
@@ -409,7 +420,9 @@ class Runner:
                     spec.name,
                     i,
                     spec.errors,
-                    lambda ctx: self._on_pool(pool, fn, ctx, (item,), spec.timeout),
+                    lambda ctx: self._on_pool(
+                        pool, fn, ctx, (item,), spec.timeout, spec.errors.on_preempt
+                    ),
                 )
 
             collect = spec.errors.on_error == "collect"

@@ -40,6 +40,8 @@ class PoolRequest:
 
 OnError = Literal["raise", "collect"]
 _ON_ERROR = ("raise", "collect")
+OnPreempt = Literal["requeue", "fail"]
+_ON_PREEMPT = ("requeue", "fail")
 MAX_BACKOFF_S = 60.0
 
 
@@ -52,13 +54,16 @@ class ErrorPolicy:
     ``autoretry_for``), waiting ``retry_backoff`` seconds, doubled at each retry (at most 60 s).
     ``on_error="collect"`` (parallel steps and mapreduce) keeps going past failed items: their
     exceptions stand in the results in place of the items' results, as with
-    ``asyncio.gather(return_exceptions=True)``.
+    ``asyncio.gather(return_exceptions=True)``. ``on_preempt="fail"`` fails a call cancelled by
+    a spot preemption (:class:`~shoal.errors.Preempted`) instead of re-queueing it at the head
+    of its pool's queue (``"requeue"``, the default; the re-run does not count as a retry).
     """
 
     retries: int = 1
     retry_on: tuple[type[BaseException], ...] = ()
     retry_backoff: float = 0.0
     on_error: OnError = "raise"
+    on_preempt: OnPreempt = "requeue"
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before try ``attempt + 1``."""
@@ -167,6 +172,7 @@ def step(
     retry_backoff: float = 0.0,
     on_error: OnError = "raise",
     max_concurrency: int | None = None,
+    on_preempt: OnPreempt = "requeue",
 ) -> Any:
     """Mark an ``async def`` method of a ``@workflow`` class as a step.
 
@@ -178,8 +184,9 @@ def step(
     ``retries`` is how many times a call whose agent was lost or timed out is tried again on
     another agent; the step's own exceptions are retried only when listed in ``retry_on``
     (after ``retry_backoff`` seconds, doubling). ``on_error="collect"`` lets a parallel step
-    finish its other items and put each failed item's exception in its place (see
-    :class:`ErrorPolicy`).
+    finish its other items and put each failed item's exception in its place;
+    ``on_preempt="fail"`` fails a call its agent's spot preemption cut short rather than run it
+    again (see :class:`ErrorPolicy`).
     """
 
     def mark(f: F) -> F:
@@ -222,7 +229,7 @@ def step(
             pool_size=pool_size,
             scaling_policy=_scaling(f"{label} scaling_policy", scaling_policy, pool_config),
             pool=pool,
-            errors=_errors(label, parallel, retries, retry_on, retry_backoff, on_error),
+            errors=_errors(label, parallel, retries, retry_on, retry_backoff, on_error, on_preempt),
         )
         if parallel and not spec.takes_input:
             raise WorkflowError(f"{label} is parallel, so it must take (self, ctx, item)")
@@ -296,14 +303,15 @@ def mapreduce(
     retry_backoff: float = 0.0,
     on_error: OnError = "raise",
     max_concurrency: int | None = None,
+    on_preempt: OnPreempt = "requeue",
 ) -> Any:
     """Make ``async def fn(ctx, item)`` a standalone fan-out over an iterable.
 
     Running it (``await rt.run(fn, items)``) maps ``fn`` over the items on a pool of
     ``pool_size`` agents, at most ``max_parallel`` at a time, and returns ``reduce(results)``
     (the list of results, in input order, when there is no ``reduce``). ``retries``,
-    ``retry_on``, ``retry_backoff``, ``on_error`` and ``max_concurrency`` are as for
-    :func:`step`.
+    ``retry_on``, ``retry_backoff``, ``on_error``, ``max_concurrency`` and ``on_preempt`` are as
+    for :func:`step`.
     """
 
     def build(f: F) -> F:
@@ -330,7 +338,7 @@ def mapreduce(
             ),
             retries=retries,
             timeout=timeout,
-            errors=_errors(label, True, retries, retry_on, retry_backoff, on_error),
+            errors=_errors(label, True, retries, retry_on, retry_backoff, on_error, on_preempt),
         )
         setattr(f, _WORKFLOW_ATTR, spec)
         return f
@@ -362,6 +370,7 @@ def _errors(
     retry_on: type[BaseException] | tuple[type[BaseException], ...],
     retry_backoff: float,
     on_error: str,
+    on_preempt: str = "requeue",
 ) -> ErrorPolicy:
     kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
     for kind in kinds:
@@ -381,7 +390,17 @@ def _errors(
             f"{label}: on_error='collect' applies to parallel steps and mapreduce only; a "
             "single call's failure is the run's"
         )
-    return ErrorPolicy(retries, kinds, float(retry_backoff), on_error)  # type: ignore[arg-type]
+    if on_preempt not in _ON_PREEMPT:
+        raise WorkflowError(
+            f"{label}: on_preempt={on_preempt!r}; allowed: {', '.join(_ON_PREEMPT)}"
+        )
+    return ErrorPolicy(
+        retries,
+        kinds,
+        float(retry_backoff),
+        on_error,  # type: ignore[arg-type]
+        on_preempt,  # type: ignore[arg-type]
+    )
 
 
 def spec_of(target: Any) -> WorkflowSpec | MapReduceSpec:
