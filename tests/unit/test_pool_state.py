@@ -39,6 +39,7 @@ class Caller:
         self.lease: Lease | None = None
         self.answers = 0
         self.gone = False  # gave up (timeout, cancel) while waiting
+        self.owned = False  # the pool sends its call (not a get_agent() holder)
 
 
 class PoolStateMachine(RuleBasedStateMachine):
@@ -149,7 +150,18 @@ class PoolStateMachine(RuleBasedStateMachine):
                     # the lease until the answer (not started: released unused, asked again).
                     lease = action.lease
                     assert lease.prefetched and lease.recalled and not lease.released
-                    assert any(c.lease is lease for c in self.all_callers)
+                    (owner,) = [c for c in self.all_callers if c.lease is lease]
+                    # Taken back unstarted: its caller gives the lease back unused and waits
+                    # again in the place it kept (lease.rewait, ahead of later callers).
+                    assert lease.rewait is not None  # queued, or handed an agent just now
+                    assert lease.rewait.enqueued_at == lease.waited_from
+                    lease.rewait.token = owner
+                    owner.lease = None
+                    owner.waiter = lease.rewait
+                    owner.answers -= 1  # its one answer is still to come
+                    self.served_order.remove(owner)  # back in its place, not served yet
+                    st_.release(lease, self.now, used=False)
+                    self.released.append(lease)
                 else:
                     assert isinstance(action, Log)
 
@@ -163,8 +175,11 @@ class PoolStateMachine(RuleBasedStateMachine):
         self.n += 1
         caller = Caller(self.n)
         self.all_callers.append(caller)
+        # A prefetchable caller is the pool's own call (run/call/map); the others stand for
+        # get_agent()/acquire() holders too, whose agent nothing may be prefetched onto.
+        caller.owned = prefetchable
         try:
-            lease = self.state.request(self.now)
+            lease = self.state.request(self.now, owned=prefetchable)
         except PoolError:
             caller.answers += 1
             return
@@ -364,6 +379,8 @@ class PoolStateMachine(RuleBasedStateMachine):
         for lease in st_.queued:
             assert self.prefetch and lease.prefetched and not lease.released
             assert lease.agent.state is AgentState.BUSY and len(lease.agent.leases) == 2
+            (ahead,) = [c for c in self.all_callers if c.lease in lease.agent.leases - {lease}]
+            assert ahead.owned, "a call prefetched onto an agent held with get_agent()"
             assert any(c.lease is lease and c.waiter is None for c in self.all_callers)
         if st_.queued:
             # Every agent that is free has a recalled call coming to it.

@@ -24,6 +24,8 @@ from shoal.backends.base import AgentSpec
 from shoal.errors import AgentLost, AgentStartError, CallRecalled
 
 _READ_SIZE = 1 << 18
+# A pipe takes a write of at most this many bytes whole or not at all (POSIX PIPE_BUF).
+_ATOMIC = 4096
 
 
 class PendingCall:
@@ -65,6 +67,7 @@ class Channel:
         "_loop",
         "_out",
         "_out_buf",
+        "_parked",
         "_reader",
         "_reading",
         "agent_id",
@@ -93,6 +96,11 @@ class Channel:
         self._kill = kill
         self._reader = _wire.FrameReader()
         self._out_buf = bytearray()
+        # Frames of calls queued behind another (prefetch) that were kept back unwritten: too
+        # big for one atomic write, or behind bytes still waiting to go. A frame the pipe took
+        # in part cannot be taken back until the agent reads it, which it does only once the
+        # call ahead ends; a frame not begun can. They go out when the call ahead is answered.
+        self._parked: dict[int, bytes] = {}
         self._last_id = 0
         self._control: asyncio.Future[tuple[Any, ...]] | None = None
         self.pending: dict[int, PendingCall] = {}
@@ -122,7 +130,15 @@ class Channel:
 
     def _send_call(self, call: PendingCall, payload: bytes) -> None:
         call_id = self._last_id + 1
-        self.send(payload, call_id)
+        if (
+            self.ordered
+            and self.pending
+            and (self._parked or self._out_buf or len(payload) + _wire.HEADER.size > _ATOMIC)
+        ):
+            self._check_open()
+            self._parked[call_id] = payload  # written once the call ahead is answered
+        else:
+            self.send(payload, call_id)
         self._last_id = call_id
         if not self.pending:
             self.busy_since = self._loop.time()
@@ -142,6 +158,13 @@ class Channel:
         call_id = next((i for i, c in self.pending.items() if c.future is future), None)
         if call_id is None or (future.done() and not future.cancelled()):
             return False
+        if self._parked.pop(call_id, None) is not None:  # never written: nothing to cancel
+            del self.pending[call_id]
+            if not future.done():
+                future.set_exception(
+                    CallRecalled(f"call {call_id} was taken back from agent {self.agent_id}")
+                )
+            return True
         try:
             self.send(pickle.dumps((_wire.CANCEL, call_id), _wire.PROTOCOL))
         except AgentLost:
@@ -168,8 +191,7 @@ class Channel:
         self._control = fut
         return fut
 
-    def send(self, payload: bytes, call_id: int = _wire.CONTROL) -> None:
-        """Write one frame, or queue what the pipe does not take now; never blocks."""
+    def _check_open(self) -> None:
         if self.exit_code is not None or self.broken is not None or self._out < 0:
             raise AgentLost(
                 self.broken or f"agent {self.agent_id} is gone (exit code {self.exit_code})",
@@ -177,6 +199,19 @@ class Channel:
                 exit_code=self.exit_code,
                 delivered=False,
             )
+
+    def _unpark(self) -> None:
+        """The call ahead was answered: write the kept-back frames, in order."""
+        parked, self._parked = self._parked, {}
+        for call_id, payload in parked.items():
+            try:
+                self.send(payload, call_id)
+            except AgentLost:
+                return  # gone: finish() fails the calls
+
+    def send(self, payload: bytes, call_id: int = _wire.CONTROL) -> None:
+        """Write one frame, or queue what the pipe does not take now; never blocks."""
+        self._check_open()
         header = _wire.HEADER.pack(len(payload), call_id)
         if self._out_buf:
             self._out_buf += header + payload
@@ -235,6 +270,8 @@ class Channel:
                 self._reply(call_id, payload)
                 if self.broken is not None:
                     return
+                if self._parked and next(iter(self.pending)) in self._parked:
+                    self._unpark()
             elif payload != _wire.HEARTBEAT_MSG:
                 self._control_reply(payload)
 
@@ -340,6 +377,7 @@ class Channel:
                 while data := os.read(self._in, _READ_SIZE):
                     self._frames(data)
         self.exit_code = code
+        self._parked.clear()
         if self._out_buf:
             self._loop.remove_writer(self._out)
             self._out_buf.clear()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from shoal.pool.pool import AgentPool
+    from shoal.pool.waitqueue import Waiter
 
 T = TypeVar("T")
 
@@ -144,7 +145,9 @@ class Lease:
         "prefetched",
         "recalled",
         "released",
+        "rewait",
         "stack",
+        "waited_from",
     )
 
     def __init__(self, pool: AgentPool, agent: PooledAgent, lease_id: int, now: float) -> None:
@@ -161,6 +164,9 @@ class Lease:
         self.prefetched = False
         self.recalled = False
         self.future: Any = None
+        self.waited_from = now  # when its caller began to wait for an agent
+        # A recalled call's place in the queue: its caller waits there for another agent.
+        self.rewait: Waiter | None = None
 
     @property
     def pool(self) -> AgentPool:

@@ -452,16 +452,23 @@ class AgentPool:
         times; ``on_preempt="fail"`` raises it instead (for a call that must not run twice)."""
         kw = kwargs or {}
         # Without a timeout the call may be prefetched: queued on a busy agent, to start when
-        # its call ends. Taken back unstarted (CallRecalled), it is simply run again.
-        prefetchable = timeout is None
+        # its call ends. Not with an acquire_timeout either: its wait would end unseen there.
+        # Taken back unstarted (CallRecalled), it waits again in the place it had.
+        prefetchable = timeout is None and acquire_timeout is None
         lost = preempted = 0
+        again: Waiter | None = None
         while True:
-            lease = await self._get(acquire_timeout, prefetchable, head=preempted > 0)
+            if again is not None:
+                lease = await self._rewait(again)
+            else:
+                lease = await self._get(acquire_timeout, prefetchable, head=preempted > 0)
+            again = None
             used = True
             try:
                 return await self._call(lease, fn, args, kw, timeout)
             except CallRecalled:
                 used = False
+                again = lease.rewait
             except Preempted:
                 preempted += 1
                 if on_preempt == "fail" or preempted > PREEMPTED_RETRIES:
@@ -470,8 +477,11 @@ class AgentPool:
                 lost += 1
                 if exc.delivered or exc.remote or lost >= UNDELIVERED_RETRIES:
                     raise
+                again = lease.rewait  # queued behind a call on an agent that died: not run
             finally:
                 self._release(lease, used)
+                if again is None and lease.rewait is not None:
+                    self._withdraw(lease.rewait)  # recalled too late: it ran where it was
 
     async def map(
         self, fn: Callable[[Any], T], items: Iterable[Any], *, chunksize: int | None = None
@@ -517,7 +527,8 @@ class AgentPool:
     async def _get(self, timeout: float | None, prefetchable: bool, *, head: bool = False) -> Lease:
         st = self._state
         now = self._now()
-        lease = st.request(now, head=head) if head else st.request(now)
+        owned = prefetchable or timeout is not None  # (called by call(), not get_agent())
+        lease = st.request(now, head=head, owned=owned) if head else st.request(now, owned=owned)
         if lease is None:
             lease = await self._wait(now, timeout, prefetchable, head)
         if self.config.leak_threshold is not None:
@@ -528,7 +539,7 @@ class AgentPool:
         self, now: float, timeout: float | None, prefetchable: bool = False, head: bool = False
     ) -> Lease:
         fut: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(now, fut, prefetchable)
+        waiter = Waiter(now, fut, prefetchable, owned=prefetchable or timeout is not None)
         self._state.enqueue(waiter, now, head=head)
         self._flush()
         try:
@@ -553,6 +564,29 @@ class AgentPool:
                     self.state_line(),
                 ) from None
             raise
+
+    async def _rewait(self, waiter: Waiter) -> Lease:
+        """Wait for another agent in the place a recalled call kept in the queue."""
+        fut: asyncio.Future[Lease] = waiter.token
+        try:
+            lease = await fut
+        except BaseException:
+            self._withdraw(waiter)
+            raise
+        if self.config.leak_threshold is not None:
+            lease.stack = leaks.where_taken()
+        return lease
+
+    def _withdraw(self, waiter: Waiter) -> None:
+        """The caller no longer needs the place ``waiter`` holds: leave the queue, or give
+        back unused the agent already handed to it."""
+        fut: asyncio.Future[Lease] = waiter.token
+        handed = not self._state.abandon(waiter) and fut.done() and not fut.cancelled()
+        if handed and fut.exception() is None:
+            self._release(fut.result(), False)
+        fut.cancel()
+        if self._state.actions:
+            self._flush()
 
     async def release_agent(self, lease: Lease) -> None:
         """Give back an agent taken with :meth:`get_agent` (the seed's ``ReleaseAgent``).
@@ -637,7 +671,7 @@ class AgentPool:
         except AgentLost as exc:
             if not exc.remote:
                 st.call_failed(agent, agent.retire_reason or "agent lost", kill=True)
-                if agent.preempt_deadline is not None:
+                if agent.preempted and exc.delivered:  # reclaimed at its deadline, not a crash
                     raise Preempted(
                         f"agent {agent.agent_id} on {agent.placement.name} was preempted while "
                         f"running {getattr(fn, '__qualname__', fn)!r}; the call did not finish",
@@ -733,6 +767,9 @@ class AgentPool:
                 elif isinstance(action, Check):
                     self._spawn(self._check(action.agent), "check")
                 elif isinstance(action, Recall):
+                    rewait = action.lease.rewait
+                    if rewait is not None and rewait.token is None:
+                        rewait.token = asyncio.get_running_loop().create_future()
                     fut = action.lease.future
                     agent = action.lease.agent
                     pipelines = self._pipelines.get(agent.placement.name)

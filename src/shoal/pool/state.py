@@ -249,10 +249,13 @@ class PoolState:
 
     # -- callers ----------------------------------------------------------------------------------
 
-    def request(self, now: float, *, head: bool = False) -> Lease | None:
+    def request(self, now: float, *, head: bool = False, owned: bool = False) -> Lease | None:
         """A caller asks for an agent: a lease at once if one is idle and nobody waits ahead,
         else None (then :meth:`enqueue` it). Raises if the pool takes no calls. ``head``: a
-        call re-queued after a preemption, which goes ahead of everyone waiting."""
+        call re-queued after a preemption, which goes ahead of everyone waiting. ``owned``:
+        the pool sends the lease's one call itself (run/call/map), so another call may be
+        prefetched behind it; never for get_agent()/acquire(), whose holder has the agent to
+        itself."""
         if self.status != "running":
             raise self.not_running()
         m = self.metrics
@@ -266,7 +269,7 @@ class PoolState:
             if agent is not None:
                 m.warm_hits += 1
                 m.wait_times.append(0.0)
-                return self._lease(agent, now)
+                return self._lease(agent, now, owned=owned)
         return None
 
     def enqueue(self, waiter: Waiter, now: float, *, head: bool = False) -> None:
@@ -323,7 +326,7 @@ class PoolState:
         if queued:
             queued.pop(lease, None)
             if lease.recalled and queued and self.idle:
-                self._recall()  # that recall came too late: the agent still free takes another
+                self._recall(now)  # that recall came too late: the agent still free takes another
         if agent.state is not BUSY:
             return  # retired while held (pool closing)
         if used:
@@ -336,7 +339,11 @@ class PoolState:
         if agent.leases:  # others still hold it (max_concurrency > 1, or a prefetched call)
             if self._slots == 1:  # prefetch: the call queued behind this one is its call now
                 for other in agent.leases:
-                    queued.pop(other, None)
+                    if other in queued:
+                        del queued[other]
+                        if not other.recalled:  # (a recalled one is counted where it re-queued)
+                            self.metrics.warm_hits += 1
+                            self.metrics.wait_times.append(now - other.waited_from)
             if reason is not None or agent.draining is not None:
                 if agent.retire_reason is None and agent.draining is None:
                     agent.draining = reason  # no new lease; retired when the last is back
@@ -372,7 +379,7 @@ class PoolState:
         self._set(agent, IDLE)
         self._push_idle(agent)
         if queued:
-            self._recall()
+            self._recall(now)
 
     def lease_error(self, lease: Lease) -> PoolError | None:
         """Why ``lease`` cannot carry a call, or None if it can."""
@@ -485,7 +492,7 @@ class PoolState:
             self._swapped(now)
         self._pump(now)
         if self.queued and self.idle:
-            self._recall()
+            self._recall(now)
 
     def start_failed(self, agent: PooledAgent, exc: BaseException | None, now: float) -> None:
         """A start failed (``exc``) or was cancelled (None)."""
@@ -589,7 +596,7 @@ class PoolState:
             self._set(agent, IDLE)
             self._reinsert_idle(agent)
             if self.queued:
-                self._recall()
+                self._recall(now)
         else:
             why = (
                 "pool closing"
@@ -712,7 +719,10 @@ class PoolState:
 
     def oldest_wait(self, now: float) -> float:
         head = self.queue.oldest()
-        return now - head.enqueued_at if head is not None else 0.0
+        since = head.enqueued_at if head is not None else now
+        for lease in self.queued:  # a prefetched call still waits, behind another call
+            since = min(since, lease.waited_from)
+        return now - since
 
     def snapshot(self, now: float) -> PoolMetrics:
         m, c = self.metrics, self.counts
@@ -770,7 +780,9 @@ class PoolState:
 
     # -- the rules --------------------------------------------------------------------------------
 
-    def _lease(self, agent: PooledAgent, now: float, prefetched: bool = False) -> Lease:
+    def _lease(
+        self, agent: PooledAgent, now: float, prefetched: bool = False, *, owned: bool = False
+    ) -> Lease:
         self._lease_ids += 1
         lease = Lease(self._owner, agent, self._lease_ids, now)
         agent.leases.add(lease)
@@ -782,7 +794,7 @@ class PoolState:
             self.partial[agent] = None
         else:
             self.partial.pop(agent, None)
-            if self.prefetch:
+            if self.prefetch and owned:  # a held lease (get_agent) is its holder's alone
                 self.spare[agent] = None
         return lease
 
@@ -832,12 +844,15 @@ class PoolState:
         if agent.state is not BUSY:
             self._set(agent, BUSY)
         m = self.metrics
-        m.wait_times.append(now - waiter.enqueued_at)
-        if agent.usage_count == 0 and (agent.ready_at or 0.0) >= waiter.enqueued_at:
-            m.cold_starts += 1
-        else:
-            m.warm_hits += 1
-        self.actions.append(Assign(waiter, self._lease(agent, now, prefetched)))
+        if not prefetched:  # a prefetched call still waits: counted when it becomes current
+            m.wait_times.append(now - waiter.enqueued_at)
+            if agent.usage_count == 0 and (agent.ready_at or 0.0) >= waiter.enqueued_at:
+                m.cold_starts += 1
+            else:
+                m.warm_hits += 1
+        lease = self._lease(agent, now, prefetched, owned=waiter.owned)
+        lease.waited_from = waiter.enqueued_at
+        self.actions.append(Assign(waiter, lease))
 
     def _pump(self, now: float) -> None:
         """Hand idle agents to waiting callers, retire owed surplus, start what is needed."""
@@ -877,13 +892,20 @@ class PoolState:
             queue.pop()
             self._assign(head, agent, now, prefetched=True)
 
-    def _recall(self) -> None:
-        """An agent came free while a call waits behind another one: take that call back, to
-        run on the free agent (or, if it has started meanwhile, let it finish where it is)."""
-        lease = next(iter(self.queued))
+    def _recall(self, now: float, lease: Lease | None = None) -> None:
+        """An agent came free while a call waits behind another one (or that one's agent is
+        under a preemption notice): take that call back, to run on the free agent (or, if it
+        has started meanwhile, let it finish where it is). Its caller keeps its place: it
+        waits again from when it first did (``lease.rewait``), ahead of later callers."""
+        if lease is None:
+            lease = next(iter(self.queued))
         del self.queued[lease]
         lease.recalled = True
-        self.actions.append(Recall(lease))
+        waiter = Waiter(lease.waited_from, None, prefetchable=True, owned=True)
+        lease.rewait = waiter
+        self.actions.append(Recall(lease))  # before the Assign: it sets the waiter's token
+        self.queue.push_aged(waiter)
+        self._pump(now)
 
     def _start_needed(self, now: float, reason: str | None) -> None:
         if self.status != "running":
@@ -1029,8 +1051,11 @@ class PoolState:
                 self._retire(agent, why, now)
             else:
                 self.partial.pop(agent, None)
+                self.spare.pop(agent, None)
                 if agent.draining is None:
                     agent.draining = why  # no new call; retired when its calls are back
+                for lease in [q for q in agent.leases if q in self.queued]:
+                    self._recall(now, lease)  # queued, not started: it runs elsewhere
         in_s = notice.deadline - now
         self.note(
             f"preemption notice for {site.name}: {len(hit)} agent(s) gone in {in_s:.0f} s"

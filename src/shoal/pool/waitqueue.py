@@ -14,14 +14,23 @@ from typing import Any
 class Waiter:
     """One waiting caller. ``token`` is the shell's (its future); the queue never reads it.
     ``prefetchable``: its call may be queued on an agent still running another one (the pool's
-    own calls without a timeout: nothing else depends on when it starts)."""
+    own calls without a timeout or acquire_timeout: nothing else depends on when it starts).
+    ``owned``: the pool sends the lease's call itself (run/call/map, not get_agent), so a call
+    may be prefetched behind it."""
 
-    __slots__ = ("enqueued_at", "prefetchable", "token")
+    __slots__ = ("enqueued_at", "owned", "prefetchable", "token")
 
-    def __init__(self, enqueued_at: float, token: Any = None, prefetchable: bool = False) -> None:
+    def __init__(
+        self,
+        enqueued_at: float,
+        token: Any = None,
+        prefetchable: bool = False,
+        owned: bool = False,
+    ) -> None:
         self.enqueued_at = enqueued_at
         self.token = token
         self.prefetchable = prefetchable
+        self.owned = owned or prefetchable
 
 
 class WaitQueue:
@@ -51,6 +60,15 @@ class WaitQueue:
         """Queue ``waiter`` ahead of everyone (a call re-queued after a preemption)."""
         self._q[waiter] = None
         self._q.move_to_end(waiter, last=False)
+
+    def push_aged(self, waiter: Waiter) -> None:
+        """Queue ``waiter`` by when it first waited: ahead of every later arrival (a call
+        taken back from the agent it was queued on keeps its place)."""
+        q = self._q
+        q[waiter] = None
+        later = [w for w in q if w is not waiter and w.enqueued_at > waiter.enqueued_at]
+        for w in later:
+            q.move_to_end(w)
 
     def pop(self) -> Waiter | None:
         """The oldest waiter, removed; None if nobody waits."""
