@@ -258,3 +258,18 @@ def logged(log: str, tag: str) -> tuple[str, int]:
     with open(log, "a") as f:
         f.write(f"run {tag} {os.getpid()}\n")
     return tag, os.getpid()
+
+
+def crash_at_gate(gate: str, log: str) -> None:
+    """Note the run in ``log``, wait (up to 120 s) for the file ``gate``, then kill the agent
+    from within (as a segfault or the OOM killer would)."""
+    with open(log, "a") as f:
+        f.write(f"run crash {os.getpid()}\n")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os._exit(3)
+
+
+def size_and_pid(blob: bytes) -> tuple[int, int]:
+    return len(blob), os.getpid()

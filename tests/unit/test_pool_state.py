@@ -248,7 +248,7 @@ class PoolStateMachine(RuleBasedStateMachine):
         lease = caller.lease
         assert lease is not None
         try:
-            agent = self.state.begin_call(lease)
+            agent = self.state.begin_call(lease, self.now)
         except AgentLost:
             assert lease.agent.retire_reason is not None or lease.agent.state is not AgentState.BUSY
             return

@@ -142,6 +142,7 @@ class Lease:
         "in_call",
         "leak_reported",
         "lease_id",
+        "owned",
         "prefetched",
         "recalled",
         "released",
@@ -164,6 +165,7 @@ class Lease:
         self.prefetched = False
         self.recalled = False
         self.future: Any = None
+        self.owned = False  # the pool sends its call (run/call/map), not a get_agent() holder
         self.waited_from = now  # when its caller began to wait for an agent
         # A recalled call's place in the queue: its caller waits there for another agent.
         self.rewait: Waiter | None = None

@@ -635,9 +635,9 @@ class AgentPool:
         timeout: float | None,
     ) -> T:
         st = self._state
-        agent = st.begin_call(lease)
-        if st.poke:
-            self._flush()  # maintenance must start watching this call's liveness
+        agent = st.begin_call(lease, self._now())
+        if st.poke or st.actions:
+            self._flush()  # maintenance must start watching this call's liveness; prefetch
         started = self._now()
         failed = True
         fut: asyncio.Future[Any] | None = None

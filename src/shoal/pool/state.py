@@ -351,7 +351,8 @@ class PoolState:
                 self.spare.pop(agent, None)
                 return
             if self._slots == 1:
-                self.spare[agent] = None
+                if any(other.in_call for other in agent.leases):  # else at its begin_call
+                    self.spare[agent] = None
                 self._pump(now)
                 return
             waiter = self.queue.pop()
@@ -400,8 +401,10 @@ class PoolState:
 
     # -- calls ------------------------------------------------------------------------------------
 
-    def begin_call(self, lease: Lease) -> PooledAgent:
-        """A call is about to be sent on ``lease``'s agent."""
+    def begin_call(self, lease: Lease, now: float | None = None) -> PooledAgent:
+        """A call is about to be sent on ``lease``'s agent. Its agent may then take a
+        prefetched call behind it, if the pool sends this one (not a get_agent() holder): only
+        once it is sent, so that the agent receives the two in the order the pool thinks."""
         err = self.lease_error(lease)
         if err is not None:
             raise err
@@ -420,6 +423,10 @@ class PoolState:
                 delivered=False,
             )
         lease.in_call = True
+        if self.prefetch and lease.owned and len(agent.leases) == 1 and agent.draining is None:
+            self.spare[agent] = None
+            if now is not None and self.queue:
+                self._pump(now)
         agent.calls += 1
         self.metrics.requests_active += 1
         if not self._watching_calls and self.config.heartbeat_timeout is not None:
@@ -787,6 +794,7 @@ class PoolState:
         lease = Lease(self._owner, agent, self._lease_ids, now)
         agent.leases.add(lease)
         self._held += 1
+        lease.owned = owned  # (a prefetch target once its call is sent: see begin_call)
         if prefetched:
             lease.prefetched = True
             self.queued[lease] = None
@@ -794,8 +802,6 @@ class PoolState:
             self.partial[agent] = None
         else:
             self.partial.pop(agent, None)
-            if self.prefetch and owned:  # a held lease (get_agent) is its holder's alone
-                self.spare[agent] = None
         return lease
 
     def _assignable(self, now: float) -> PooledAgent | None:
