@@ -154,6 +154,7 @@ class Channel:
         before it reads the next, so if the call ahead is still unanswered once the replies
         already written are read, this one has not started, and the CANCEL, now wholly in the
         pipe ahead of the agent, will stop it (the agent's NOT_STARTED reply is then ignored).
+        A call whose frame was kept back unwritten (see ``_parked``) is simply dropped.
         """
         call_id = next((i for i, c in self.pending.items() if c.future is future), None)
         if call_id is None or (future.done() and not future.cancelled()):

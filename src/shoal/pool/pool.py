@@ -447,9 +447,14 @@ class AgentPool:
         """:meth:`run` with options: ``timeout`` for the call itself (the agent is killed and
         replaced when it expires) and ``acquire_timeout`` for the wait for an agent.
 
-        A call cancelled by a preemption (:class:`~shoal.errors.Preempted`) is re-queued at
-        the head of the queue and runs again on another agent, up to ``PREEMPTED_RETRIES``
-        times; ``on_preempt="fail"`` raises it instead (for a call that must not run twice)."""
+        A call cancelled by a preemption (:class:`~shoal.errors.Preempted`: its agent was
+        reclaimed at the notice's deadline while running it) is re-queued at the head of the
+        queue and runs again on another agent, up to ``PREEMPTED_RETRIES`` times;
+        ``on_preempt="fail"`` raises it instead (for a call that must not run twice). A call
+        that kills its own agent fails with :class:`~shoal.errors.AgentLost`, notice or not.
+
+        Without either timeout the call may be prefetched (see the README's "Prefetch"): queued
+        on a busy agent; taken back unstarted, it waits again in the place it had."""
         kw = kwargs or {}
         # Without a timeout the call may be prefetched: queued on a busy agent, to start when
         # its call ends. Not with an acquire_timeout either: its wait would end unseen there.
