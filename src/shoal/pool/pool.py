@@ -676,7 +676,7 @@ class AgentPool:
         except AgentLost as exc:
             if not exc.remote:
                 st.call_failed(agent, agent.retire_reason or "agent lost", kill=True)
-                if agent.preempted and exc.delivered:  # reclaimed at its deadline, not a crash
+                if exc.delivered and _reclaimed(agent, self._now()):
                     raise Preempted(
                         f"agent {agent.agent_id} on {agent.placement.name} was preempted while "
                         f"running {getattr(fn, '__qualname__', fn)!r}; the call did not finish",
@@ -910,6 +910,14 @@ class AgentPool:
                     await self._wake
             self._wake = None
             st.wake_at = float("inf")
+
+
+def _reclaimed(agent: PooledAgent, now: float) -> bool:
+    """Whether an agent lost mid-call was taken by its preemption: reclaimed by the pool at the
+    notice's deadline, or gone once that deadline had come. A loss before it (the call
+    crashed its agent, the pool closed) is no preemption: that call is not run again."""
+    deadline = agent.preempt_deadline
+    return agent.preempted or (deadline is not None and now >= deadline)
 
 
 def _heartbeat_interval(timeout: float | None) -> float | None:
