@@ -268,6 +268,76 @@ async def test_repeated_preemptions_move_a_placement_down_the_list_for_a_while()
         assert {a.placement.name for a in pool.agents if a.state.value != "stopping"} == {"a"}
 
 
+async def test_a_notice_naming_one_agent_leaves_the_rest_of_the_spot_placement_open() -> None:
+    # The provider reclaims one machine: its replacement (and any growth) still goes to spot;
+    # only the named agent leaves. (A notice for the whole placement closes it: above.)
+    pool = pool_of(
+        {"name": "spot", "capacity": "spot", "price_per_hour": 0.3},
+        {"name": "od", "price_per_hour": 1.0},
+        min_size=0,
+        max_size=8,
+    )
+    async with pool:
+        await on_spot(pool, 4)
+        first = pool.agents[0]
+        loop = asyncio.get_running_loop()
+        hit = pool.preempt(
+            PreemptionNotice("spot", deadline=loop.time() + 120, agent_ids=(first.agent_id,))
+        )
+        assert hit == [first]
+        await asyncio.sleep(1)
+        live = [a for a in pool.agents if a.state.value != "stopping"]
+        assert len(live) == 4 and first not in live
+        assert {a.placement.name for a in live} == {"spot"}
+        await pool.resize(6)
+        assert {a.placement.name for a in pool.agents if a.state.value != "stopping"} == {"spot"}
+
+
+async def test_single_agent_notices_demote_a_placement_by_their_rate_against_its_size() -> None:
+    # Ten agents on a: three single-agent notices within the hour are 0.3 of its size
+    # reclaimed, the ordinary trickle of a large spot placement; a stays first. One agent on
+    # c: two notices for it are twice its size, so c is demoted.
+    pool = pool_of(
+        {"name": "a", "capacity": "spot", "price_per_hour": 0.3},
+        {"name": "b", "capacity": "spot", "price_per_hour": 0.4},
+        min_size=0,
+        max_size=30,
+    )
+    async with pool:
+        await on_spot(pool, 10)
+        loop = asyncio.get_running_loop()
+        for agent in list(pool.agents)[:3]:
+            pool.preempt(
+                PreemptionNotice("a", deadline=loop.time() + 5, agent_ids=(agent.agent_id,))
+            )
+            await asyncio.sleep(10)
+        assert not any("demoted" in e.reason for e in pool.events)
+        await pool.resize(12)
+        assert {a.placement.name for a in pool.agents if a.state.value != "stopping"} == {"a"}
+
+    small = pool_of(
+        {"name": "c", "capacity": "spot", "price_per_hour": 0.3, "max_size": 1},
+        {"name": "d", "capacity": "spot", "price_per_hour": 0.4},
+        min_size=0,
+    )
+    async with small:
+        loop = asyncio.get_running_loop()
+        for _ in range(2):
+            await on_spot(small, 1)
+            (agent,) = [a for a in small.agents if a.placement.name == "c"] or small.agents
+            small.preempt(
+                PreemptionNotice(
+                    agent.placement.name, deadline=loop.time() + 5, agent_ids=(agent.agent_id,)
+                )
+            )
+            await asyncio.sleep(10)
+            await small.resize(0)
+            await asyncio.sleep(1)
+        assert any("demoted" in e.reason for e in small.events)
+        await small.resize(1)
+        assert {a.placement.name for a in small.agents if a.state.value != "stopping"} == {"d"}
+
+
 async def test_preemption_sources_are_watched_while_the_pool_runs() -> None:
     class Once:
         def __init__(self) -> None:

@@ -18,9 +18,14 @@ The rules:
   the nearest, then the order given.
 - **Failed starts** mark a placement down for a back-off (1 s, doubling to 60 s) when the pool
   has more than one: its agents go elsewhere meanwhile; a success clears it.
-- **Preemptions**: a placement under notice takes no new agents until the deadline; two notices
-  within an hour demote it below the others for half an hour (SpotHedge's lesson: capacity
-  that was just reclaimed is likely to be reclaimed again).
+- **Preemptions**: a notice for a whole placement (no ``agent_ids``) closes it to new agents
+  until the deadline; a notice naming agents takes only those out and leaves it open. A
+  placement is demoted below the others for half an hour once the capacity reclaimed there
+  within an hour reaches twice its size (a whole-placement notice counts as its size, a notice
+  for ``k`` of its ``n`` agents as ``k / n`` of it): two whole-placement notices, or each agent
+  of it reclaimed twice on average (SpotHedge's lesson: capacity that was just reclaimed is
+  likely to be reclaimed again; a large placement's ordinary trickle of single-agent notices
+  is not that).
 - **Cost**: the spend rate is Σ agents x their placement's price; a start that would take it
   over the ceiling is refused. ``cost_usd`` integrates the rate over time.
 """
@@ -36,7 +41,7 @@ from shoal.pool.placement import Placement
 
 DOWN_FIRST_S = 1.0
 DOWN_MAX_S = 60.0
-DEMOTE_AFTER = 2  # preemptions within DEMOTE_WINDOW_S demote a placement
+DEMOTE_AFTER = 2.0  # placements' worth of capacity reclaimed within DEMOTE_WINDOW_S demotes one
 DEMOTE_WINDOW_S = 3600.0
 DEMOTE_S = 1800.0
 _EPS = 1e-9
@@ -56,7 +61,7 @@ class Site:
     down_until: float = -math.inf
     notice_until: float = -math.inf
     demoted_until: float = -math.inf
-    preempted_at: deque[float] = field(default_factory=deque)
+    preempted_at: deque[tuple[float, float]] = field(default_factory=deque)  # (when, share)
 
     @property
     def name(self) -> str:
@@ -184,15 +189,21 @@ class Placer:
         site.failures = 0
         site.down_until = -math.inf
 
-    def notice(self, site: Site, deadline: float, now: float) -> bool:
-        """A preemption notice for ``site``; True if it demoted the placement."""
+    def notice(self, site: Site, deadline: float, now: float, hit: int | None = None) -> bool:
+        """A preemption notice for ``site``: for the whole placement (``hit`` None), or for
+        ``hit`` of its agents. True if it demoted the placement."""
         self.preemptions += 1
-        site.notice_until = max(site.notice_until, deadline)
+        if hit is None:
+            site.notice_until = max(site.notice_until, deadline)
+            share = 1.0
+        else:
+            share = hit / max(site.count, hit, 1)
         times = site.preempted_at
-        times.append(now)
-        while times and times[0] <= now - DEMOTE_WINDOW_S:
+        times.append((now, share))
+        while times and times[0][0] <= now - DEMOTE_WINDOW_S:
             times.popleft()
-        if len(times) >= DEMOTE_AFTER and site.demoted_until <= now:
+        reclaimed = sum(s for _, s in times)
+        if reclaimed >= DEMOTE_AFTER - _EPS and site.demoted_until <= now:
             site.demoted_until = now + DEMOTE_S
             return True
         return False

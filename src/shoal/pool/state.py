@@ -922,7 +922,6 @@ class PoolState:
             )
         if self.status != "running":
             return []
-        demoted = self.placer.notice(site, notice.deadline, now)
         ids = None if notice.agent_ids is None else set(notice.agent_ids)
         hit = [
             a
@@ -932,6 +931,9 @@ class PoolState:
             and a.preempt_deadline is None
             and (ids is None or a.agent_id in ids)
         ]
+        demoted = self.placer.notice(
+            site, notice.deadline, now, None if ids is None else len(hit)
+        )
         why = f"preempted ({notice.source or 'notice'}: {notice.action})"
         serving = 0
         for agent in hit:
