@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 from typing import Any
 
@@ -119,6 +120,38 @@ async def test_a_preemption_with_calls_in_flight_requeues_them_and_they_are_answ
         assert m.requeued == 2 and m.preemptions == 1
         assert not doomed & {a.agent_id for a in pool.agents}
         assert on_demand.started  # the replacements went to on-demand capacity
+
+
+async def test_a_placement_whose_agents_are_all_killed_at_once_loses_no_call() -> None:
+    # A region goes dark: every agent there is SIGKILLed at once with a call running on it.
+    # The calls run again on the other placement; each is answered, once.
+    region_a, region_b = Counting(), Counting()
+    pool = AgentPool(
+        "outage",
+        min_size=3,
+        max_size=6,
+        start_timeout=60,
+        placements=[
+            {"name": "a", "price_per_hour": 0.5, "max_size": 3, "backend": region_a},
+            {"name": "b", "price_per_hour": 1.0, "backend": region_b},
+        ],
+    )
+    async with pool:
+        assert {a.placement.name for a in pool.agents} == {"a"}
+        pids = {a.handle.pid for a in pool.agents}
+        calls = [asyncio.create_task(pool.run(workers.sleep_and_pid, 5.0)) for _ in range(3)]
+        for _ in range(1200):  # until the three calls run (up to a minute on a busy machine)
+            if pool.snapshot().busy == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert pool.snapshot().busy == 3
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        answered = await asyncio.wait_for(asyncio.gather(*calls), 180)
+        assert len(answered) == 3 and not set(answered) & pids
+        m = pool.metrics
+        assert m.requeued == 3 and m.requests_total == 3
+        assert any("placement a down" in e.reason for e in pool.events)
 
 
 @pytest.mark.container

@@ -338,6 +338,70 @@ async def test_single_agent_notices_demote_a_placement_by_their_rate_against_its
         assert {a.placement.name for a in small.agents if a.state.value != "stopping"} == {"d"}
 
 
+# -- a placement that fails ---------------------------------------------------------------------
+
+
+async def test_calls_lost_with_their_placement_run_again_elsewhere_and_none_is_lost() -> None:
+    # Three calls run on region a when it goes down (all its agents die at once, and its
+    # starts fail from then on): each is re-queued and answered once by region b.
+    a, b = FakeBackend(call_time=100.0), FakeBackend(call_time=1.0)
+    pool = pool_of(
+        {"name": "a", "price_per_hour": 0.5, "backend": a},
+        {"name": "b", "price_per_hour": 1.0, "backend": b},
+        min_size=3,
+        max_size=6,
+    )
+    async with pool:
+        assert {x.placement.name for x in pool.agents} == {"a"}
+        calls = [asyncio.create_task(pool.run(who)) for _ in range(3)]
+        await asyncio.sleep(5)
+        a.fail_next_starts(1000, AgentStartError("region a down"))
+        for agent_id in a.alive:
+            a.crash(agent_id)
+        assert await asyncio.gather(*calls) == ["ok"] * 3
+        assert sum(b.calls_by_agent.values()) == 3  # each once, on b
+        assert pool.metrics.requeued == 3 and pool.metrics.requests_failed == 3
+        assert any("placement a down" in e.reason for e in pool.events)
+
+
+async def test_one_agent_lost_in_a_healthy_placement_stays_agent_lost_and_is_not_rerun() -> None:
+    a, b = FakeBackend(call_time=100.0), FakeBackend(call_time=1.0)
+    pool = pool_of(
+        {"name": "a", "price_per_hour": 0.5, "backend": a},
+        {"name": "b", "price_per_hour": 1.0, "backend": b},
+        min_size=3,
+        max_size=6,
+    )
+    async with pool:
+        calls = [asyncio.create_task(pool.run(who)) for _ in range(3)]
+        await asyncio.sleep(5)
+        a.crash(a.alive[0])  # the others stay up and answer
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        lost = [r for r in results if isinstance(r, BaseException)]
+        assert len(lost) == 1 and not isinstance(lost[0], Preempted)
+        assert results.count("ok") == 2
+        assert pool.metrics.requeued == 0
+        assert not any("down" in e.reason for e in pool.events)
+
+
+async def test_on_preempt_fail_also_fails_a_call_lost_with_its_placement() -> None:
+    a = FakeBackend(call_time=100.0)
+    pool = pool_of(
+        {"name": "a", "price_per_hour": 0.5, "backend": a},
+        {"name": "b", "price_per_hour": 1.0},
+        min_size=2,
+    )
+    async with pool:
+        calls = [asyncio.create_task(pool.call(who, on_preempt="fail")) for _ in range(2)]
+        await asyncio.sleep(5)
+        for agent_id in a.alive:
+            a.crash(agent_id)
+        for call in calls:
+            with pytest.raises(Preempted, match="lost with its placement"):
+                await call
+        assert pool.metrics.requeued == 0
+
+
 async def test_preemption_sources_are_watched_while_the_pool_runs() -> None:
     class Once:
         def __init__(self) -> None:

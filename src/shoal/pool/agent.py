@@ -48,6 +48,7 @@ class PooledAgent:
         "last_checked",
         "last_used",
         "leases",
+        "lost_at",
         "placement",
         "preempt_deadline",
         "preempted",
@@ -69,6 +70,7 @@ class PooledAgent:
         # call; one still running then is cancelled (``preempted``) and re-queued.
         self.preempt_deadline: float | None = None
         self.preempted = False
+        self.lost_at: float | None = None  # when the pool heard it was lost (once)
         self.swap = False  # started on spot to replace an on-demand agent
         self.handle: Any = None
         self.state = AgentState.STARTING

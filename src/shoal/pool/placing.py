@@ -26,6 +26,13 @@ The rules:
   of it reclaimed twice on average (SpotHedge's lesson: capacity that was just reclaimed is
   likely to be reclaimed again; a large placement's ordinary trickle of single-agent notices
   is not that).
+- **A placement that fails** (its backend cannot reach its agents): agents of one placement
+  lost within ``LOST_TOGETHER_S`` of each other, at least two and at least ``LOST_SHARE`` of
+  it, or an agent lost while the placement's starts are failing, judge it down
+  (:meth:`Placer.lost`, :meth:`Placer.failed_at`): it is skipped for a back-off as after
+  failed starts, and the calls lost on its agents may run again elsewhere. One agent lost in a
+  placement that is otherwise well is that agent's (or its call's) failure, not the
+  placement's.
 - **Cost**: the spend rate is Σ agents x their placement's price; a start that would take it
   over the ceiling is refused. ``cost_usd`` integrates the rate over time.
 """
@@ -44,6 +51,8 @@ DOWN_MAX_S = 60.0
 DEMOTE_AFTER = 2.0  # placements' worth of capacity reclaimed within DEMOTE_WINDOW_S demotes one
 DEMOTE_WINDOW_S = 3600.0
 DEMOTE_S = 1800.0
+LOST_TOGETHER_S = 2.0  # agents of a placement lost this close together were lost together
+LOST_SHARE = 0.5  # ... and this share of its agents lost together means the placement failed
 _EPS = 1e-9
 
 
@@ -62,6 +71,7 @@ class Site:
     notice_until: float = -math.inf
     demoted_until: float = -math.inf
     preempted_at: deque[tuple[float, float]] = field(default_factory=deque)  # (when, share)
+    lost_at: deque[tuple[float, int]] = field(default_factory=deque)  # (when, agents then)
 
     @property
     def name(self) -> str:
@@ -188,6 +198,31 @@ class Placer:
         site.starting -= 1
         site.failures = 0
         site.down_until = -math.inf
+
+    def lost(self, site: Site, now: float) -> bool:
+        """An agent of ``site`` (still counted in it) was lost; True if that judged the
+        placement down now (it is then skipped for a back-off, as after a failed start)."""
+        times = site.lost_at
+        times.append((now, site.count))
+        while times and times[0][0] < now - 2 * LOST_TOGETHER_S:
+            times.popleft()
+        if not self.multi or site.down_until > now or not self.failed_at(site, now):
+            return False
+        site.failures += 1
+        site.down_until = now + min(DOWN_FIRST_S * 2 ** (site.failures - 1), DOWN_MAX_S)
+        return True
+
+    def failed_at(self, site: Site, when: float) -> bool:
+        """Whether an agent lost at ``when`` went down with its placement: agents lost within
+        ``LOST_TOGETHER_S`` of it, at least two and ``LOST_SHARE`` of the placement, or the
+        placement's starts failing. Only a pool with other placements judges (with one there
+        is nowhere else to go)."""
+        if not self.multi:
+            return False
+        if site.failures and site.down_until >= when:
+            return True
+        near = [n for t, n in site.lost_at if abs(t - when) <= LOST_TOGETHER_S]
+        return len(near) >= 2 and len(near) >= LOST_SHARE * max(near)
 
     def notice(self, site: Site, deadline: float, now: float, hit: int | None = None) -> bool:
         """A preemption notice for ``site``: for the whole placement (``hit`` None), or for

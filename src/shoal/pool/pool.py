@@ -43,6 +43,7 @@ from shoal.pool import leaks
 from shoal.pool.agent import AgentState, Lease, PooledAgent
 from shoal.pool.metrics import PoolMetrics
 from shoal.pool.placement import Placement, PreemptionNotice
+from shoal.pool.placing import LOST_TOGETHER_S
 from shoal.pool.state import (
     Assign,
     Check,
@@ -617,6 +618,8 @@ class AgentPool:
                         agent.agent_id,
                         delivered=True,
                     ) from exc
+                if exc.delivered and st.judges_placements:
+                    await self._went_down_with_placement(agent, fn, exc)
             raise
         except asyncio.CancelledError:
             if fut is not None and not fut.done():
@@ -630,6 +633,25 @@ class AgentPool:
             st.end_call(lease, started, self._now(), failed)
             if st.actions:
                 self._flush()
+
+    async def _went_down_with_placement(
+        self, agent: PooledAgent, fn: Callable[..., Any], exc: AgentLost
+    ) -> None:
+        """``agent`` was lost in its call: wait until agents lost with it would have been heard
+        of, then raise :class:`Preempted` if its placement went down with it (the call runs
+        again elsewhere, as a preempted one) and return if it died alone."""
+        st = self._state
+        if agent.lost_at is None:
+            st.agent_lost(agent, self._now())
+            self._flush()
+        await asyncio.sleep(LOST_TOGETHER_S)
+        if st.lost_with_placement(agent):
+            raise Preempted(
+                f"agent {agent.agent_id} on {agent.placement.name} was lost with its placement "
+                f"while running {getattr(fn, '__qualname__', fn)!r}; the call did not finish",
+                agent.agent_id,
+                delivered=True,
+            ) from exc
 
     # -- size -------------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from shoal.pool.breaker import CrashLoopBreaker
 from shoal.pool.events import ScalingEvent
 from shoal.pool.metrics import MetricsRecorder, PoolMetrics, mean, percentile
 from shoal.pool.placement import Placement, PreemptionNotice
-from shoal.pool.placing import Placer
+from shoal.pool.placing import LOST_TOGETHER_S, Placer
 from shoal.pool.waitqueue import Waiter, WaitQueue
 
 STARTING, IDLE, CHECKING, BUSY, STOPPING, STOPPED = (
@@ -527,8 +527,40 @@ class PoolState:
         err.__cause__ = exc
         return err
 
+    def agent_lost(self, agent: PooledAgent, now: float) -> None:
+        """``agent`` died (or its backend could not reach it) while it served: tally it against
+        its placement, which agents lost together judge down (pool/placing.py)."""
+        if agent.lost_at is not None or agent.preempt_deadline is not None:
+            return  # heard already; or reclaimed after a notice, which is no failure
+        agent.lost_at = now
+        site = agent.site
+        if self.placer.lost(site, now):
+            lost = sum(1 for t, _ in site.lost_at if t >= now - LOST_TOGETHER_S)
+            self.note(
+                f"placement {site.name} down: {lost} of its agents lost together; its calls "
+                "run again elsewhere and it is retried after a back-off",
+                now,
+            )
+            self.actions.append(
+                Log(WARNING, f"pool {self.name!r}: placement {site.name} down; failing over")
+            )
+            self.poke = True  # its retry is a deadline
+
+    @property
+    def judges_placements(self) -> bool:
+        """Whether a lost call may have gone down with its placement (more than one)."""
+        return self._multi
+
+    def lost_with_placement(self, agent: PooledAgent) -> bool:
+        """Whether ``agent``, lost, went down with its placement (so its call may run again
+        elsewhere) rather than alone (its call's own doing, perhaps: not re-run)."""
+        at = agent.lost_at
+        return at is not None and self.placer.failed_at(agent.site, at)
+
     def agent_exited(self, agent: PooledAgent, now: float) -> None:
         """The backend saw an agent die on its own."""
+        if agent.state is not STARTING:
+            self.agent_lost(agent, now)
         if agent.state is IDLE:
             self.idle.remove(agent)
             self._retire(agent, lifecycle.while_idle(agent, self.config, now, False) or "", now)
@@ -561,6 +593,8 @@ class PoolState:
                 if ok is False
                 else f"health check error: {ok}"
             )
+            if ok is not True and self.status == "running":
+                self.agent_lost(agent, now)
             self._retire(agent, why, now, kill=ok is not True)
         self._pump(now)
 
@@ -931,9 +965,7 @@ class PoolState:
             and a.preempt_deadline is None
             and (ids is None or a.agent_id in ids)
         ]
-        demoted = self.placer.notice(
-            site, notice.deadline, now, None if ids is None else len(hit)
-        )
+        demoted = self.placer.notice(site, notice.deadline, now, None if ids is None else len(hit))
         why = f"preempted ({notice.source or 'notice'}: {notice.action})"
         serving = 0
         for agent in hit:
