@@ -545,6 +545,60 @@ async def test_a_call_takes_the_nearest_idle_agent_and_spills_far_when_none_is_n
         assert sum(near.calls_by_agent.values()) == 2  # the nearest idle agent took it
 
 
+def two_distances(near: FakeBackend, far: FakeBackend) -> AgentPool:
+    return pool_of(
+        {"name": "far", "price_per_hour": 0.5, "rtt_ms": 100, "max_size": 1, "backend": far},
+        {"name": "near", "price_per_hour": 1.0, "rtt_ms": 5, "max_size": 1, "backend": near},
+        min_size=2,
+        max_size=2,
+    )
+
+
+async def test_a_call_waits_for_a_near_agent_expected_back_sooner_than_the_extra_round_trip() -> (
+    None
+):
+    # Calls take 20 ms here; going far costs 95 ms more: waiting for the busy near agent is
+    # quicker, so the far one stays idle.
+    near, far = FakeBackend(), FakeBackend()
+    pool = two_distances(near, far)
+    async with pool:
+        for _ in range(3):
+            assert await pool.run(work, 0.02) == "done"
+        assert await asyncio.gather(pool.run(work, 0.02), pool.run(work, 0.02)) == ["done"] * 2
+        assert sum(far.calls_by_agent.values()) == 0
+        assert sum(near.calls_by_agent.values()) == 5
+
+
+async def test_a_call_spills_far_when_the_expected_near_wait_exceeds_the_extra_round_trip() -> None:
+    # Calls take 1 s: waiting for the near agent would cost more than the 95 ms round trip.
+    near, far = FakeBackend(), FakeBackend()
+    pool = two_distances(near, far)
+    async with pool:
+        assert await pool.run(work, 1.0) == "done"
+        assert await asyncio.gather(pool.run(work, 1.0), pool.run(work, 1.0)) == ["done"] * 2
+        assert sum(far.calls_by_agent.values()) == 1
+
+
+async def test_a_call_held_for_a_near_agent_spills_once_it_has_waited_the_extra_round_trip() -> (
+    None
+):
+    # The near agent is expected back in 20 ms but runs a long call: after waiting 95 ms (what
+    # going far costs) the caller takes the far agent rather than wait on.
+    near, far = FakeBackend(), FakeBackend()
+    pool = two_distances(near, far)
+    async with pool:
+        for _ in range(3):
+            await pool.run(work, 0.02)
+        long = asyncio.create_task(pool.run(work, 30.0))
+        await asyncio.sleep(0)
+        short = asyncio.create_task(pool.run(work, 0.02))
+        done, _ = await asyncio.wait({long, short}, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {short}
+        assert sum(far.calls_by_agent.values()) == 1
+        assert pool.size == 2  # it waited for an agent there was, not for a new one
+        await long
+
+
 def test_the_cost_guard_gives_up_headroom_first_then_refuses_to_grow_saying_by_how_much() -> None:
     import dataclasses
 
@@ -605,3 +659,11 @@ async def test_agents_that_fell_back_to_on_demand_swap_back_to_spot_when_it_retu
         assert [a.placement.name for a in pool.agents] == ["spot"]
         assert any("swapped for a spot agent" in e.reason for e in pool.events)
         assert pool.size == 1
+
+
+def test_expected_wait_is_the_turn_of_the_call_over_the_completion_rate() -> None:
+    from shoal.pool.placing import expected_wait
+
+    assert expected_wait(0, 1.0, 4) == pytest.approx(0.25)  # the first of 4 agents to finish
+    assert expected_wait(3, 1.0, 4) == pytest.approx(1.0)  # behind three others
+    assert expected_wait(0, 1.0, 0) == float("inf")  # nobody to wait for

@@ -33,6 +33,9 @@ The rules:
   failed starts, and the calls lost on its agents may run again elsewhere. One agent lost in a
   placement that is otherwise well is that agent's (or its call's) failure, not the
   placement's.
+- **Spilling** (:func:`expected_wait`): a call takes an idle agent farther away only when the
+  wait it can expect for a busy nearer one (calls queued ahead + 1, times the mean run time,
+  over those agents) exceeds the extra round trip, or once it has waited that long.
 - **Cost**: the spend rate is Σ agents x their placement's price; a start that would take it
   over the ceiling is refused. ``cost_usd`` integrates the rate over time.
 """
@@ -94,6 +97,16 @@ class Site:
             and now >= self.notice_until
             and not (self.failures and self.starting)
         )
+
+
+def expected_wait(ahead: int, mean_service_s: float, agents: int) -> float:
+    """Seconds a call joining ``ahead`` waiting callers can expect to wait for one of
+    ``agents`` busy agents whose calls take ``mean_service_s`` on average: it is served at the
+    ``ahead + 1``-th completion, and they come ``agents / mean_service_s`` a second (infinite
+    without agents)."""
+    if agents <= 0:
+        return math.inf
+    return (ahead + 1) * mean_service_s / agents
 
 
 class Placer:

@@ -11,6 +11,7 @@ every interleaving directly.
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 import zlib
@@ -36,7 +37,7 @@ from shoal.pool.breaker import CrashLoopBreaker
 from shoal.pool.events import ScalingEvent
 from shoal.pool.metrics import MetricsRecorder, PoolMetrics, mean, percentile
 from shoal.pool.placement import Placement, PreemptionNotice
-from shoal.pool.placing import LOST_TOGETHER_S, Placer
+from shoal.pool.placing import LOST_TOGETHER_S, Placer, expected_wait
 from shoal.pool.waitqueue import Waiter, WaitQueue
 
 STARTING, IDLE, CHECKING, BUSY, STOPPING, STOPPED = (
@@ -156,6 +157,8 @@ class PoolState:
         self._multi = self.placer.multi
         # Placements at different distances: a call takes the nearest idle agent.
         self._nearest = len({s.placement.rtt_ms for s in self.placer.order}) > 1
+        self._min_rtt = min(s.placement.rtt_ms for s in self.placer.order)
+        self._hold_until = math.inf  # a caller waits for a nearer agent until then, then spills
         self.doomed = 0  # live agents under a preemption notice: going, replaced already
         self._doomed_stopping = 0  # agents under a notice, being stopped
         self._swapping = False  # a spot agent is starting to take an on-demand one's place
@@ -688,6 +691,10 @@ class PoolState:
             deadline = min(deadline, self.breaker.backoff_until)
         if self._multi:
             deadline = min(deadline, self.placer.next_retry(now))
+        if self._hold_until <= now:
+            self._hold_until = math.inf
+        elif self._hold_until < math.inf:
+            deadline = min(deadline, self._hold_until)
         if self.doomed:
             for agent in self.agents.values():
                 due = agent.preempt_deadline
@@ -794,6 +801,8 @@ class PoolState:
         while idle:
             if self._nearest:
                 agent = self._nearest_idle()
+                if self._worth_waiting(agent, now):
+                    return None  # a nearer busy agent is expected back sooner: wait for it
                 idle.remove(agent)
             else:
                 agent = idle.pop() if self._mru else idle.popleft()
@@ -804,6 +813,38 @@ class PoolState:
             self._set(agent, BUSY)
             return agent
         return None
+
+    def _worth_waiting(self, far: PooledAgent, now: float) -> bool:
+        """Whether the caller at the head (or arriving, if nobody waits) should wait for a busy
+        agent nearer than ``far``, the nearest idle one: when the wait it can expect there is
+        less than the extra round trip, and it has not waited that long yet."""
+        rtt = far.placement.rtt_ms
+        exec_times = self.metrics.exec_times
+        if not exec_times or rtt <= self._min_rtt:
+            return False
+        head = self.queue.oldest()
+        waited = now - head.enqueued_at if head is not None else 0.0
+        mean_s = exec_times.mean()
+        by_rtt: dict[float, int] = {}
+        for agent in self.agents.values():
+            if (
+                agent.state is BUSY
+                and agent.placement.rtt_ms < rtt
+                and agent.draining is None
+                and agent.retire_reason is None
+                and agent.preempt_deadline is None
+            ):
+                near = agent.placement.rtt_ms
+                by_rtt[near] = by_rtt.get(near, 0) + 1
+        for near, n in by_rtt.items():
+            extra_s = (rtt - near) / 1000.0
+            if waited + 1e-9 < extra_s and expected_wait(0, mean_s, n) < extra_s:
+                until = now - waited + extra_s
+                if self._hold_until <= now or until < self._hold_until:
+                    self._hold_until = until
+                    self.poke = True  # the spill is a deadline maintenance must wake for
+                return True
+        return False
 
     def _nearest_idle(self) -> PooledAgent:
         """The idle agent with the lowest round trip from the caller; among equals, the one
@@ -852,7 +893,8 @@ class PoolState:
         size = self.size - self.doomed
         waiting = len(self.queue)
         # One new agent serves max_concurrency waiters.
-        demand = -(-waiting // self._slots) - c[STARTING] if self.config.on_demand else 0
+        # Idle agents held back for a nearer busy one (a spill deadline away) count as supply.
+        demand = -(-waiting // self._slots) - c[STARTING] - c[IDLE] if self.config.on_demand else 0
         floor = self.target - size
         if self.breaker.broken is not None and not c[STARTING]:
             floor = max(floor, 1)  # keep probing, one start per back-off, to notice recovery
