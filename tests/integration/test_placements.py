@@ -7,9 +7,11 @@ agents, their starts, their deaths and the calls are real."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
+import sys
 from typing import Any
 
 import pytest
@@ -152,6 +154,67 @@ async def test_a_placement_whose_agents_are_all_killed_at_once_loses_no_call() -
         m = pool.metrics
         assert m.requeued == 3 and m.requests_total == 3
         assert any("placement a down" in e.reason for e in pool.events)
+
+
+def _dead_socket(tmp_path: Any) -> str:
+    """A unix socket file nobody listens on: an engine that is not running."""
+    path = str(tmp_path / "engine.sock")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(path)
+    return path
+
+
+def _unraisable(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    seen: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(repr(u.exc_value)))
+    return seen
+
+
+def test_a_container_engine_refusing_connections_leaks_no_socket(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("docker")
+    from shoal.backends.container import ContainerBackend
+    from shoal.errors import BackendError
+
+    seen = _unraisable(monkeypatch)
+    boxes = ContainerBackend("python:3.11-slim", base_url=f"unix://{_dead_socket(tmp_path)}")
+    with pytest.raises(BackendError, match=r"cannot reach a container engine at unix://.*refused"):
+        boxes._engine()
+    gc.collect()
+    assert not [w for w in seen if "unclosed" in w], seen
+
+
+async def test_a_container_placement_with_no_engine_fails_over_and_no_call_is_lost(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cheaper placement's engine is down (its socket refuses connections): its starts fail,
+    # the pool says so and starts agents on the process placement; every call is answered.
+    pytest.importorskip("docker")
+    from shoal.backends.container import ContainerBackend
+
+    seen = _unraisable(monkeypatch)
+    boxes = ContainerBackend("python:3.11-slim", base_url=f"unix://{_dead_socket(tmp_path)}")
+    fallback = Counting()
+    pool = AgentPool(
+        "boxes-down",
+        min_size=1,
+        max_size=3,
+        start_timeout=60,
+        placements=[
+            {"name": "box", "price_per_hour": 0.1, "backend": boxes},
+            {"name": "proc", "price_per_hour": 1.0, "backend": fallback},
+        ],
+    )
+    async with pool:
+        results = await asyncio.gather(*(pool.run(workers.add, i, 1) for i in range(12)))
+        assert results == [i + 1 for i in range(12)]
+        assert not pool.broken
+        assert {a.placement.name for a in pool.agents} == {"proc"} and fallback.started
+        failed = [e for e in pool.events if e.kind == "start_failed"]
+        assert failed and all("cannot reach a container engine" in e.reason for e in failed)
+    gc.collect()
+    assert not [w for w in seen if "unclosed" in w], seen
 
 
 @pytest.mark.container

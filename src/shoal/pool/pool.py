@@ -368,6 +368,8 @@ class AgentPool:
         try:
             starts = self._flush()
             errors = [e for e in await asyncio.gather(*starts) if e is not None]
+            if errors and st.judges_placements:
+                errors = await self._failed_over(errors)
             if self.size > 0:  # fewer agents than asked, for want of room: warned, and it serves
                 errors = [e for e in errors if not isinstance(e, ResourcesUnavailable)]
         except BaseException:
@@ -376,6 +378,16 @@ class AgentPool:
         if errors:
             await self.aclose()
             raise errors[0]
+
+    async def _failed_over(self, errors: list[BaseException]) -> list[BaseException]:
+        """Starts failed on one placement at :meth:`start`: the pool started agents elsewhere
+        in their place; wait for those, and forget the errors if they make ``min_size``."""
+        for _ in range(2 * len(self.placements)):
+            pending = list(self._starting.values())
+            if not pending:
+                break
+            errors += [e for e in await asyncio.gather(*pending) if e is not None]
+        return [] if self.size >= self.config.min_size else errors
 
     async def aclose(self) -> None:
         """Close in stages: refuse new calls, fail waiting ones, stop idle agents, give busy
