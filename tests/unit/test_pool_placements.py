@@ -212,6 +212,43 @@ async def test_a_call_that_finishes_within_the_notice_is_not_requeued() -> None:
         assert pool.metrics.requeued == 0
 
 
+async def test_a_call_expected_to_outlast_the_notice_is_requeued_at_once() -> None:
+    # Calls here take 100 s; the notice gives 30: the running call cannot finish, so it is
+    # cancelled and re-queued now, not at the deadline, and answered on demand.
+    spot = FakeBackend(call_time=100.0)
+    pool = pool_of(
+        {"name": "spot", "capacity": "spot", "price_per_hour": 0.3, "backend": spot},
+        {"name": "od", "price_per_hour": 1.0},
+    )
+    async with pool:
+        await on_spot(pool)
+        assert await pool.run(who) == "ok"  # the pool learns how long a call takes
+        call = asyncio.create_task(pool.run(who))
+        await asyncio.sleep(1)
+        loop = asyncio.get_running_loop()
+        pool.preempt(PreemptionNotice("spot", deadline=loop.time() + 30))
+        await asyncio.sleep(1)
+        assert pool.metrics.requeued == 1  # 28 s before the deadline
+        assert await call == "ok"
+
+
+async def test_a_call_expected_to_finish_within_the_notice_runs_on() -> None:
+    spot = FakeBackend(call_time=5.0)
+    pool = pool_of(
+        {"name": "spot", "capacity": "spot", "price_per_hour": 0.3, "backend": spot},
+        {"name": "od", "price_per_hour": 1.0},
+    )
+    async with pool:
+        await on_spot(pool)
+        assert await pool.run(who) == "ok"
+        call = asyncio.create_task(pool.run(who))
+        await asyncio.sleep(1)
+        pool.preempt(PreemptionNotice("spot", deadline=asyncio.get_running_loop().time() + 30))
+        assert await call == "ok"
+        assert pool.metrics.requeued == 0
+        assert sum(spot.calls_by_agent.values()) == 2  # it finished where it ran
+
+
 async def test_on_preempt_fail_raises_preempted_instead_of_running_twice() -> None:
     spot = FakeBackend(call_time=100.0)
     pool = pool_of({"name": "spot", "capacity": "spot", "backend": spot}, {"name": "od"})

@@ -33,6 +33,8 @@ The rules:
   failed starts, and the calls lost on its agents may run again elsewhere. One agent lost in a
   placement that is otherwise well is that agent's (or its call's) failure, not the
   placement's.
+- **Early cancel** (:func:`outlasts`): a call under a notice that is expected to run past the
+  reclaim is cancelled and re-queued at once rather than at the deadline.
 - **Spilling** (:func:`expected_wait`): a call takes an idle agent farther away only when the
   wait it can expect for a busy nearer one (calls queued ahead + 1, times the mean run time,
   over those agents) exceeds the extra round trip, or once it has waited that long.
@@ -107,6 +109,14 @@ def expected_wait(ahead: int, mean_service_s: float, agents: int) -> float:
     if agents <= 0:
         return math.inf
     return (ahead + 1) * mean_service_s / agents
+
+
+def outlasts(elapsed_s: float, mean_service_s: float, left_s: float) -> bool:
+    """Whether a call running for ``elapsed_s``, where calls take ``mean_service_s`` on
+    average, is expected to run past a reclaim ``left_s`` from now: it is expected to need the
+    rest of the mean, or, once it has outrun the mean, another mean (a long one runs long)."""
+    remaining = mean_service_s - elapsed_s if elapsed_s < mean_service_s else mean_service_s
+    return remaining > left_s
 
 
 class Placer:

@@ -37,7 +37,7 @@ from shoal.pool.breaker import CrashLoopBreaker
 from shoal.pool.events import ScalingEvent
 from shoal.pool.metrics import MetricsRecorder, PoolMetrics, mean, percentile
 from shoal.pool.placement import Placement, PreemptionNotice
-from shoal.pool.placing import LOST_TOGETHER_S, Placer, expected_wait
+from shoal.pool.placing import LOST_TOGETHER_S, Placer, expected_wait, outlasts
 from shoal.pool.waitqueue import Waiter, WaitQueue
 
 STARTING, IDLE, CHECKING, BUSY, STOPPING, STOPPED = (
@@ -1026,6 +1026,11 @@ class PoolState:
                 self.partial.pop(agent, None)
                 if agent.draining is None:
                     agent.draining = why  # no new call; retired when its calls are back
+                if self._outlasts(agent, notice.deadline, now):
+                    # Expected to run past the reclaim: cancel it now and run it elsewhere,
+                    # rather than spend the notice on work that is lost anyway.
+                    agent.preempted = True
+                    self.call_failed(agent, f"{why}: its call would outlast the notice", kill=True)
         in_s = notice.deadline - now
         self.note(
             f"preemption notice for {site.name}: {len(hit)} agent(s) gone in {in_s:.0f} s"
@@ -1037,6 +1042,15 @@ class PoolState:
         self._pump(now)
         self.poke = True  # the deadline is one
         return hit
+
+    def _outlasts(self, agent: PooledAgent, deadline: float, now: float) -> bool:
+        """Whether ``agent``'s calls are expected to run past ``deadline`` (from the pool's
+        mean run time; without one yet, nobody knows: they run until the deadline)."""
+        exec_times = self.metrics.exec_times
+        if not exec_times or not agent.calls or agent.retire_reason is not None:
+            return False
+        since = min(lease.acquired_at for lease in agent.leases)
+        return outlasts(now - since, exec_times.mean(), deadline - now)
 
     def _reclaim(self, now: float) -> None:
         """Preemption deadlines that have come: cancel the calls still running there."""
