@@ -390,3 +390,37 @@ def test_a_placement_is_judged_down_only_when_its_agents_go_together_or_its_star
     for _ in range(3):
         one.lost(site, 1.0)
     assert not one.failed_at(site, 1.0)  # one placement: nowhere to fail over to
+
+
+def test_the_chance_a_call_under_notice_finishes_is_a_conditional_probability() -> None:
+    """finish_chance over the pool's run-time window: within [0, 1]; never lower for more time
+    left; 0 for a call that has outrun every call seen, 1 when every longer call seen would
+    have finished in the time left."""
+    import bisect
+
+    from hypothesis import given
+
+    from shoal.pool.metrics import Window
+    from shoal.pool.placing import finish_chance
+
+    @given(
+        runs=st.lists(st.floats(0.001, 100.0), min_size=1, max_size=40),
+        elapsed=st.floats(0.0, 120.0),
+        left=st.floats(0.0, 60.0),
+        more=st.floats(0.0, 60.0),
+    )
+    def run(runs: list[float], elapsed: float, left: float, more: float) -> None:
+        window = Window()
+        for r in runs:
+            window.append(r)
+        chance = finish_chance(window.share_at_most, elapsed, left)
+        assert 0.0 <= chance <= 1.0 + 1e-12
+        assert finish_chance(window.share_at_most, elapsed, left + more) >= chance - 1e-12
+        ordered = sorted(runs)
+        longer = ordered[bisect.bisect_right(ordered, elapsed) :]
+        if not longer:
+            assert chance == 0.0
+        elif longer[-1] <= elapsed + left:
+            assert chance == 1.0
+
+    run()

@@ -33,8 +33,9 @@ The rules:
   failed starts, and the calls lost on its agents may run again elsewhere. One agent lost in a
   placement that is otherwise well is that agent's (or its call's) failure, not the
   placement's.
-- **Early cancel** (:func:`outlasts`): a call under a notice that is expected to run past the
-  reclaim is cancelled and re-queued at once rather than at the deadline.
+- **Early cancel** (:func:`finish_chance`): a call under a notice that past calls' run times
+  give less than ``EARLY_CANCEL_BELOW`` chance to finish before the reclaim is cancelled and
+  re-queued at once rather than at the deadline.
 - **Spilling** (:func:`expected_wait`): a call takes an idle agent farther away only when the
   wait it can expect for a busy nearer one (calls queued ahead + 1, times the mean run time,
   over those agents) exceeds the extra round trip, or once it has waited that long.
@@ -46,7 +47,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from shoal.pool.placement import Placement
@@ -111,12 +112,18 @@ def expected_wait(ahead: int, mean_service_s: float, agents: int) -> float:
     return (ahead + 1) * mean_service_s / agents
 
 
-def outlasts(elapsed_s: float, mean_service_s: float, left_s: float) -> bool:
-    """Whether a call running for ``elapsed_s``, where calls take ``mean_service_s`` on
-    average, is expected to run past a reclaim ``left_s`` from now: it is expected to need the
-    rest of the mean, or, once it has outrun the mean, another mean (a long one runs long)."""
-    remaining = mean_service_s - elapsed_s if elapsed_s < mean_service_s else mean_service_s
-    return remaining > left_s
+EARLY_CANCEL_BELOW = 0.1  # a call under notice less likely than this to finish is cancelled now
+
+
+def finish_chance(cdf: Callable[[float], float], elapsed_s: float, left_s: float) -> float:
+    """The chance that a call running for ``elapsed_s`` finishes within ``left_s`` more, from
+    ``cdf`` (the share of past calls that took at most so long): those that ran longer than
+    ``elapsed_s`` and at most ``elapsed_s + left_s``, among those that ran longer than
+    ``elapsed_s``. 0 for a call that has outrun every call seen."""
+    done = cdf(elapsed_s)
+    if done >= 1.0:
+        return 0.0
+    return (cdf(elapsed_s + left_s) - done) / (1.0 - done)
 
 
 class Placer:

@@ -452,7 +452,8 @@ class AgentPool:
 
         A call cancelled by a preemption (:class:`~shoal.errors.Preempted`) is re-queued at
         the head of the queue and runs again on another agent, up to ``PREEMPTED_RETRIES``
-        times; ``on_preempt="fail"`` raises it instead (for a call that must not run twice)."""
+        times; ``on_preempt="fail"`` raises it instead (for a call that must not run twice).
+        A call lost with its placement (the placement went down with it) counts as preempted."""
         kw = kwargs or {}
         lost = preempted = 0
         while True:

@@ -37,7 +37,13 @@ from shoal.pool.breaker import CrashLoopBreaker
 from shoal.pool.events import ScalingEvent
 from shoal.pool.metrics import MetricsRecorder, PoolMetrics, mean, percentile
 from shoal.pool.placement import Placement, PreemptionNotice
-from shoal.pool.placing import LOST_TOGETHER_S, Placer, expected_wait, outlasts
+from shoal.pool.placing import (
+    EARLY_CANCEL_BELOW,
+    LOST_TOGETHER_S,
+    Placer,
+    expected_wait,
+    finish_chance,
+)
 from shoal.pool.waitqueue import Waiter, WaitQueue
 
 STARTING, IDLE, CHECKING, BUSY, STOPPING, STOPPED = (
@@ -1044,13 +1050,14 @@ class PoolState:
         return hit
 
     def _outlasts(self, agent: PooledAgent, deadline: float, now: float) -> bool:
-        """Whether ``agent``'s calls are expected to run past ``deadline`` (from the pool's
-        mean run time; without one yet, nobody knows: they run until the deadline)."""
+        """Whether ``agent``'s calls are unlikely to finish by ``deadline``, from the run times
+        of the pool's past calls (without any yet, nobody knows: they run to the deadline)."""
         exec_times = self.metrics.exec_times
         if not exec_times or not agent.calls or agent.retire_reason is not None:
             return False
         since = min(lease.acquired_at for lease in agent.leases)
-        return outlasts(now - since, exec_times.mean(), deadline - now)
+        chance = finish_chance(exec_times.share_at_most, now - since, deadline - now)
+        return chance < EARLY_CANCEL_BELOW
 
     def _reclaim(self, now: float) -> None:
         """Preemption deadlines that have come: cancel the calls still running there."""
