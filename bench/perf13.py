@@ -166,7 +166,7 @@ def busy_loops(n: int) -> list[subprocess.Popen[bytes]]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
 
-def sim_rows(quick: bool, policies: list[str]) -> list[tuple[str, str, int, float]]:
+def sim_rows(quick: bool, policies: list[str]) -> list[tuple[str, str, int, float, float]]:
     scale = 0.1 if quick else 1.0
     traces = [
         ("6 h, diurnal", workload.diurnal(rate=16.0, duration=6 * 3600 * scale, seed=1)),
@@ -175,11 +175,17 @@ def sim_rows(quick: bool, policies: list[str]) -> list[tuple[str, str, int, floa
     rows = []
     for label, wl in traces:
         for policy in policies:
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             simulate(wl, policy, max_size=200)
             dt_s = time.perf_counter() - t
-            rows.append((label, policy, len(wl), dt_s))
-            print(f"  sim {label} {policy}: {len(wl) / dt_s:,.0f} req/s", flush=True)
+            # CPU time too: on a shared machine the wall time also counts other processes' turns.
+            cpu_s = time.process_time() - cpu
+            rows.append((label, policy, len(wl), dt_s, cpu_s))
+            print(
+                f"  sim {label} {policy}: {len(wl) / dt_s:,.0f} req/s "
+                f"({len(wl) / cpu_s:,.0f} per CPU-second)",
+                flush=True,
+            )
     return rows
 
 
@@ -236,7 +242,7 @@ def _spec() -> Any:
 
 def table(
     loads: dict[str, dict[str, list[Row]]],
-    sims: list[tuple[str, str, int, float]],
+    sims: list[tuple[str, str, int, float, float]],
     containers: tuple[float, float] | None = None,
 ) -> str:
     lines = [
@@ -300,12 +306,12 @@ def table(
             "< 1x multiprocessing.Pool.map",
             a < b,
         )
-    for label, policy, n, secs in sims:
+    for label, policy, n, secs, cpu_s in sims:
         rate = n / secs
         lines.append(
             f"| `shoal simulate`, {label}, {n:,} requests, `{policy}` | after the rounds | "
-            f"{secs:.1f} s = {rate:,.0f} req/s | | | ≥ 50,000 req/s | "
-            f"{'PASS' if rate >= 50_000 else 'MISS'} |"
+            f"{secs:.1f} s = {rate:,.0f} req/s (CPU {cpu_s:.1f} s = {n / cpu_s:,.0f}/s) | | | "
+            f"≥ 50,000 req/s | {'PASS' if rate >= 50_000 else 'MISS'} |"
         )
     if containers is not None:
         a, b = containers
@@ -348,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     load_at_start = _loadavg()
     loads: dict[str, dict[str, list[Row]]] = {}
     try:
-        for load in args.loads.split(","):
+        for load in [name for name in args.loads.split(",") if name]:
             loops = busy_loops(2) if load == "busy" else []
             at = _loadavg().split()[0]
             print(f"{load} ({len(loops)} busy loops), load average {at}", flush=True)

@@ -8,8 +8,10 @@ event loop's clock through :class:`LoopClock`, so the same code runs in real tim
 from __future__ import annotations
 
 import asyncio
+import heapq
 import selectors
 import time
+from asyncio import base_events
 from collections.abc import Coroutine
 from typing import Any, Protocol, TypeVar
 
@@ -52,15 +54,16 @@ class _VirtualSelector(selectors.BaseSelector):
         self._loop = loop
         self._inner = inner
         self._skipped = 0
+        self._registered = 0  # descriptors registered (the loop's wake-up pipe is one)
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         # A simulation registers no descriptor but the loop's wake-up pipe, which matters only
         # to a loop that blocks (this one never does) and to signal handlers: skip the system
         # call on most iterations then, as it would otherwise cost more than the step it runs.
         if (
-            len(self._inner.get_map()) <= 1
-            and not self._loop.has_signal_handlers()
+            self._registered <= 1
             and self._skipped < self._POLL_EVERY
+            and not self._loop.has_signal_handlers()
         ):
             self._skipped += 1
             ready = []
@@ -80,10 +83,14 @@ class _VirtualSelector(selectors.BaseSelector):
         return []
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._inner.register(fileobj, events, data)
+        key = self._inner.register(fileobj, events, data)
+        self._registered += 1
+        return key
 
     def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._inner.unregister(fileobj)
+        key = self._inner.unregister(fileobj)
+        self._registered -= 1
+        return key
 
     def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         return self._inner.modify(fileobj, events, data)
@@ -116,6 +123,58 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def has_signal_handlers(self) -> bool:
         """Whether ``add_signal_handler`` is in use (its signals arrive through a pipe)."""
         return bool(getattr(self, "_signal_handlers", None))
+
+    def _run_once(self) -> None:
+        """asyncio's loop iteration, trimmed for virtual time: the same order of work (drop
+        cancelled timers, poll, move due timers to the ready queue, run what was ready), with
+        no real clock to read and no I/O to process when nothing is ready. A simulation runs
+        millions of these, so each saved lookup counts."""
+        if self._debug:  # type: ignore[attr-defined]
+            super()._run_once()  # type: ignore[misc]
+            return
+        scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
+        count = len(scheduled)
+        if (
+            count > base_events._MIN_SCHEDULED_TIMER_HANDLES  # type: ignore[attr-defined]
+            and self._timer_cancelled_count / count  # type: ignore[attr-defined]
+            > base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION  # type: ignore[attr-defined]
+        ):
+            super()._run_once()  # type: ignore[misc]  # it sweeps the cancelled timers
+            return
+        while scheduled and scheduled[0]._cancelled:
+            self._timer_cancelled_count -= 1  # type: ignore[attr-defined]
+            heapq.heappop(scheduled)._scheduled = False  # type: ignore[attr-defined]
+        ready = self._ready  # type: ignore[attr-defined]
+        if ready or self._stopping:  # type: ignore[attr-defined]
+            timeout: float | None = 0
+        elif scheduled:
+            timeout = max(0.0, scheduled[0]._when - self._virtual_now)  # type: ignore[attr-defined]
+        else:
+            timeout = None
+        sel: _VirtualSelector = self._selector  # type: ignore[attr-defined]
+        if (
+            timeout is not None
+            and sel._registered <= 1
+            and sel._skipped < sel._POLL_EVERY
+            and not self.has_signal_handlers()
+        ):
+            sel._skipped += 1  # what select() would do, without the call
+            if timeout > 0:
+                self._virtual_now += timeout
+        else:
+            events = sel.select(timeout)
+            if events:
+                self._process_events(events)  # type: ignore[attr-defined]
+        end = self._virtual_now + self._clock_resolution  # type: ignore[attr-defined]
+        pop = heapq.heappop
+        while scheduled and scheduled[0]._when < end:  # type: ignore[attr-defined]
+            handle = pop(scheduled)
+            handle._scheduled = False  # type: ignore[attr-defined]
+            ready.append(handle)
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
 
     def advance(self, seconds: float) -> None:
         """Move the clock forward; timers due by then run on the next loop iteration."""

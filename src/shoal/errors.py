@@ -121,6 +121,11 @@ def agent_failed(exc: BaseException) -> bool:
     return isinstance(exc, CallTimeout) and not isinstance(exc.__cause__, RemoteTraceback)
 
 
+class CallRecalled(AgentError):
+    """A call the pool took back from an agent before it started, to run it on an agent that
+    came free sooner. The pool's own calls retry it; it is never raised to their callers."""
+
+
 class CallTimeout(AgentError, TimeoutError):
     """A call ran past its timeout; the agent running it was killed and is replaced."""
 

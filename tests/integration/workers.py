@@ -240,3 +240,21 @@ def log_through_ctx_logger(message: str) -> int:
     ctx.logger.info("%s from the agent", message)
     ctx.logger.debug("a debug line the controller does not want")
     return os.getpid()
+
+
+def gated(gate: str, log: str, tag: str) -> tuple[str, int]:
+    """Note ``tag`` as started in ``log``, then wait (up to 120 s) until the file ``gate``
+    exists: a call that runs exactly as long as the test wants."""
+    with open(log, "a") as f:
+        f.write(f"start {tag} {os.getpid()}\n")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return tag, os.getpid()
+
+
+def logged(log: str, tag: str) -> tuple[str, int]:
+    """Note ``tag`` as run in ``log``: a call whose runs the test can count."""
+    with open(log, "a") as f:
+        f.write(f"run {tag} {os.getpid()}\n")
+    return tag, os.getpid()

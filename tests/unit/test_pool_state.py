@@ -21,7 +21,7 @@ from hypothesis.stateful import (
 from shoal.config import PoolConfig
 from shoal.errors import AgentLost, PoolAtCapacity, PoolBroken, PoolError
 from shoal.pool.agent import AgentState, Lease, PooledAgent
-from shoal.pool.state import Assign, Check, Kill, Log, PoolState, Reject, Start, Stop
+from shoal.pool.state import Assign, Check, Kill, Log, PoolState, Recall, Reject, Start, Stop
 from shoal.pool.waitqueue import Waiter
 
 
@@ -42,6 +42,8 @@ class Caller:
 
 
 class PoolStateMachine(RuleBasedStateMachine):
+    prefetch = False  # subclasses that set their pools up themselves keep prefetch off
+
     @initialize(
         min_size=st.integers(0, 2),
         extra=st.integers(0, 3),
@@ -49,6 +51,7 @@ class PoolStateMachine(RuleBasedStateMachine):
         on_demand=st.booleans(),
         mru=st.booleans(),
         slots=st.sampled_from([1, 1, 2, 3]),
+        prefetch=st.booleans(),
     )
     def setup(
         self,
@@ -58,6 +61,19 @@ class PoolStateMachine(RuleBasedStateMachine):
         on_demand: bool,
         mru: bool,
         slots: int,
+        prefetch: bool,
+    ) -> None:
+        self._setup(min_size, extra, max_queue, on_demand, mru, slots, prefetch)
+
+    def _setup(
+        self,
+        min_size: int,
+        extra: int,
+        max_queue: int | None,
+        on_demand: bool,
+        mru: bool,
+        slots: int,
+        prefetch: bool,
     ) -> None:
         self.config = PoolConfig(
             name="p",
@@ -76,6 +92,8 @@ class PoolStateMachine(RuleBasedStateMachine):
         )
         self.now = 0.0
         self.state = PoolState(self.config)
+        # Prefetch: a second (queued) lease on a busy one-call agent, for prefetchable callers.
+        self.state.prefetch = self.prefetch = prefetch and slots == 1
         self.starting: list[PooledAgent] = []
         self.stopping: list[PooledAgent] = []
         self.checking: list[PooledAgent] = []
@@ -126,6 +144,12 @@ class PoolStateMachine(RuleBasedStateMachine):
                 elif isinstance(action, Check):
                     assert action.agent.state is AgentState.CHECKING
                     self.checking.append(action.agent)
+                elif isinstance(action, Recall):
+                    # The shell asks the agent not to start that call; its caller still holds
+                    # the lease until the answer (not started: released unused, asked again).
+                    lease = action.lease
+                    assert lease.prefetched and lease.recalled and not lease.released
+                    assert any(c.lease is lease for c in self.all_callers)
                 else:
                     assert isinstance(action, Log)
 
@@ -133,6 +157,9 @@ class PoolStateMachine(RuleBasedStateMachine):
 
     @rule()
     def request(self) -> None:
+        self._request(self.n % 3 != 1)
+
+    def _request(self, prefetchable: bool) -> None:
         self.n += 1
         caller = Caller(self.n)
         self.all_callers.append(caller)
@@ -146,7 +173,7 @@ class PoolStateMachine(RuleBasedStateMachine):
             caller.answers += 1
             caller.lease = lease
             return
-        caller.waiter = Waiter(self.now, caller)
+        caller.waiter = Waiter(self.now, caller, prefetchable=prefetchable)
         try:
             self.state.enqueue(caller.waiter, self.now)
         except (PoolAtCapacity, PoolBroken):
@@ -171,7 +198,8 @@ class PoolStateMachine(RuleBasedStateMachine):
         assert self.state.abandon(caller.waiter)
         caller.waiter = None
         caller.answers += 1  # the timeout or cancel is its answer
-        self.waiting_order.remove(caller)
+        if caller in self.waiting_order:  # (a call re-queued at the head is not in it)
+            self.waiting_order.remove(caller)
         self.perform()
 
     @precondition(lambda self: bool(self.holders()))
@@ -316,7 +344,7 @@ class PoolStateMachine(RuleBasedStateMachine):
             per_agent[lease.agent] = per_agent.get(lease.agent, 0) + 1
             if lease.agent.state is AgentState.BUSY:
                 assert lease in lease.agent.leases
-        slots = self.config.max_concurrency
+        slots = self.config.max_concurrency + (1 if self.prefetch else 0)
         assert all(n <= slots for n in per_agent.values()), "an agent held past its slots"
         for agent in self.state.agents.values():
             assert len(agent.leases) <= slots
@@ -329,6 +357,18 @@ class PoolStateMachine(RuleBasedStateMachine):
                 assert agent.state is AgentState.BUSY and len(agent.leases) < slots
                 assert agent.retire_reason is None and agent.draining is None
         assert self.state._held == sum(len(a.leases) for a in self.state.agents.values())
+
+    @invariant()
+    def prefetched_calls_wait_only_behind_a_call_and_never_beside_a_free_agent(self) -> None:
+        st_ = self.state
+        for lease in st_.queued:
+            assert self.prefetch and lease.prefetched and not lease.released
+            assert lease.agent.state is AgentState.BUSY and len(lease.agent.leases) == 2
+            assert any(c.lease is lease and c.waiter is None for c in self.all_callers)
+        if st_.queued:
+            # Every agent that is free has a recalled call coming to it.
+            recalled = [c for c in self.holders() if c.lease is not None and c.lease.recalled]
+            assert len(st_.idle) <= len(recalled), "a call waits behind another beside a free agent"
 
     @invariant()
     def no_idle_capacity_while_callers_wait(self) -> None:
@@ -381,6 +421,40 @@ class PoolStateMachine(RuleBasedStateMachine):
 
 TestPoolState = PoolStateMachine.TestCase
 TestPoolState.settings = settings(
+    max_examples=300,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+class PrefetchMachine(PoolStateMachine):
+    """The same rules and invariants, on pools where prefetch is always on: small one-call
+    pools that are often all busy with callers waiting."""
+
+    @initialize(min_size=st.integers(2, 3), extra=st.integers(0, 1), mru=st.booleans())
+    def setup(self, min_size: int, extra: int, mru: bool) -> None:  # type: ignore[override]
+        self._setup(min_size, extra, None, True, mru, 1, True)
+        for agent in self.starting:  # start warm
+            self.state.agent_started(agent, Handle(), self.now)
+        self.starting = []
+        self.perform()
+
+    @rule(prefetchable=st.lists(st.booleans(), min_size=3, max_size=3))
+    def burst(self, prefetchable: list[bool]) -> None:
+        """Callers arriving together: the way a pool gets all busy with callers waiting."""
+        for p in prefetchable:
+            self._request(p)
+
+    @precondition(lambda self: bool(self.holders()))
+    @rule(data=st.data())
+    def finish_one(self, data: st.DataObject) -> None:
+        """A call ends and its caller gives the agent back (the shell's common path)."""
+        self.release(data, True)
+
+
+TestPrefetch = PrefetchMachine.TestCase
+TestPrefetch.settings = settings(
     max_examples=300,
     stateful_step_count=60,
     deadline=None,

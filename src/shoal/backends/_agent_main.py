@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 try:
@@ -530,17 +530,26 @@ def main() -> None:
         return
     poller = select.poll()
     poller.register(cmd_fd, select.POLLIN)
+    # Frames read ahead of the one being served: the pool may write the next call while this
+    # one runs (prefetch), and then a CANCEL of it, which must be seen before it starts.
+    backlog: deque[tuple[int, bytes]] = deque()
     while True:
-        if spin_s:
-            _spin_for_command(poller, spin_s)
-        header = _wire.read_exact(cmd_fd, _wire.HEADER.size)
-        if header is None:
-            return
-        size, call_id = _wire.HEADER.unpack(header)
-        body = _wire.read_exact(cmd_fd, size)
-        if body is None:
-            return
+        if backlog:
+            call_id, body = backlog.popleft()
+        else:
+            if spin_s:
+                _spin_for_command(poller, spin_s)
+            got = _wire.recv(cmd_fd)
+            if got is None:
+                return
+            call_id, body = got
         if call_id:
+            if not _read_ahead(poller, cmd_fd, backlog):
+                return
+            if backlog and _cancelled(backlog, call_id):
+                with lock:
+                    send(res_fd, _wire.NOT_STARTED_MSG, call_id)
+                continue
             if beat is None:
                 reply = serve(body, functions)
                 _exit_if_forked()
@@ -558,6 +567,28 @@ def main() -> None:
                 send(res_fd, _wire.PONG_MSG)
         elif body == _wire.STOP_MSG:
             return
+        # Anything else is a CANCEL of a call that has run already: nothing to do.
+
+
+def _read_ahead(poller: select.poll, fd: int, backlog: deque[tuple[int, bytes]]) -> bool:
+    """Take in every frame already waiting on ``fd``, without blocking; False at end of file."""
+    while poller.poll(0):
+        got = _wire.recv(fd)
+        if got is None:
+            return False
+        backlog.append(got)
+    return True
+
+
+def _cancelled(backlog: deque[tuple[int, bytes]], call_id: int) -> bool:
+    """Whether a CANCEL of ``call_id`` waits in ``backlog`` (it is then removed)."""
+    for i, (cid, body) in enumerate(backlog):
+        if cid == _wire.CONTROL and body not in (_wire.PING_MSG, _wire.STOP_MSG):
+            msg = pickle.loads(body)
+            if msg[0] == _wire.CANCEL and msg[1] == call_id:
+                del backlog[i]
+                return True
+    return False
 
 
 if __name__ == "__main__":

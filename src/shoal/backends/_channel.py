@@ -21,7 +21,7 @@ from typing import Any
 
 from shoal.backends import _ship, _wire
 from shoal.backends.base import AgentSpec
-from shoal.errors import AgentLost, AgentStartError
+from shoal.errors import AgentLost, AgentStartError, CallRecalled
 
 _READ_SIZE = 1 << 18
 
@@ -73,6 +73,7 @@ class Channel:
         "exit_code",
         "exited",
         "last_heard",
+        "ordered",
         "pending",
         "sent_keys",
     )
@@ -100,6 +101,9 @@ class Channel:
         self.exit_code: int | None = None
         self.exited: asyncio.Future[int] = loop.create_future()
         self.last_heard = self.busy_since = loop.time()
+        # The agent serves one call at a time, in the order sent: a call behind another
+        # outstanding one has not started, and can be taken back with recall().
+        self.ordered = False
         os.set_blocking(out_fd, False)
         os.set_blocking(in_fd, False)
         loop.add_reader(in_fd, self._on_readable)
@@ -123,6 +127,37 @@ class Channel:
         if not self.pending:
             self.busy_since = self._loop.time()
         self.pending[call_id] = call
+
+    def recall(self, future: asyncio.Future[Any]) -> bool:
+        """Ask the agent not to start the call behind ``future`` if it has not started yet;
+        True if it is known at once that it will not. The call then ends with
+        :class:`~shoal.errors.CallRecalled` (unless its future was cancelled), or, had it
+        started, as it would have: either way with one outcome.
+
+        On an ordered channel the answer is often known at once: the agent answers a call
+        before it reads the next, so if the call ahead is still unanswered once the replies
+        already written are read, this one has not started, and the CANCEL, now wholly in the
+        pipe ahead of the agent, will stop it (the agent's NOT_STARTED reply is then ignored).
+        """
+        call_id = next((i for i, c in self.pending.items() if c.future is future), None)
+        if call_id is None or (future.done() and not future.cancelled()):
+            return False
+        try:
+            self.send(pickle.dumps((_wire.CANCEL, call_id), _wire.PROTOCOL))
+        except AgentLost:
+            return False  # gone: finish() fails the call
+        if not self.ordered or self._out_buf or next(iter(self.pending)) == call_id:
+            return False
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self._reading and (data := os.read(self._in, _READ_SIZE)):
+                self._frames(data)
+        if call_id not in self.pending or next(iter(self.pending)) == call_id:
+            return False  # answered meanwhile, or it may have started
+        if not future.done():
+            future.set_exception(
+                CallRecalled(f"call {call_id} was taken back from agent {self.agent_id}")
+            )
+        return True
 
     def request(self, payload: bytes) -> asyncio.Future[tuple[Any, ...]]:
         """Send a control message (INIT, PING) and return a future for the agent's answer."""
@@ -222,6 +257,10 @@ class Channel:
         kind = reply[0]
         if kind == _wire.OK:
             fut.set_result(reply[1])
+        elif kind == _wire.NOT_STARTED:
+            fut.set_exception(
+                CallRecalled(f"call {call_id} was taken back from agent {self.agent_id}")
+            )
         elif kind == _wire.UNKNOWN_FN:
             # The agent evicted the function: send it again, whole, under a new id.
             self.sent_keys.discard(reply[1])
@@ -307,6 +346,20 @@ class Channel:
         for fd in {self._out, self._in, self._lifeline}:  # a socket may be both
             os.close(fd)
         self._out = self._in = self._lifeline = -1
+        if self.ordered:
+            # Only the oldest outstanding call can have started; the ones behind it never
+            # reached the agent's code and are safe to run elsewhere.
+            behind = list(self.pending.values())[1:]
+            for call in behind:
+                if not call.future.done():
+                    call.future.set_exception(
+                        AgentLost(
+                            f"{lost}; this call, queued behind another, had not started",
+                            self.agent_id,
+                            exit_code=code,
+                            delivered=False,
+                        )
+                    )
         self._fail_all(lambda: AgentLost(lost, self.agent_id, exit_code=code))
         self.exited.set_result(code)
 

@@ -26,6 +26,7 @@ INIT = 0  # (INIT, sys_path, setup, spin_s, heartbeat_interval_or_0, max_concurr
 CALL = 1  # (CALL, fn_key_or_None, pickled_fn_or_None, args, kwargs); None blob: use the kept fn
 PING = 2  # (PING,)
 STOP = 3  # (STOP,)
+CANCEL = 4  # (CANCEL, call_id): do not start that call if it has not started (id 0 frame)
 
 # Agent -> parent
 READY = 10  # (READY, pid)
@@ -36,12 +37,14 @@ UNPICKLABLE = 14  # (UNPICKLABLE, what, detail)
 PONG = 15  # (PONG,)
 UNKNOWN_FN = 16  # (UNKNOWN_FN, key): the agent no longer has that function; send it again
 HEARTBEAT = 17  # (HEARTBEAT,): still running a call, every heartbeat_interval seconds
+NOT_STARTED = 18  # (NOT_STARTED,): the reply to a call cancelled before it started
 
 # The fixed messages, pickled once: the agent recognises them by their bytes.
 PING_MSG = pickle.dumps((PING,), PROTOCOL)
 STOP_MSG = pickle.dumps((STOP,), PROTOCOL)
 PONG_MSG = pickle.dumps((PONG,), PROTOCOL)
 HEARTBEAT_MSG = pickle.dumps((HEARTBEAT,), PROTOCOL)
+NOT_STARTED_MSG = pickle.dumps((NOT_STARTED,), PROTOCOL)
 
 
 def frame(payload: bytes, call_id: int = CONTROL) -> bytes:

@@ -130,3 +130,20 @@ class MeasuresMemory(Protocol):
     """A backend that can read an agent's resident memory."""
 
     def memory_bytes(self, handle: Any) -> int | None: ...
+
+
+@runtime_checkable
+class Pipelines(Protocol):
+    """A backend whose one-call agents take calls in the order sent, so that the pool may send
+    an agent its next call while it runs one (prefetch), and take that call back unstarted.
+
+    ``pipelines(handle)`` says whether this agent does; ``recall(handle, future)`` asks it not
+    to start the call behind ``future`` (pending or cancelled) if it has not: the call then
+    fails with :class:`~shoal.errors.CallRecalled` or ends as it would have; True if it is
+    known at once that it will not start. If the agent dies, a call queued behind another
+    fails with ``AgentLost(delivered=False)``.
+    """
+
+    def pipelines(self, handle: Any) -> bool: ...
+
+    def recall(self, handle: Any, future: Any) -> bool: ...

@@ -198,6 +198,7 @@ class ContainerBackend:
             agent = ContainerAgent(
                 spec, container, Channel(spec.agent_id, chan, chan, life, kill), folder
             )
+            agent.channel.ordered = spec.max_concurrency == 1
         except BaseException as exc:
             listener.close()
             if run is not None and not run.done():
@@ -329,6 +330,12 @@ class ContainerBackend:
         kwargs: Mapping[str, Any],
     ) -> asyncio.Future[Any]:
         return handle.channel.call(fn, args, kwargs)
+
+    def pipelines(self, handle: ContainerAgent) -> bool:
+        return handle.channel.ordered
+
+    def recall(self, handle: ContainerAgent, future: asyncio.Future[Any]) -> bool:
+        return handle.channel.recall(future)
 
     async def check_health(self, handle: ContainerAgent) -> bool:
         return await _channel.check_health(handle)

@@ -101,6 +101,12 @@ class ProcessBackend:
     ) -> asyncio.Future[Any]:
         return handle.channel.call(fn, args, kwargs)
 
+    def pipelines(self, handle: ProcessAgent) -> bool:
+        return handle.channel.ordered
+
+    def recall(self, handle: ProcessAgent, future: asyncio.Future[Any]) -> bool:
+        return handle.channel.recall(future)
+
     async def check_health(self, handle: ProcessAgent) -> bool:
         return await _channel.check_health(handle)
 
@@ -167,6 +173,7 @@ class ProcessBackend:
         channel = _channel.Channel(
             spec.agent_id, cmd_w, res_r, life_w, kill=functools.partial(_sigkill, popen)
         )
+        channel.ordered = spec.max_concurrency == 1
         agent = ProcessAgent(spec, popen, channel)
         loop = asyncio.get_running_loop()
         _relay_output(loop, popen.pid, spec.agent_id, ((out_r, 1), (err_r, 2)))

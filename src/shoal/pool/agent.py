@@ -139,9 +139,12 @@ class Lease:
         "_pool",
         "acquired_at",
         "agent",
+        "future",
         "in_call",
         "leak_reported",
         "lease_id",
+        "prefetched",
+        "recalled",
         "released",
         "stack",
     )
@@ -155,6 +158,11 @@ class Lease:
         self.in_call = False  # a call is outstanding under this lease
         self.stack: str | None = None  # where it was taken, when leaks are watched
         self.leak_reported = False
+        # Prefetch: taken on an agent still running another call (its call queues behind it);
+        # recalled when the pool takes that call back; future is the outstanding call's.
+        self.prefetched = False
+        self.recalled = False
+        self.future: Any = None
 
     @property
     def pool(self) -> AgentPool:

@@ -25,6 +25,7 @@ from shoal.backends.base import (
     AgentSpec,
     Backend,
     MeasuresMemory,
+    Pipelines,
     ReportsLiveness,
     SizesPools,
 )
@@ -32,6 +33,7 @@ from shoal.clock import Clock, LoopClock
 from shoal.config import PoolConfig, default_max_size
 from shoal.errors import (
     AgentLost,
+    CallRecalled,
     CallTimeout,
     ConfigError,
     PoolError,
@@ -50,6 +52,7 @@ from shoal.pool.state import (
     Kill,
     Log,
     PoolState,
+    Recall,
     Reject,
     Start,
     Stop,
@@ -161,14 +164,21 @@ class AgentPool:
         # protocol's isinstance is slow): by placement name.
         self._liveness: dict[str, ReportsLiveness] = {}
         self._memory: dict[str, MeasuresMemory] = {}
+        self._pipelines: dict[str, Pipelines] = {}
         for site in self._state.placer.order:
             b = backend if site.placement.backend is None else site.placement.backend
             if isinstance(b, ReportsLiveness):
                 self._liveness[site.name] = b
             if isinstance(b, MeasuresMemory):
                 self._memory[site.name] = b
+            if isinstance(b, Pipelines):
+                self._pipelines[site.name] = b
         self._clock = clock or LoopClock()
         self._now: Callable[[], float] = self._clock.now
+        # Prefetch needs every placement's agents to take calls in order and give them back.
+        self._state.prefetch = self.config.max_concurrency == 1 and all(
+            site.name in self._pipelines for site in self._state.placer.order
+        )
         self.events = self._state.events
         self._tasks: set[asyncio.Task[Any]] = set()
         self._starting: dict[PooledAgent, asyncio.Task[BaseException | None]] = {}
@@ -455,11 +465,17 @@ class AgentPool:
         times; ``on_preempt="fail"`` raises it instead (for a call that must not run twice).
         A call lost with its placement (the placement went down with it) counts as preempted."""
         kw = kwargs or {}
+        # Without a timeout the call may be prefetched: queued on a busy agent, to start when
+        # its call ends. Taken back unstarted (CallRecalled), it is simply run again.
+        prefetchable = timeout is None
         lost = preempted = 0
         while True:
-            lease = await self.get_agent(acquire_timeout, head=preempted > 0)
+            lease = await self._get(acquire_timeout, prefetchable, head=preempted > 0)
+            used = True
             try:
                 return await self._call(lease, fn, args, kw, timeout)
+            except CallRecalled:
+                used = False
             except Preempted:
                 preempted += 1
                 if on_preempt == "fail" or preempted > PREEMPTED_RETRIES:
@@ -469,7 +485,7 @@ class AgentPool:
                 if exc.delivered or exc.remote or lost >= UNDELIVERED_RETRIES:
                     raise
             finally:
-                self._release(lease, True)
+                self._release(lease, used)
 
     async def map(
         self, fn: Callable[[Any], T], items: Iterable[Any], *, chunksize: int | None = None
@@ -510,18 +526,23 @@ class AgentPool:
         :class:`~shoal.errors.PoolClosed` once the pool is closing. ``head`` waits ahead of
         everyone: for a call re-queued after a preemption.
         """
+        return await self._get(timeout, False, head=head)
+
+    async def _get(self, timeout: float | None, prefetchable: bool, *, head: bool = False) -> Lease:
         st = self._state
         now = self._now()
         lease = st.request(now, head=head) if head else st.request(now)
         if lease is None:
-            lease = await self._wait(now, timeout, head)
+            lease = await self._wait(now, timeout, prefetchable, head)
         if self.config.leak_threshold is not None:
             lease.stack = leaks.where_taken()
         return lease
 
-    async def _wait(self, now: float, timeout: float | None, head: bool = False) -> Lease:
+    async def _wait(
+        self, now: float, timeout: float | None, prefetchable: bool = False, head: bool = False
+    ) -> Lease:
         fut: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(now, fut)
+        waiter = Waiter(now, fut, prefetchable)
         self._state.enqueue(waiter, now, head=head)
         self._flush()
         try:
@@ -601,10 +622,13 @@ class AgentPool:
         failed = True
         fut: asyncio.Future[Any] | None = None
         try:
+            if lease.recalled:  # taken back before it was even sent
+                raise CallRecalled(f"call on agent {agent.agent_id} was taken back unsent")
             backend = agent.placement.backend
             if backend is None:
                 backend = self._backend
             fut = backend.call(agent.handle, fn, args, kwargs)
+            lease.future = fut
             if timeout is None:
                 result: T = await fut
             else:
@@ -621,6 +645,9 @@ class AgentPool:
                 result = fut.result()  # the reply wins over a deadline in the same pass
             failed = False
             return result
+        except CallRecalled:
+            failed = False
+            raise
         except AgentLost as exc:
             if not exc.remote:
                 st.call_failed(agent, agent.retire_reason or "agent lost", kill=True)
@@ -635,6 +662,14 @@ class AgentPool:
                     await self._went_down_with_placement(agent, fn, exc)
             raise
         except asyncio.CancelledError:
+            pipelines = self._pipelines.get(agent.placement.name)
+            if (
+                pipelines is not None
+                and fut is not None
+                and (lease.recalled or lease in st.queued)
+                and pipelines.recall(agent.handle, fut)
+            ):
+                raise  # queued, never started and now never will: the agent stays in service
             if fut is not None and not fut.done():
                 fut.cancel()
             if fut is None or fut.cancelled():
@@ -732,6 +767,12 @@ class AgentPool:
                         fut.set_exception(action.error)
                 elif isinstance(action, Check):
                     self._spawn(self._check(action.agent), "check")
+                elif isinstance(action, Recall):
+                    fut = action.lease.future
+                    agent = action.lease.agent
+                    pipelines = self._pipelines.get(agent.placement.name)
+                    if fut is not None and not fut.done() and pipelines is not None:
+                        pipelines.recall(agent.handle, fut)
                 elif isinstance(action, Log):
                     log.log(action.level, "%s", action.message)
         if st.poke:

@@ -112,12 +112,20 @@ class Check:
 
 
 @dataclass(slots=True)
+class Recall:
+    """Take back the call under ``lease`` if its agent has not started it (an agent came free
+    while it waited behind another call); its caller then runs it again."""
+
+    lease: Lease
+
+
+@dataclass(slots=True)
 class Log:
     level: int
     message: str
 
 
-Action = Assign | Reject | Start | Stop | Kill | Check | Log
+Action = Assign | Reject | Start | Stop | Kill | Check | Recall | Log
 WARNING, ERROR = 30, 40
 
 
@@ -134,6 +142,12 @@ class PoolState:
         self.partial: dict[PooledAgent, None] = {}
         self._slots = config.max_concurrency
         self._held = 0  # leases held: calls in flight or about to be
+        # Prefetch (one-call agents, a backend that pipelines; the shell sets it): when every
+        # agent is busy and callers wait, a prefetchable caller's call is sent to a busy agent
+        # to start as soon as its call ends, with no round trip through the pool in between.
+        self.prefetch = False
+        self.spare: dict[PooledAgent, None] = {}  # running one call, nothing queued behind it
+        self.queued: dict[Lease, None] = {}  # prefetched leases still behind another call
         self._mru = config.assignment == "mru"
         self.queue = WaitQueue()
         self.counts = dict.fromkeys(AgentState, 0)
@@ -314,6 +328,11 @@ class PoolState:
             return
         agent.leases.discard(lease)
         self._held -= 1
+        queued = self.queued
+        if queued:
+            queued.pop(lease, None)
+            if lease.recalled and queued and self.idle:
+                self._recall()  # that recall came too late: the agent still free takes another
         if agent.state is not BUSY:
             return  # retired while held (pool closing)
         if used:
@@ -323,11 +342,19 @@ class PoolState:
         reason = lifecycle.after_call(agent, self.config, now, rss_mb)
         if reason is None and self.status != "running":
             reason = "pool closing"
-        if agent.leases:  # others still hold it (max_concurrency > 1)
+        if agent.leases:  # others still hold it (max_concurrency > 1, or a prefetched call)
+            if self._slots == 1:  # prefetch: the call queued behind this one is its call now
+                for other in agent.leases:
+                    queued.pop(other, None)
             if reason is not None or agent.draining is not None:
                 if agent.retire_reason is None and agent.draining is None:
                     agent.draining = reason  # no new lease; retired when the last is back
                 self.partial.pop(agent, None)
+                self.spare.pop(agent, None)
+                return
+            if self._slots == 1:
+                self.spare[agent] = None
+                self._pump(now)
                 return
             waiter = self.queue.pop()
             if waiter is not None:
@@ -336,6 +363,8 @@ class PoolState:
                 self.partial[agent] = None
             return
         self.partial.pop(agent, None)
+        if self.spare:
+            self.spare.pop(agent, None)
         reason = reason or agent.draining
         if reason is None and self._shrink and not self.queue and self.size > self.target:
             self._shrink -= 1
@@ -351,6 +380,8 @@ class PoolState:
             return
         self._set(agent, IDLE)
         self._push_idle(agent)
+        if queued:
+            self._recall()
 
     def lease_error(self, lease: Lease) -> PoolError | None:
         """Why ``lease`` cannot carry a call, or None if it can."""
@@ -415,6 +446,7 @@ class PoolState:
         if agent.retire_reason is None:
             agent.retire_reason = reason
         self.partial.pop(agent, None)
+        self.spare.pop(agent, None)
         if kill and agent.state is BUSY:
             self.actions.append(Kill(agent))
 
@@ -461,6 +493,8 @@ class PoolState:
         if agent.swap:
             self._swapped(now)
         self._pump(now)
+        if self.queued and self.idle:
+            self._recall()
 
     def start_failed(self, agent: PooledAgent, exc: BaseException | None, now: float) -> None:
         """A start failed (``exc``) or was cancelled (None)."""
@@ -581,6 +615,7 @@ class PoolState:
             code = agent.handle.exit_code if agent.handle is not None else None
             agent.retire_reason = f"agent lost (exit code {code})"
             self.partial.pop(agent, None)
+            self.spare.pop(agent, None)
         # A starting agent's start fails on its own.
 
     def agent_stopped(self, agent: PooledAgent, now: float) -> None:
@@ -594,6 +629,8 @@ class PoolState:
         if ok is True and self.status == "running":
             self._set(agent, IDLE)
             self._reinsert_idle(agent)
+            if self.queued:
+                self._recall()
         else:
             why = (
                 "pool closing"
@@ -727,6 +764,7 @@ class PoolState:
     def snapshot(self, now: float) -> PoolMetrics:
         m, c = self.metrics, self.counts
         size = self.size
+        running = self._held - len(self.queued)  # a prefetched call waits: it is not running
         return PoolMetrics(
             name=self.name,
             size=size,
@@ -740,13 +778,13 @@ class PoolState:
             requests_total=m.requests_total,
             requests_active=m.requests_active,
             requests_failed=m.requests_failed,
-            queue_depth=len(self.queue),
+            queue_depth=len(self.queue) + len(self.queued),
             oldest_wait=self.oldest_wait(now),
             avg_wait_time=mean(m.wait_times),
             avg_execution_time=mean(m.exec_times),
             wait_p50=percentile(m.wait_times, 0.50),
             wait_p99=percentile(m.wait_times, 0.99),
-            utilization_rate=self._held / (size * self._slots) if size else 0.0,
+            utilization_rate=running / (size * self._slots) if size else 0.0,
             throughput=m.completions.rate(now),
             arrival_rate=m.arrivals.rate(now),
             warm_hits=m.warm_hits,
@@ -756,7 +794,7 @@ class PoolState:
             start_failures=m.start_failures,
             time=now,
             checking=c[CHECKING],
-            in_flight=self._held,
+            in_flight=running,
             max_concurrency=self._slots,
             nodes=agents_per_node(self.agents.values()),
             cost_usd=self.placer.spent(now),
@@ -779,15 +817,20 @@ class PoolState:
 
     # -- the rules --------------------------------------------------------------------------------
 
-    def _lease(self, agent: PooledAgent, now: float) -> Lease:
+    def _lease(self, agent: PooledAgent, now: float, prefetched: bool = False) -> Lease:
         self._lease_ids += 1
         lease = Lease(self._owner, agent, self._lease_ids, now)
         agent.leases.add(lease)
         self._held += 1
-        if len(agent.leases) < self._slots:
+        if prefetched:
+            lease.prefetched = True
+            self.queued[lease] = None
+        elif len(agent.leases) < self._slots:
             self.partial[agent] = None
         else:
             self.partial.pop(agent, None)
+            if self.prefetch:
+                self.spare[agent] = None
         return lease
 
     def _assignable(self, now: float) -> PooledAgent | None:
@@ -862,8 +905,11 @@ class PoolState:
                 best = agent
         return best
 
-    def _assign(self, waiter: Waiter, agent: PooledAgent, now: float) -> None:
-        """Give ``agent`` (idle or just released) to ``waiter``, under a new lease."""
+    def _assign(
+        self, waiter: Waiter, agent: PooledAgent, now: float, prefetched: bool = False
+    ) -> None:
+        """Give ``agent`` (idle, just released, or busy for a prefetch) to ``waiter``, under a
+        new lease."""
         if agent.state is not BUSY:
             self._set(agent, BUSY)
         m = self.metrics
@@ -872,7 +918,7 @@ class PoolState:
             m.cold_starts += 1
         else:
             m.warm_hits += 1
-        self.actions.append(Assign(waiter, self._lease(agent, now)))
+        self.actions.append(Assign(waiter, self._lease(agent, now, prefetched)))
 
     def _pump(self, now: float) -> None:
         """Hand idle agents to waiting callers, retire owed surplus, start what is needed."""
@@ -888,6 +934,37 @@ class PoolState:
             self._shrink -= 1
             self._retire(self.idle.popleft(), f"resize to {self.target}", now)
         self._start_needed(now, None)
+        if queue and self.spare and not self.counts[STARTING]:
+            self._prefetch(now)  # no agent is coming for these callers
+
+    def _prefetch(self, now: float) -> None:
+        """Every agent is busy and callers wait, none for an agent starting: queue the first
+        callers' calls on busy agents with nothing queued yet, if those callers allow it."""
+        queue, spare, max_uses = self.queue, self.spare, self.config.max_uses
+        while queue and spare:
+            head = queue.oldest()
+            if head is None or not head.prefetchable:
+                return
+            agent = next(iter(spare))
+            del spare[agent]
+            if (
+                agent.state is not BUSY
+                or len(agent.leases) != 1
+                or agent.retire_reason is not None
+                or agent.draining is not None
+                or (max_uses is not None and agent.usage_count + 2 > max_uses)
+            ):
+                continue
+            queue.pop()
+            self._assign(head, agent, now, prefetched=True)
+
+    def _recall(self) -> None:
+        """An agent came free while a call waits behind another one: take that call back, to
+        run on the free agent (or, if it has started meanwhile, let it finish where it is)."""
+        lease = next(iter(self.queued))
+        del self.queued[lease]
+        lease.recalled = True
+        self.actions.append(Recall(lease))
 
     def _start_needed(self, now: float, reason: str | None) -> None:
         if self.status != "running":
@@ -971,6 +1048,10 @@ class PoolState:
             self._doomed_stopping += 1
         self._set(agent, STOPPING)
         self.partial.pop(agent, None)
+        self.spare.pop(agent, None)
+        if self.queued:
+            for lease in agent.leases:  # it runs (or fails) there: nothing left to take back
+                self.queued.pop(lease, None)
         self.metrics.agents_retired += 1
         lost = agent.handle is not None and not agent.alive
         self._event("lost" if lost else "retire", agent, before, reason, now)

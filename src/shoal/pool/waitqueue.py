@@ -12,13 +12,16 @@ from typing import Any
 
 
 class Waiter:
-    """One waiting caller. ``token`` is the shell's (its future); the queue never reads it."""
+    """One waiting caller. ``token`` is the shell's (its future); the queue never reads it.
+    ``prefetchable``: its call may be queued on an agent still running another one (the pool's
+    own calls without a timeout: nothing else depends on when it starts)."""
 
-    __slots__ = ("enqueued_at", "token")
+    __slots__ = ("enqueued_at", "prefetchable", "token")
 
-    def __init__(self, enqueued_at: float, token: Any = None) -> None:
+    def __init__(self, enqueued_at: float, token: Any = None, prefetchable: bool = False) -> None:
         self.enqueued_at = enqueued_at
         self.token = token
+        self.prefetchable = prefetchable
 
 
 class WaitQueue:

@@ -49,7 +49,8 @@ from shoal.scaling.registry import Guards, entry
 @dataclass(frozen=True)
 class GuardState:
     inner: Any
-    # (time, recommended size) over the stabilisation window, oldest first
+    # (time, recommended size) over the stabilisation window, oldest first: only those above
+    # every later one (the others can no longer be the window's highest)
     history: tuple[tuple[float, int], ...] = ()
     last_total: int = -1
     last_arrival: float | None = None
@@ -135,17 +136,33 @@ class GuardedPolicy:
                     f"one agent kept warm until {cfg.idle_terminate:.0f} s without requests"
                 )
 
-        # 3. stabilisation: down only to the highest recommendation in the window
+        # 3. stabilisation: down only to the highest recommendation in the window. The history
+        # keeps only the recommendations that may still be that highest one — each above every
+        # later one (a monotonic queue) — so its head is the window's maximum, in O(1) amortised.
         window = cfg.cooldown_period
-        history = (*((t, n) for t, n in state.history if t > now - window), (now, desired))
-        if desired < current and window > 0 and not zeroed and self.guards == "all":
-            floor = max(n for _, n in history)
-            if floor > desired:
-                reasons.append(
-                    f"held at {min(floor, current)}: the last {window:.0f} s recommended up to "
-                    f"{floor}"
-                )
-                desired = min(floor, current)
+        history = state.history
+        cutoff = now - window
+        expired = 0
+        while expired < len(history) and history[expired][0] <= cutoff:
+            expired += 1
+        if expired:
+            history = history[expired:]
+        floor = max(history[0][1], desired) if history else desired
+        kept = len(history)
+        while kept and history[kept - 1][1] <= desired:
+            kept -= 1
+        history = (*history[:kept], (now, desired))
+        if (
+            desired < current
+            and window > 0
+            and not zeroed
+            and self.guards == "all"
+            and floor > desired
+        ):
+            reasons.append(
+                f"held at {min(floor, current)}: the last {window:.0f} s recommended up to {floor}"
+            )
+            desired = min(floor, current)
 
         # 4. rate limits
         up_rate, down_rate = cfg.scale_up_rate, cfg.scale_down_rate
