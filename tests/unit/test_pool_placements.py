@@ -704,3 +704,45 @@ def test_expected_wait_is_the_turn_of_the_call_over_the_completion_rate() -> Non
     assert expected_wait(0, 1.0, 4) == pytest.approx(0.25)  # the first of 4 agents to finish
     assert expected_wait(3, 1.0, 4) == pytest.approx(1.0)  # behind three others
     assert expected_wait(0, 1.0, 0) == float("inf")  # nobody to wait for
+
+
+# -- consolidation ---------------------------------------------------------------------------
+
+
+async def test_agents_move_back_to_the_cheaper_placement_once_it_starts_agents_again() -> None:
+    # The cheap region is down at the start, so both agents start on the dear one; once it is
+    # back (its back-off over), they move there one at a time and the pool stays at its size.
+    cheap, dear = FakeBackend(start_time=5.0), FakeBackend(start_time=5.0)
+    cheap.fail_next_starts(2, AgentStartError("region down"))
+    pool = pool_of(
+        {"name": "cheap", "price_per_hour": 0.5, "backend": cheap},
+        {"name": "dear", "price_per_hour": 1.0, "backend": dear},
+        min_size=2,
+        max_size=4,
+        idle_timeout=300,
+    )
+    async with pool:
+        moved = sum(1 for a in pool.agents if a.placement.name == "dear")
+        assert moved >= 1
+        await asyncio.sleep(600)
+        live = [a for a in pool.agents if a.state.value != "stopping"]
+        assert [a.placement.name for a in live] == ["cheap", "cheap"]
+        assert sum(1 for e in pool.events if "consolidated onto cheap" in e.reason) >= moved
+        assert await pool.run(who) == "ok"
+
+
+async def test_no_move_when_the_saving_does_not_pay_for_the_start() -> None:
+    # One cent an hour saved over a 10-s idle_timeout is far less than a minute's start.
+    cheap, dear = FakeBackend(start_time=60.0), FakeBackend(start_time=60.0)
+    cheap.fail_next_starts(1, AgentStartError("region down"))
+    pool = pool_of(
+        {"name": "cheap", "price_per_hour": 0.99, "backend": cheap},
+        {"name": "dear", "price_per_hour": 1.0, "backend": dear},
+        min_size=1,
+        max_size=2,
+        idle_timeout=10,
+    )
+    async with pool:
+        await asyncio.sleep(600)
+        assert {a.placement.name for a in pool.agents} == {"dear"}
+        assert not any("consolidat" in e.reason for e in pool.events)

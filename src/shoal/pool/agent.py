@@ -57,6 +57,7 @@ class PooledAgent:
         "site",
         "state",
         "swap",
+        "swap_from",
         "usage_count",
     )
 
@@ -72,6 +73,7 @@ class PooledAgent:
         self.preempted = False
         self.lost_at: float | None = None  # when the pool heard it was lost (once)
         self.swap = False  # started on spot to replace an on-demand agent
+        self.swap_from: Any = None  # ... or on a cheaper placement, to replace one of this Site
         self.handle: Any = None
         self.state = AgentState.STARTING
         self.created_at = now

@@ -36,6 +36,11 @@ The rules:
 - **Early cancel** (:func:`finish_chance`): a call under a notice that past calls' run times
   give less than ``EARLY_CANCEL_BELOW`` chance to finish before the reclaim is cancelled and
   re-queued at once rather than at the deadline.
+- **Consolidation** (:meth:`Placer.cheaper_target`): an agent on a placement dearer than an
+  open one of the same capacity (with room, affordable, not demoted, not farther than the
+  latency target when it is within) moves there when the saving over ``idle_timeout``
+  exceeds what the new agent costs while it starts: a start there, then the dearer agent
+  retired (an idle one at once, a busy one when its call is back).
 - **Spilling** (:func:`expected_wait`): a call takes an idle agent farther away only when the
   wait it can expect for a busy nearer one (calls queued ahead + 1, times the mean run time,
   over those agents) exceeds the extra round trip, or once it has waited that long.
@@ -322,6 +327,30 @@ class Placer:
         if not fits:
             return None
         return min(fits, key=lambda s: self._rank(s, now))
+
+    def cheaper_target(
+        self, now: float, horizon_s: float, cold_start_s: float
+    ) -> tuple[Site, Site] | None:
+        """Consolidation: (from, to) for the move that saves most, or None when none is worth
+        its churn: ``to`` is open, cheaper, of the same capacity, and the saving over
+        ``horizon_s`` exceeds ``to``'s price for ``cold_start_s`` (what the start costs)."""
+        if not self.multi:
+            return None
+        target = self.rtt_target_ms
+        best: tuple[float, Site, Site] | None = None
+        for dst in self.order:
+            if dst.demoted_until > now or not dst.open(now) or not self.affords(dst):
+                continue
+            far = target is not None and dst.placement.rtt_ms > target
+            for src in self.order:
+                if not src.serving or src.spot != dst.spot or src.price <= dst.price:
+                    continue
+                if far and src.placement.rtt_ms <= target:  # type: ignore[operator]
+                    continue
+                saving = (src.price - dst.price) * horizon_s - dst.price * cold_start_s
+                if saving > 0 and (best is None or saving > best[0]):
+                    best = (saving, src, dst)
+        return None if best is None else (best[1], best[2])
 
     def next_retry(self, now: float) -> float:
         """When the next placement that is down or under a notice may be tried again."""

@@ -41,6 +41,7 @@ from shoal.pool.placing import (
     EARLY_CANCEL_BELOW,
     LOST_TOGETHER_S,
     Placer,
+    Site,
     expected_wait,
     finish_chance,
 )
@@ -182,6 +183,7 @@ class PoolState:
         self.doomed = 0  # live agents under a preemption notice: going, replaced already
         self._doomed_stopping = 0  # agents under a notice, being stopped
         self._swapping = False  # a spot agent is starting to take an on-demand one's place
+        self._cold_s: float | None = None  # how long the last start took (a move's cost)
         self._cost_short = 0  # starts the cost ceiling refused, as last noted
 
     # -- sizes ------------------------------------------------------------------------------------
@@ -475,6 +477,7 @@ class PoolState:
             self._no_room = False
         self.metrics.agents_started += 1
         self.placer.start_ok(agent.site)
+        self._cold_s = now - agent.created_at
         if agent.swap:
             self._swapping = False
         if self.breaker.succeeded():
@@ -491,7 +494,10 @@ class PoolState:
         self._set(agent, IDLE)
         self._push_idle(agent)
         if agent.swap:
-            self._swapped(now)
+            if agent.swap_from is not None:
+                self._consolidated(agent.swap_from, agent.site, now)
+            else:
+                self._swapped(now)
         self._pump(now)
         if self.queued and self.idle:
             self._recall()
@@ -719,6 +725,8 @@ class PoolState:
             self._reclaim(now)
         if self.placer.prefer_spot and not self._swapping:
             self._swap_to_spot(now)
+        if self._multi and not self._swapping and not self.queue and not self.counts[STARTING]:
+            self._consolidate(now)
         self._pump(now)
         return min(deadline, self._next_deadline(now))
 
@@ -991,18 +999,32 @@ class PoolState:
         )
         self._start(n, why, now)
 
-    def _start(self, n: int, why: str, now: float, *, swap: bool = False) -> int:
+    def _start(
+        self,
+        n: int,
+        why: str,
+        now: float,
+        *,
+        swap: bool = False,
+        at: Site | None = None,
+        swap_from: Site | None = None,
+    ) -> int:
         """Start up to ``n`` agents, each where the placer says; returns how many started."""
         placer = self.placer
         for i in range(n):
-            site, why_not = placer.choose(now) if not swap else (placer.swap_target(now), "")
+            site: Site | None
+            if at is not None:
+                site, why_not = at, ""
+            else:
+                site, why_not = placer.choose(now) if not swap else (placer.swap_target(now), "")
             if site is None:
                 if why_not == "cost":
                     self._cost_refused(n - i, now)
                 return i
             self._agent_ids += 1
             agent = PooledAgent(f"{self.name}-{self._agent_ids}", now, site.placement, site)
-            agent.swap = swap
+            agent.swap = swap or swap_from is not None
+            agent.swap_from = swap_from
             before = self.size
             self.agents[agent.agent_id] = agent
             self.counts[STARTING] += 1
@@ -1160,6 +1182,42 @@ class PoolState:
             return
         if self._start(1, "swap back to spot", now, swap=True):
             self._swapping = True
+
+    def _consolidate(self, now: float) -> None:
+        """Start an agent on a cheaper placement to take a dearer one's place, when the saving
+        over ``idle_timeout`` exceeds the start's cost (pool/placing.py)."""
+        cold_s = self._cold_s
+        if cold_s is None or self.status != "running" or self._room() <= 0:
+            return  # (no start seen yet: what a move costs is not known)
+        if not self.breaker.may_start(now):
+            return
+        move = self.placer.cheaper_target(now, self.config.idle_timeout, cold_s)
+        if move is None:
+            return
+        src, dst = move
+        why = f"consolidate: {src.name} costs more than {dst.name}"
+        if self._start(1, why, now, at=dst, swap_from=src):
+            self._swapping = True
+
+    def _consolidated(self, src: Site, dst: Site, now: float) -> None:
+        """An agent is up on ``dst`` in place of one on the dearer ``src``: retire that one."""
+        why = f"consolidated onto {dst.name}, which costs less"
+        for agent in reversed(self.idle):
+            if agent.site is src:
+                self.idle.remove(agent)
+                self._retire(agent, why, now)
+                return
+        for agent in self.agents.values():
+            if (
+                agent.site is src
+                and agent.state is BUSY
+                and agent.draining is None
+                and agent.retire_reason is None
+                and agent.preempt_deadline is None
+            ):
+                agent.draining = why
+                self.partial.pop(agent, None)
+                return
 
     def _swapped(self, now: float) -> None:
         """A spot agent is up in place of an on-demand one: retire that one."""
