@@ -1,6 +1,8 @@
 """The scaling scenario suite: shoal's ``auto`` against the field's autoscalers, in simulation.
 
-Run ``.venv/bin/python bench/scaling.py [--quick] [--plots DIR] [--million]``.
+Run ``.venv/bin/python bench/scaling.py [--quick] [--only NAME] [--million]``; ``--frontier NAME``
+sweeps ``auto``'s target utilization on one scenario, ``--sparse`` runs keep-warm on a
+scale-to-zero load.
 
 Every scenario is replayed with ``shoal.sim.simulate`` — the production pool and autoscaler on
 virtual time — once per policy, all with the same cold start (2 s), bounds (1..200 agents) and
@@ -69,16 +71,23 @@ SVC = Exponential(1.0)
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    make: Callable[[float], Workload]  # scale (1.0 full, 1/3 quick) -> workload
+    make: Callable[[float, int], Workload]  # scale (1.0 full, 1/3 quick), seed -> workload
     periodic: bool = False
 
 
 def _jittered_bursts(
-    name: str, rate: float, every: float, duration: float, *, burst: float = 8.0, on_s: float = 30.0
+    name: str,
+    rate: float,
+    every: float,
+    duration: float,
+    seed: int,
+    *,
+    burst: float = 8.0,
+    on_s: float = 30.0,
 ) -> Workload:
     """``rate``/s with a burst of ``burst`` x ``on_s`` long every ``every`` s, each burst's start
     moved at random by up to 10% of ``every`` (seeded)."""
-    rng = random.Random(SEED)
+    rng = random.Random(seed)
     starts = [k * every + every * 0.8 + rng.uniform(-0.1, 0.1) * every for k in range(10_000)]
 
     def fn(t: float) -> float:
@@ -88,10 +97,10 @@ def _jittered_bursts(
                 return rate * burst
         return rate
 
-    return workloads.poisson(name, fn, rate * burst, duration, SVC, SEED)
+    return workloads.poisson(name, fn, rate * burst, duration, SVC, seed)
 
 
-def _weekly(duration: float, day: float) -> Workload:
+def _weekly(duration: float, day: float, seed: int) -> Workload:
     """Diurnal days (``day`` seconds each) with a weekly shape: 5 weekdays, a quieter weekend."""
 
     def fn(t: float) -> float:
@@ -99,16 +108,16 @@ def _weekly(duration: float, day: float) -> Workload:
         level = 12.0 if d < 5 else 6.0
         return level * (1 - 0.8 * math.cos(2 * math.pi * t / day))
 
-    return workloads.poisson("weekly", fn, 12 * 1.8, duration, SVC, SEED)
+    return workloads.poisson("weekly", fn, 12 * 1.8, duration, SVC, seed)
 
 
-def _trend(duration: float) -> Workload:
-    return workloads.poisson("trend", lambda t: 5 + 25 * t / duration, 30, duration, SVC, SEED)
+def _trend(duration: float, seed: int) -> Workload:
+    return workloads.poisson("trend", lambda t: 5 + 25 * t / duration, 30, duration, SVC, seed)
 
 
-def _regimes(duration: float) -> Workload:
+def _regimes(duration: float, seed: int) -> Workload:
     """Levels between 5 and 30/s, each held 5-15 minutes: changes that no period predicts."""
-    rng = random.Random(SEED + 1)
+    rng = random.Random(seed + 1)
     edges, levels, t = [], [], 0.0
     while t < duration:
         edges.append(t)
@@ -118,10 +127,10 @@ def _regimes(duration: float) -> Workload:
     def fn(x: float) -> float:
         return levels[bisect.bisect_right(edges, x) - 1]
 
-    return workloads.poisson("regimes", fn, 30, duration, SVC, SEED)
+    return workloads.poisson("regimes", fn, 30, duration, SVC, seed)
 
 
-def _cluster(duration: float) -> Workload:
+def _cluster(duration: float, seed: int) -> Workload:
     """Shaped like a cluster trace (Alibaba, Google Borg): a diurnal base of services, batch jobs
     submitted every 15 minutes as 60-s waves, and long-tailed run times."""
 
@@ -129,10 +138,10 @@ def _cluster(duration: float) -> Workload:
         base = 3 * (1 - 0.6 * math.cos(2 * math.pi * t / 21_600))
         return base + (12 if t % 900 < 60 else 0)
 
-    return workloads.poisson("cluster-6h", fn, 3 * 1.6 + 12, duration, LogNormal(1.0, 1.0), SEED)
+    return workloads.poisson("cluster-6h", fn, 3 * 1.6 + 12, duration, LogNormal(1.0, 1.0), seed)
 
 
-def _functions(duration: float, day: float) -> Workload:
+def _functions(duration: float, day: float, seed: int) -> Workload:
     """Shaped like the Azure Functions trace: a diurnal base of HTTP calls, plus timer-triggered
     functions firing at the top of every "hour" (a 24th of ``day``) for 20 s."""
     hour = day / 24
@@ -141,27 +150,29 @@ def _functions(duration: float, day: float) -> Workload:
         base = 4 * (1 - 0.7 * math.cos(2 * math.pi * t / day))
         return base + (30 if t % hour < 20 else 0)
 
-    return workloads.poisson("functions-2d", fn, 4 * 1.7 + 30, duration, SVC, SEED)
+    return workloads.poisson("functions-2d", fn, 4 * 1.7 + 30, duration, SVC, seed)
 
 
 #: Scenario durations at full scale; --quick divides them by three.
 SCENARIOS = (
-    Scenario("steady", lambda k: workloads.steady(20, 1800 * k, seed=SEED)),
-    Scenario("diurnal", lambda k: workloads.diurnal(20, 3600 * k, seed=SEED), True),
-    Scenario("bursty", lambda k: workloads.bursty(5, 1800 * k, seed=SEED), True),
-    Scenario("flash", lambda k: workloads.flash(10, 1800 * k, seed=SEED)),
-    Scenario("ramp", lambda k: workloads.ramp(5, 1800 * k, seed=SEED)),
-    Scenario("longtail", lambda k: workloads.longtail(10, 1800 * k, service=SVC, seed=SEED)),
-    Scenario("bursts-5m", lambda k: _jittered_bursts("bursts-5m", 4, 300, 2400 * k), True),
-    Scenario("bursts-15m", lambda k: _jittered_bursts("bursts-15m", 4, 900, 5400 * k), True),
+    Scenario("steady", lambda k, s: workloads.steady(20, 1800 * k, seed=s)),
+    Scenario("diurnal", lambda k, s: workloads.diurnal(20, 3600 * k, seed=s), True),
+    Scenario("bursty", lambda k, s: workloads.bursty(5, 1800 * k, seed=s), True),
+    Scenario("flash", lambda k, s: workloads.flash(10, 1800 * k, seed=s)),
+    Scenario("ramp", lambda k, s: workloads.ramp(5, 1800 * k, seed=s)),
+    Scenario("longtail", lambda k, s: workloads.longtail(10, 1800 * k, service=SVC, seed=s)),
+    Scenario("bursts-5m", lambda k, s: _jittered_bursts("bursts-5m", 4, 300, 2400 * k, s), True),
+    Scenario("bursts-15m", lambda k, s: _jittered_bursts("bursts-15m", 4, 900, 5400 * k, s), True),
     Scenario(
-        "bursts-60m", lambda k: _jittered_bursts("bursts-60m", 2, 3600, 14_400 * k, on_s=60), True
+        "bursts-60m",
+        lambda k, s: _jittered_bursts("bursts-60m", 2, 3600, 14_400 * k, s, on_s=60),
+        True,
     ),
-    Scenario("weekly", lambda k: _weekly(7 * 1800 * k, 1800 * k), True),
-    Scenario("trend", lambda k: _trend(1800 * k)),
-    Scenario("regimes", lambda k: _regimes(3600 * k)),
-    Scenario("cluster-6h", lambda k: _cluster(21_600 * k), True),
-    Scenario("functions-2d", lambda k: _functions(2 * 7200 * k, 7200 * k), True),
+    Scenario("weekly", lambda k, s: _weekly(7 * 1800 * k, 1800 * k, s), True),
+    Scenario("trend", lambda k, s: _trend(1800 * k, s)),
+    Scenario("regimes", lambda k, s: _regimes(3600 * k, s)),
+    Scenario("cluster-6h", lambda k, s: _cluster(21_600 * k, s), True),
+    Scenario("functions-2d", lambda k, s: _functions(2 * 7200 * k, 7200 * k, s), True),
 )
 
 
@@ -184,37 +195,57 @@ def verdict(auto: SimResult, base: SimResult) -> tuple[bool, str]:
     return ok, f"p99 wait {dw}, agent-s {dc}"
 
 
-def run_one(job: tuple[str, float, float, str]) -> SimResult:
-    name, scale, cold, policy = job
+PolicyArg = str | tuple[tuple[str, object], ...]
+
+
+def run_one(
+    job: tuple[str, float, float, PolicyArg] | tuple[str, float, float, PolicyArg, int],
+) -> SimResult:
+    """One simulation: (scenario, scale, cold start, policy[, seed]); the seed draws both the
+    workload and the simulation."""
+    name, scale, cold, policy = job[:4]
+    seed = job[4] if len(job) > 4 else SEED  # type: ignore[misc]
     scenario = next(sc for sc in SCENARIOS if sc.name == name)
-    workload = scenario.make(scale)
+    workload = scenario.make(scale, seed)
     return simulate(
         workload,
-        policy,
+        policy if isinstance(policy, str) else dict(policy),
         cold_start=cold,
         min_size=MIN_SIZE,
         max_size=MAX_SIZE,
-        seed=SEED,
+        seed=seed,
         warmup=WARMUP_S,
     )
 
 
-def decide_p99(n: int = 20_000) -> float:
-    """p99 of one ``decide()`` of ``auto`` with the ml-based predictor, in seconds, on
-    snapshots of a bursty load (bins close every 10 decisions)."""
+@dataclass(frozen=True)
+class DecideTimes:
+    """p99 of one ``decide()``, in seconds: wall time, and the CPU time of the deciding thread
+    (wall time on a shared machine also counts the time other processes held the core)."""
+
+    wall_p99: float
+    cpu_p99: float
+    wall_p50: float
+
+
+def decide_times(predictor: str, n: int = 100_000) -> DecideTimes:
+    """``decide()`` of ``auto`` with ``predictor`` on snapshots of a bursty load, one a second
+    (so a 10-s bin closes every 10 decisions); ``n`` decisions, enough for the forecaster's
+    whole history (8,192 bins) to fill, so the period search runs at its full length."""
     import dataclasses
+    import time
 
     from shoal.pool.metrics import PoolMetrics
     from shoal.scaling import build_policy, parse_scaling_policy
 
-    policy = build_policy(parse_scaling_policy("bench", {"predictor": "ml-based", "max": 200}))
+    policy = build_policy(parse_scaling_policy("bench", {"predictor": predictor, "max": 200}))
     state = policy.initial_state()
     base: dict[str, object] = {f.name: 0 for f in dataclasses.fields(PoolMetrics)}
     base.update(name="b", max_size=200, avg_wait_time=0.0, avg_execution_time=1.0, time=0.0)
     base.update(wait_p50=0.0, wait_p99=0.0, oldest_wait=0.0, utilization_rate=0.5)
     base.update(throughput=0.0, arrival_rate=0.0, max_concurrency=1)
     rng = random.Random(SEED)
-    total, times = 0, []
+    total, walls, cpus = 0, [], []
     for t in range(n):
         rate = 40 if t % 300 >= 270 else 5
         total += sum(1 for _ in range(rate * 2) if rng.random() < 0.5)
@@ -228,11 +259,134 @@ def decide_p99(n: int = 20_000) -> float:
                 "target_size": rate + 5,
             }
         )
-        started = perf_counter()
+        cpu0, wall0 = time.thread_time(), perf_counter()
         state = policy.decide(snap, state, float(t)).state
-        times.append(perf_counter() - started)
-    times.sort()
-    return times[int(0.99 * len(times))]
+        walls.append(perf_counter() - wall0)
+        cpus.append(time.thread_time() - cpu0)
+    walls.sort()
+    cpus.sort()
+    return DecideTimes(walls[int(0.99 * n)], cpus[int(0.99 * n)], walls[n // 2])
+
+
+#: The settings of ``auto`` the frontier sweeps: its own, then a fixed target utilization.
+FRONTIER = (None, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def frontier(name: str, scale: float, cold: float, jobs: int) -> None:
+    """``auto`` at every utilization of :data:`FRONTIER` on one scenario against every baseline:
+    where on the wait / agent-seconds curve each baseline sits, and how many of them one
+    setting can meet at once."""
+    bases = [p for p in POLICIES if p not in SHOAL]
+    settings: list[tuple[str, tuple[tuple[str, object], ...]]] = []
+    for u in FRONTIER:
+        cfg: tuple[tuple[str, object], ...] = (("mode", "auto"),)
+        if u is not None:
+            cfg = (*cfg, ("target_utilization", u))
+        settings.append(("auto" if u is None else f"auto, target {u:.0%}", cfg))
+    todo: list[tuple[str, float, float, str | tuple[tuple[str, object], ...]]] = [
+        (name, scale, cold, p) for p in bases
+    ]
+    todo += [(name, scale, cold, cfg) for _, cfg in settings]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        got = list(pool.map(run_one, todo, chunksize=1))
+    base_results, mine = got[: len(bases)], got[len(bases) :]
+    print(f"## Frontier: {name}, cold start {cold:g} s\n")
+    print("| baseline | p99 wait (s) | agent-s |\n|---|---:|---:|")
+    for r in base_results:
+        print(f"| {LABELS.get(r.policy, r.policy)} | {r.p99_wait_s:.3f} | {r.agent_seconds:,.0f} |")
+    print("\n| auto setting | p99 wait (s) | agent-s | meets | misses |\n|---|---:|---:|---:|---|")
+    for (label, _), r in zip(settings, mine, strict=True):
+        missed = [b.policy for b in base_results if not verdict(r, b)[0]]
+        print(
+            f"| {label} | {r.p99_wait_s:.3f} | {r.agent_seconds:,.0f} | "
+            f"{len(bases) - len(missed)} of {len(bases)} | {', '.join(missed) or '-'} |"
+        )
+    print()
+
+
+def sparse() -> None:
+    """Scale to zero: about 3 calls every 4 minutes (+/- 30 s) for 4 h, against keep-alives."""
+    from shoal.sim.workload import Exponential
+
+    rng = random.Random(3)
+    starts, t = [], 100.0
+    while t < 20_000:
+        starts.append(t)
+        t += 240 + rng.uniform(-30, 30)
+
+    def rate(x: float) -> float:
+        i = bisect.bisect_right(starts, x) - 1
+        return 0.6 if i >= 0 and x - starts[i] < 5 else 0.0
+
+    load = workloads.poisson("sparse", rate, 0.6, 14_400, Exponential(1.0), 3)
+    print(f"## Scale to zero: sparse ({len(load)} requests, cold start 2 s)\n")
+    print(
+        "| policy | p99 wait (s) | mean wait (s) | agent-s | cold starts |\n"
+        "|---|---:|---:|---:|---:|"
+    )
+    runs: list[tuple[str, str | dict[str, object]]] = [
+        ("auto, min 0", {"mode": "auto", "min": 0}),
+        ("auto, min 0, idle_terminate 120", {"mode": "auto", "min": 0, "idle_terminate": 120}),
+        ("auto+ml-based, min 0 (keep-warm)", {"mode": "auto", "min": 0, "predictor": "ml-based"}),
+        ("keepalive:600", "keepalive"),
+        ("keepalive:1200", "keepalive:1200"),
+        ("kpa", "kpa"),
+    ]
+    for label, policy in runs:
+        r = simulate(load, policy, cold_start=2.0, min_size=0, max_size=20, seed=1, warmup=WARMUP_S)
+        print(
+            f"| {label} | {r.p99_wait_s:.3f} | {r.mean_wait_s:.3f} | {r.agent_seconds:,.0f} | "
+            f"{r.cold_starts} |"
+        )
+    print()
+
+
+def seeded(chosen: list[Scenario], scale: float, seeds: list[int], jobs: int) -> None:
+    """Every scenario, cold start and policy once per seed (the workload and the simulation
+    drawn anew): each row gives the mean and the range over the seeds, and how many seeds'
+    runs of ``auto`` and ``auto+ml-based`` meet the bar against it."""
+    todo = [
+        (sc.name, scale, c, p, seed)
+        for sc in chosen
+        for c in COLD_STARTS
+        for p in POLICIES
+        for seed in seeds
+    ]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        got = dict(zip(todo, pool.map(run_one, todo, chunksize=1), strict=True))
+    met = dict.fromkeys(SHOAL, 0)
+    total = 0
+    n = len(seeds)
+    for sc in chosen:
+        for cold in COLD_STARTS:
+            print(f"#### {sc.name}, cold start {cold:g} s, seeds {seeds[0]}-{seeds[-1]}\n")
+            print(
+                "| policy | p99 wait (s): mean (min-max) | agent-s: mean (min-max) "
+                "| auto meets it | auto+ml-based meets it |"
+            )
+            print("|---|---:|---:|---|---|")
+            for p in POLICIES:
+                runs = [got[(sc.name, scale, cold, p, seed)] for seed in seeds]
+                w = [r.p99_wait_s for r in runs]
+                c = [r.agent_seconds for r in runs]
+                marks = ["", ""]
+                if p not in SHOAL:
+                    for i, a in enumerate(SHOAL):
+                        ok = sum(
+                            verdict(got[(sc.name, scale, cold, a, seed)], r)[0]
+                            for seed, r in zip(seeds, runs, strict=True)
+                        )
+                        met[a] += ok
+                        marks[i] = f"{ok} of {n}"
+                    total += n
+                print(
+                    f"| {LABELS.get(runs[0].policy, runs[0].policy)} | {sum(w) / n:.3f} "
+                    f"({min(w):.3f}-{max(w):.3f}) | {sum(c) / n:,.0f} "
+                    f"({min(c):,.0f}-{max(c):,.0f}) | {marks[0]} | {marks[1]} |"
+                )
+            print()
+    for a in SHOAL:
+        print(f"**{a} meets the bar in {met[a]} of {total} (comparison, seed) runs.**\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,8 +395,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--million", action="store_true", help="time a 1M-request run")
     parser.add_argument("--only", action="append", help="run only these scenarios")
     parser.add_argument("--jobs", type=int, default=2, help="processes (2)")
+    parser.add_argument(
+        "--frontier",
+        action="append",
+        metavar="SCENARIO",
+        help="sweep auto's target utilization on SCENARIO against every baseline, and stop",
+    )
+    parser.add_argument(
+        "--sparse", action="store_true", help="keep-warm on a scale-to-zero load, and stop"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every scenario with N seeds and report mean and range (then stop)",
+    )
     args = parser.parse_args(argv)
     scale = 1 / 3 if args.quick else 1.0
+    if args.sparse:
+        sparse()
+        return 0
+    if args.frontier:
+        for name in args.frontier:
+            for cold in COLD_STARTS:
+                frontier(name, scale, cold, args.jobs)
+        return 0
 
     when = dt.datetime.fromtimestamp(wall_time(), dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"# Scaling scenarios{' (quick: a third as long)' if args.quick else ''}")
@@ -257,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         f"seed {SEED}; warm-up {WARMUP_S:g} s (not counted); waits are arrival -> agent\n"
     )
     chosen = [sc for sc in SCENARIOS if not args.only or sc.name in args.only]
+    if args.seeds > 1:
+        seeded(chosen, scale, list(range(SEED, SEED + args.seeds)), args.jobs)
+        return 0
     jobs = [(sc.name, scale, c, p) for sc in chosen for c in COLD_STARTS for p in POLICIES]
     started = perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -318,8 +499,17 @@ def main(argv: list[str] | None = None) -> int:
         "\nagent-s of auto+ml-based over auto on the non-periodic scenarios: "
         + ", ".join(f"{n} {x:+.1%}" for n, x in extra)
     )
-    p99 = decide_p99()
-    print(f"\ndecide() of auto+ml-based: p99 {p99 * 1e6:,.0f} us (20,000 decisions, bursty load).")
+    print(
+        "\n| decide() (100,000 decisions, bursty load) | p50 wall (us) | p99 wall (us) "
+        "| p99 CPU (us) |"
+    )
+    print("|---|---:|---:|---:|")
+    for name, pred in (("auto", "none"), ("auto+ml-based", "ml-based")):
+        d = decide_times(pred)
+        print(
+            f"| {name} | {d.wall_p50 * 1e6:,.0f} | {d.wall_p99 * 1e6:,.0f} | "
+            f"{d.cpu_p99 * 1e6:,.0f} |"
+        )
     print(
         f"\n{simulated:,} requests simulated in {wall:.0f} s ({simulated / wall:,.0f}/s, "
         f"{args.jobs} processes)."

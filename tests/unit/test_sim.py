@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import json
 import math
@@ -10,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from shoal.backends import AgentSpec
+from shoal.errors import ConfigError
 from shoal.sim import SUMMARY_KEYS, Exponential, Fixed, Workload, simulate, workloads
+from shoal.sim.backend import SimBackend
 from shoal.sim.cli import add_parser, run
 
 
@@ -177,3 +181,47 @@ def test_simulate_reports_a_bad_plot_path_as_a_usage_error(
     )
     assert code == 2
     assert "No such file or directory" in capsys.readouterr().err
+
+
+def test_on_demand_makes_a_baseline_predict_a_shoal_pool_with_that_policy() -> None:
+    args = ("--workload", "bursty", "--rate", "3", "--duration", "900", "--json", "--seed", "1")
+    status, own = cli(*args, "--policy", "hpa", "--policy", "auto")
+    assert status == 0
+    status, forced = cli(*args, "--policy", "hpa", "--policy", "auto", "--on-demand")
+    assert status == 0
+    status, never = cli(*args, "--policy", "auto", "--no-on-demand")
+    assert status == 0
+    hpa, auto = json.loads(own)
+    hpa_od, auto_od = json.loads(forced)
+    (auto_never,) = json.loads(never)
+    assert (hpa["policy"], hpa_od["policy"]) == ("hpa", "hpa (on demand)")
+    assert auto_od == auto  # shoal's own already start on demand: nothing changes
+    assert auto_never["policy"] == "auto (no on-demand)"
+    # Starting agents for waiting callers cuts HPA's waits on bursts.
+    assert hpa_od["p99_wait_s"] < hpa["p99_wait_s"]
+    assert hpa_od["cold_starts"] > hpa["cold_starts"]
+
+
+async def test_starts_slow_down_while_others_are_under_way() -> None:
+    """Each agent already starting adds ``growth`` to a start (real hosts share CPU and disk)."""
+    backend = SimBackend(2.0, growth=0.05)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    agents = await asyncio.gather(
+        *(backend.start(AgentSpec(pool="p", agent_id=f"a{i}")) for i in range(5))
+    )
+    took = sorted(round(a.ready_at - t0, 6) for a in agents)
+    assert took == pytest.approx([2.0 * (1 + 0.05 * k) for k in range(5)])
+    before = loop.time()
+    alone = await backend.start(AgentSpec(pool="p", agent_id="late"))
+    assert alone.ready_at - before == pytest.approx(2.0)  # nothing else starting: plain 2 s
+
+
+def test_growing_cold_starts_cost_waits_in_a_flash_crowd() -> None:
+    load = workloads.flash(5, 900, seed=2)
+    plain = simulate(load, "auto", cold_start=2.0, max_size=200)
+    slow = simulate(load, "auto", cold_start=2.0, max_size=200, cold_start_growth=0.011)
+    assert slow.starting_agent_seconds > plain.starting_agent_seconds
+    assert slow.mean_wait_s > plain.mean_wait_s
+    with pytest.raises(ConfigError, match="cold_start_growth=-1 must be a fraction >= 0"):
+        simulate(load, "auto", cold_start_growth=-1)

@@ -72,8 +72,10 @@ class ScalingPolicyConfig(BaseModel):
     that count as a burst), ``sla`` (a response-time bound, seconds) and ``idle_time`` (how long
     the seed's rule waits at low utilization before scaling down). shoal adds ``policy`` (which
     policy decides), ``interval`` (how often it is asked), and for the ``predictor``:
-    ``forecast_only`` (log what the forecast would do, change nothing) and ``cold_start`` (the
-    agents' start time the forecast must look ahead by; measured by the pool when not given).
+    ``forecast_only`` (log what the forecast would do, change nothing), ``cold_start`` (the
+    agents' start time the forecast must look ahead by; measured by the pool when not given) and
+    ``state_file`` (where the autoscaler keeps what the predictor learnt across restarts; see
+    :mod:`shoal.scaling.learned`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -91,6 +93,7 @@ class ScalingPolicyConfig(BaseModel):
     predictor: Predictor | None = None
     forecast_only: bool = Field(default=False, strict=True)
     cold_start: float | None = Field(default=None, gt=0)
+    state_file: str | None = Field(default=None, min_length=1)
     burst_capacity: int | None = Field(default=None, ge=0, strict=True)
     idle_terminate: float | None = Field(default=None, gt=0)
     cost_threshold: float | None = Field(default=None, gt=0)
@@ -115,6 +118,11 @@ class ScalingPolicyConfig(BaseModel):
             raise ValueError(
                 f"scale_down_threshold={self.scale_down_threshold} must be below "
                 f"scale_up_threshold={self.scale_up_threshold}, or the pool would flap"
+            )
+        if self.state_file is not None and self.predictor_name == "none":
+            raise ValueError(
+                f"state_file={self.state_file!r} keeps what a predictor learns, but no predictor "
+                "is set; add a predictor (e.g. 'ml-based') or drop state_file"
             )
         if self.policy is not None and self.policy not in POLICY_NAMES:
             raise ValueError(

@@ -240,6 +240,10 @@ def build_policy(
     inner = chosen.build(config)
     if config.predictor_name != "none":
         inner = predictive(inner, config)
+        if config.min_instances == 0 and config.idle_terminate is None:
+            from shoal.scaling.keepwarm import KeepWarm
+
+            inner = KeepWarm(inner)  # scale to zero between calls, pre-warmed from the gaps
     return GuardedPolicy(inner, config, price_per_hour, guards=chosen.guards)
 
 

@@ -11,9 +11,11 @@ Kinds (the ``predictor`` key):
   every so often) and forecasts the mean rate at the same phase over the last few periods; its
   upper bound is the highest rate at that phase (± one bin, for jitter) plus a margin.
 - ``linear`` — a least-squares line through the recent bins, extended ``h`` bins ahead.
-- ``ml-based`` — an ensemble of EWMA, seasonal-naive, additive Holt-Winters, the linear trend and a
-  ridge regression on lags and phase; it follows whichever has the lowest recent error (MASE) and
-  adds a margin from the recent residual quantiles.
+- ``ml-based`` — an ensemble of the naive forecast (the last bin's rate), EWMA, seasonal-naive,
+  additive Holt-Winters, the linear trend and a ridge regression on lags and phase; it follows
+  whichever has the lowest recent error (MASE) and adds a margin from the recent residual
+  quantiles. The naive member keeps it from doing worse than "what happens now goes on" for
+  long on a load none of the others model (sharp bursts at jittered times).
 
 Every forecast is scored against what then arrived: MASE here is the forecast's mean absolute
 error over that of the naive forecast at the same horizon (the rate ``h`` bins earlier), so below
@@ -34,7 +36,7 @@ PREDICTORS: tuple[str, ...] = ("none", "seasonal", "linear", "ml-based")
 _MODELS: dict[str, tuple[str, ...]] = {
     "seasonal": ("snaive",),
     "linear": ("linear",),
-    "ml-based": ("ewma", "snaive", "hw", "linear", "ridge"),
+    "ml-based": ("naive", "ewma", "snaive", "hw", "linear", "ridge"),
 }
 _HISTORY = 8192  # bins kept (at 10 s: 22.7 h): two periods of up to ~11 h are found
 _PERIODS_KEPT = 3  # periods the seasonal forecast looks back over
@@ -55,6 +57,16 @@ class Forecast:
     period_s: float | None
     mase: float | None  # over the whole history: error / naive error at the same horizon
     recent_mase: float | None  # the chosen model's recent MASE
+
+
+def _quantile(values: tuple[float, ...], q: float) -> float:
+    """The ``q`` quantile with linear interpolation (numpy's default), without numpy's overhead
+    for a hundred values."""
+    xs = sorted(values)
+    pos = q * (len(xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def _empty() -> np.ndarray:
@@ -78,6 +90,8 @@ class ForecastState:
     pending: tuple[tuple[float, ...], ...] = ()  # forecasts made for the next h bins, oldest first
     chosen_pending: tuple[float, ...] = ()  # the chosen forecast for each pending bin
     residuals: tuple[float, ...] = ()  # recent (actual - chosen forecast)
+    margin: float = 0.0  # the residuals' margin_q quantile, at least 0 (once 10 are seen)
+    spread: float = 0.0  # the residuals' mean absolute value: the forecast's recent noise
     abs_err_sum: float = 0.0
     naive_sum: float = 0.0
     ridge_a: np.ndarray = field(default_factory=_empty)
@@ -132,6 +146,10 @@ class Forecaster:
                 naive_sum += naive
                 abs_sum += abs(rate - chosen)
             residuals = (*residuals[-(_RESIDUALS - 1) :], rate - chosen)
+        margin, spread = state.margin, state.spread
+        if residuals is not state.residuals:
+            margin = _quantile(residuals, self.margin_q) if len(residuals) >= 10 else 0.0
+            spread = sum(abs(r) for r in residuals) / len(residuals)
         hist = np.append(hist[-(_HISTORY - 1) :], rate)
         bins = state.bins + 1
         period, checked = state.period, state.checked_at
@@ -158,6 +176,8 @@ class Forecaster:
             errors=errors,
             naive_error=naive_error,
             residuals=residuals,
+            margin=max(0.0, margin),
+            spread=spread,
             abs_err_sum=abs_sum,
             naive_sum=naive_sum,
             ridge_a=ridge_a,
@@ -177,7 +197,10 @@ class Forecaster:
         )
 
     def forecast(self, state: ForecastState, ahead: int | None = None) -> Forecast:
-        """The forecast for the next ``ahead`` bins (the highest of them), with its margin."""
+        """The forecast for the next ``ahead`` bins (the highest of them), with its margin.
+
+        Only the chosen model is asked, and the margin was drawn when the bin closed, so this
+        costs a few model evaluations, not an ensemble's."""
         n = len(state.history)
         period_s = state.period * self.bin_s if state.period else None
         mase = state.abs_err_sum / state.naive_sum if state.naive_sum > 0 else None
@@ -186,13 +209,11 @@ class Forecaster:
         ahead = self.horizon if ahead is None else ahead
         pick = self._pick(state)
         model = self.models[pick]
-        point = max(self._each(state, k)[pick] for k in range(1, ahead + 1))
+        point = max(self._one(model, state, k) for k in range(1, ahead + 1))
         upper = point
         if model == "snaive" and state.period:
             upper = max(self._seasonal_max(state, k) for k in range(1, ahead + 1))
-        margin = 0.0
-        if len(state.residuals) >= 10:
-            margin = max(0.0, float(np.quantile(state.residuals, self.margin_q)))
+        margin = state.margin
         recent = None
         if state.naive_error > 0 and state.bins > self.horizon + 10:
             recent = state.errors[pick] / state.naive_error
@@ -223,6 +244,8 @@ class Forecaster:
 
     def _one(self, model: str, state: ForecastState, k: int) -> float:
         hist = state.history
+        if model == "naive":
+            return float(hist[-1])
         if model == "ewma":
             return state.level
         if model == "snaive":

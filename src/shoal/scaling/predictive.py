@@ -3,9 +3,12 @@
 :class:`PredictivePolicy` is itself a pure policy. Every ``bin_s`` seconds it folds the arrivals
 of the bin just closed into a :class:`~shoal.scaling.predict.Forecaster`, then asks it for the
 highest arrival rate it expects between now and one cold start plus one interval ahead — the
-soonest an agent started at the next decision could be ready. The size that rate needs (the same
-sizing as the target policy: demand over ``target_utilization``, at most demand + β√demand) is
-the forecast's size, and the decision is ``max(reactive, forecast)``: a forecast only ever *adds*
+soonest an agent started at the next decision could be ready. The forecast is made once per
+bin (and again only if the horizon crosses a bin edge) and reused by the decisions in between.
+Its size is the larger of the point forecast sized as the target policy sizes demand (over
+``target_utilization``, at most demand + β√demand) and the upper bound (the point plus the
+margin of its recent errors) at one agent per call — the error margin is not stacked on the
+queueing headroom. The decision is ``max(reactive, forecast)``: a forecast only ever *adds*
 capacity. The guards wrap the whole (:func:`~shoal.scaling.guards.build_policy`), so bounds, the
 cost cap and the rate limits bind forecast capacity too.
 
@@ -13,9 +16,15 @@ The forecast acts only when it is worth believing: when the rise it expects stan
 noise of its own recent errors and its recent error is below the naive forecast's (MASE < 1).
 On a load without a pattern it is silent, and costs nothing.
 
-When the forecast has been good (MASE at most ``lean_mase``) the reactive policy runs with less
-headroom (square-root staffing with β = ``lean_beta`` instead of its own), since capacity for a
-coming rise no longer has to sit idle in advance: the headroom follows the forecast's confidence.
+When the forecast is trustworthy the reactive policy runs with less headroom (square-root
+staffing with β = ``lean_beta`` instead of its own, and demand smoothed over
+``lean_smoothing_s`` so that the stabilisation window's maximum of a noisy demand estimate does
+not turn noise back into headroom), since capacity for a coming rise no longer
+has to sit idle in advance: the headroom follows the forecast's confidence. Trustworthy means
+either a recent MASE of at most ``lean_mase``, or recent errors at the floor that counting
+noise sets: a bin of Poisson arrivals at rate λ varies by √(λ / bin_s) per second, and when
+the mean absolute error is no larger than that (times ``floor_k``), nothing the forecast misses is
+more than chance; the remaining headroom covers the chance (the queueing of a stationary load).
 
 ``forecast_only`` computes and logs everything (in the reason, and the MASE in the state) but
 decides as the reactive policy alone would.
@@ -49,6 +58,7 @@ class PredictState:
     starting_s: float = 0.0  # agents starting, integrated over time (for the cold start)
     started0: int = -1  # agents_started at the first decision
     last: Forecast | None = None
+    last_key: tuple[int, int] = (-1, 0)  # (bins seen, bins ahead) the last forecast was made for
     added: int = 0  # agents the forecast added at the last decision
 
 
@@ -65,6 +75,8 @@ class PredictivePolicy:
     forecast_only: bool = False
     lean_mase: float = 0.8
     lean_beta: float = 1.5
+    floor_k: float = 1.0
+    lean_smoothing_s: float = 60.0
     noise_z: float = 2.0
     min_rise: float = 0.25
 
@@ -83,6 +95,13 @@ class PredictivePolicy:
         if state.started0 >= 0 and done >= 3 and state.starting_s > 0:
             return state.starting_s / done
         return DEFAULT_COLD_START_S
+
+    def at_noise_floor(self, fstate: ForecastState) -> bool:
+        """Whether the forecast's recent errors are no larger than Poisson counting noise."""
+        if len(fstate.residuals) < 30 or fstate.level <= 0:
+            return False
+        noise = math.sqrt(fstate.level / self.forecaster.bin_s)
+        return fstate.spread <= self.floor_k * noise
 
     def decide(
         self, snapshot: PoolMetrics, state: PredictState, now: float
@@ -117,17 +136,26 @@ class PredictivePolicy:
         cold = self.cold_start_s(seen, snapshot)
         reach = now + cold + self.interval - bin_start
         ahead = max(1, int(reach / fc.bin_s) + 1)
-        forecast = fc.forecast(fstate, ahead) if fstate.bins else None
-        confident = (
-            forecast is not None
-            and forecast.recent_mase is not None
-            and forecast.recent_mase <= self.lean_mase
+        # The forecast changes only when a bin closes (or the horizon moves past a bin edge):
+        # made once, then reused by every decision until then.
+        key = (fstate.bins, ahead)
+        if not fstate.bins:
+            forecast = None
+        elif key == state.last_key and state.last is not None:
+            forecast = state.last
+        else:
+            forecast = fc.forecast(fstate, ahead)
+        confident = forecast is not None and (
+            (forecast.recent_mase is not None and forecast.recent_mase <= self.lean_mase)
+            or self.at_noise_floor(fstate)
         )
         inner: Policy[Any] = self.inner
         if confident and isinstance(inner, TargetUtilizationPolicy) and not self.forecast_only:
             beta = inner.queueing_headroom
             if beta is not None and beta > self.lean_beta:
-                inner = dataclasses.replace(inner, queueing_headroom=self.lean_beta)
+                inner = dataclasses.replace(
+                    inner, queueing_headroom=self.lean_beta, smoothing_s=self.lean_smoothing_s
+                )
         raw = inner.decide(snapshot, state.inner, now)
         if forecast is None:
             return Decision(
@@ -142,7 +170,9 @@ class PredictivePolicy:
             + (f", period {forecast.period_s:g} s" if forecast.period_s else "")
             + (f", MASE {forecast.recent_mase:.2f}" if forecast.recent_mase is not None else "")
         )
-        next_state = dataclasses.replace(seen, inner=raw.state, last=forecast, added=added)
+        next_state = dataclasses.replace(
+            seen, inner=raw.state, last=forecast, last_key=key, added=added
+        )
         if why is not None or added == 0:
             reason = f"{raw.reason}; {head}: {why or f'needs {need}, no more'}"
             return Decision(raw.desired, next_state, reason, raw.shed)
@@ -160,7 +190,7 @@ class PredictivePolicy:
         if forecast.recent_mase >= 1.0:
             return 0, "no better than naive"
         now_rate = fstate.level
-        spread = _spread(fstate.residuals)
+        spread = fstate.spread
         # A rise the reactive headroom absorbs, or one inside the forecast's own noise, is not
         # worth capacity in advance.
         if forecast.peak <= now_rate * (1 + self.min_rise) or (
@@ -168,21 +198,18 @@ class PredictivePolicy:
         ):
             return 0, "no rise beyond its noise"
         exec_s = snapshot.avg_execution_time / max(1, snapshot.max_concurrency)
-        demand = forecast.upper * exec_s
+        # The point forecast gets the reactive policy's queueing headroom; the upper bound (the
+        # point plus the margin of its recent errors) is itself the allowance for being wrong,
+        # and is covered one agent per expected call: the two are not stacked.
+        demand = forecast.peak * exec_s
         if demand <= 0:
             return 0, "no demand"
         need = demand / self.target_utilization
         beta = self.queueing_headroom
         if beta is not None:
             need = min(need, demand + beta * math.sqrt(demand))
+        need = max(need, forecast.upper * exec_s)
         return math.ceil(need - 1e-9), None
-
-
-def _spread(residuals: tuple[float, ...]) -> float:
-    """Mean absolute residual: a robust scale of the forecast's recent noise."""
-    if not residuals:
-        return 0.0
-    return sum(abs(r) for r in residuals) / len(residuals)
 
 
 def find_predict_state(state: Any) -> PredictState | None:

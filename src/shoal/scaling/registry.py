@@ -35,7 +35,7 @@ COMMON_KEYS: frozenset[str] = frozenset(
     }
 )
 #: The predictor's keys: shoal's own policies take them (see :mod:`shoal.scaling.predictive`).
-PREDICTOR_KEYS = frozenset({"predictor", "forecast_only", "cold_start"})
+PREDICTOR_KEYS = frozenset({"predictor", "forecast_only", "cold_start", "state_file"})
 #: The keys the guards read (``all``); ``cooldown_period`` also sets how long on-demand agents
 #: the policy does not want are kept (a third of it).
 _GUARD_KEYS = frozenset(

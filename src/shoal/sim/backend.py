@@ -65,6 +65,10 @@ class SimBackend:
     ``on_live`` (the change in live agents, the loop time) hears every change in the live
     count, for a cost meter; ``on_served`` hears the ``tag`` of each :func:`serve` call that
     finished here.
+
+    ``growth`` makes starts slower while others are under way, as on a real host where they
+    share CPU and disk: each agent already starting adds ``growth`` (a fraction) to a start's
+    time. Process agents measured 2.09 s alone and 2.49 s with 16-19 starting: about 0.011.
     """
 
     name = "sim"
@@ -77,10 +81,12 @@ class SimBackend:
         tracks_calls: bool = False,
         on_live: Callable[[int, float], None] | None = None,
         on_served: Callable[[int], None] | None = None,
+        growth: float = 0.0,
     ) -> None:
         self.cold_start: Distribution = (
             Fixed(float(cold_start)) if isinstance(cold_start, int | float) else cold_start
         )
+        self.growth = growth
         self._rng = random.Random(seed)
         self.starts = 0
         self.live = 0  # agents asked for and not yet stopped: starting, idle or busy
@@ -130,8 +136,9 @@ class SimBackend:
         if self._on_live is not None:
             self._on_live(1, now)
         agent = SimAgent(spec.agent_id, now)
+        others = self.starting - 1  # already under way when this one began
         try:
-            await asyncio.sleep(self.cold_start.sample(self._rng))
+            await asyncio.sleep(self.cold_start.sample(self._rng) * (1 + self.growth * others))
             if self._down and self.down(loop.time()):
                 raise AgentStartError(f"the simulated region of agent {spec.agent_id} went down")
         except BaseException:

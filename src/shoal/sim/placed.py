@@ -117,6 +117,7 @@ class PlacedRun(_Run):
                 tracks_calls=True,
                 on_live=on_live(self.meter, cost),
                 on_served=lambda i, k=k: self._served(i, k),  # type: ignore[misc]
+                growth=self.cold_start_growth,
             )
             source = None
             if p.spot and (opts.preemptions_per_hour > 0 or opts.preemption_trace):

@@ -208,9 +208,13 @@ def plan(
     if not fixed and not ({"max", "max_instances"} & given.keys()):
         given["max"] = max_size  # (a fixed pool has one size)
     config = parse_scaling_policy(f"policy {label!r}", given)
+    # shoal's policies run as a shoal pool does; a baseline as its own system does, unless
+    # told otherwise (then the label says so).
+    own = REGISTRY[config.policy_name].on_demand
     if on_demand is None:
-        # shoal's policies run as a shoal pool does; a baseline as its own system does.
-        on_demand = REGISTRY[config.policy_name].on_demand
+        on_demand = own
+    elif on_demand != own:
+        label += " (on demand)" if on_demand else " (no on-demand)"
     return _Plan(label, given, on_demand, config.min_instances, config.max_instances)
 
 
@@ -254,6 +258,7 @@ def simulate(
     max_concurrency: int = 1,
     warmup: float = 0.0,
     predictor: str | None = None,
+    cold_start_growth: float = 0.0,
     placements: PlacementOptions | None = None,
 ) -> SimResult:
     """Replay ``workload`` on a pool scaled by ``policy`` and measure what happened.
@@ -268,6 +273,8 @@ def simulate(
     300 s). ``on_demand`` overrides whether the pool starts agents for waiting callers.
     ``max_concurrency`` is how many requests one agent serves at once.
     ``predictor`` sets the ``predictor`` of shoal's own policies (baselines have none).
+    ``cold_start_growth`` lengthens each start by that fraction per agent already starting
+    (see :class:`~shoal.sim.backend.SimBackend`; about 0.011 for process agents).
 
     ``warmup`` (seconds) makes the comparison start from a settled state: the pool is first
     grown to the size the opening load needs (its first minute's offered load at 70%
@@ -297,6 +304,11 @@ def simulate(
         raise ConfigError(f"max_concurrency={max_concurrency!r} must be an integer >= 1")
     if not warmup >= 0:
         raise ConfigError(f"warmup={warmup!r} must be a number of seconds >= 0")
+    if not (cold_start_growth >= 0 and math.isfinite(cold_start_growth)):
+        raise ConfigError(
+            f"cold_start_growth={cold_start_growth!r} must be a fraction >= 0 "
+            "(e.g. 0.011: each agent already starting makes a start 1.1% slower)"
+        )
     if predictor is not None and isinstance(policy, str) and "+" not in policy:
         base = policy.partition(":")[0]
         if base in SHOAL_POLICIES and predictor != "none":
@@ -309,7 +321,7 @@ def simulate(
         raise ConfigError(f"interval={interval!r} must be a number of seconds > 0")
     args = (the_plan, cold_start, seed, sample, idle_timeout, price, warmup, max_concurrency)
     if placements is None:
-        run = _Run(workload, *args)
+        run = _Run(workload, *args, cold_start_growth=cold_start_growth)
     else:
         from shoal.sim.placed import PlacedRun
         from shoal.sim.placements import split_origins
@@ -318,7 +330,13 @@ def simulate(
         # The spot preference and the cost cap go where a user puts them: the scaling policy.
         keys = placements.policy_keys()
         args = (replace(the_plan, scaling_policy={**the_plan.scaling_policy, **keys}), *args[1:])
-        run = PlacedRun(workload, *args, options=placements, origins=origins)
+        run = PlacedRun(
+            workload,
+            *args,
+            options=placements,
+            origins=origins,
+            cold_start_growth=cold_start_growth,
+        )
     started = perf_counter()
     with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
         runner.run(run.main())
@@ -380,6 +398,8 @@ class _Run:
         price: float | None,
         warmup: float = 0.0,
         max_concurrency: int = 1,
+        *,
+        cold_start_growth: float = 0.0,
     ) -> None:
         self.workload = workload
         self.warmup = warmup
@@ -391,6 +411,7 @@ class _Run:
         self.arrivals = workload.arrivals
         self.durations = workload.durations
         self.waits = [0.0] * n
+        self.cold_start_growth = cold_start_growth
         self.backend, self.pool = self._build(cold_start, idle_timeout, price, max_concurrency)
         self.t0 = 0.0
         self.next = 0  # the next request to arrive
@@ -420,7 +441,7 @@ class _Run:
     ) -> tuple[Any, AgentPool]:
         """The backend (or what stands for the backends: see :mod:`shoal.sim.placed`) and the
         pool to run."""
-        backend = SimBackend(cold_start, seed=self.seed)
+        backend = SimBackend(cold_start, seed=self.seed, growth=self.cold_start_growth)
         pool = AgentPool(
             "sim",
             min_size=self.plan.pool_min,
