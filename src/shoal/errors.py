@@ -103,7 +103,8 @@ class AgentLost(AgentError):
 
 
 class Preempted(AgentLost):
-    """The agent's spot capacity was reclaimed before its call finished.
+    """The agent's spot capacity was reclaimed before its call finished, or the agent went
+    down with its whole placement (a region's failure).
 
     The call was cancelled at the notice's deadline; :meth:`AgentPool.call` re-queues it at the
     head of the queue (unless ``on_preempt="fail"``), so callers of ``call``/``run``/``map``

@@ -7,8 +7,11 @@ agents, their starts, their deaths and the calls are real."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import signal
 import socket
+import sys
 from typing import Any
 
 import pytest
@@ -119,6 +122,99 @@ async def test_a_preemption_with_calls_in_flight_requeues_them_and_they_are_answ
         assert m.requeued == 2 and m.preemptions == 1
         assert not doomed & {a.agent_id for a in pool.agents}
         assert on_demand.started  # the replacements went to on-demand capacity
+
+
+async def test_a_placement_whose_agents_are_all_killed_at_once_loses_no_call() -> None:
+    # A region goes dark: every agent there is SIGKILLed at once with a call running on it.
+    # The calls run again on the other placement; each is answered, once.
+    region_a, region_b = Counting(), Counting()
+    pool = AgentPool(
+        "outage",
+        min_size=3,
+        max_size=6,
+        start_timeout=60,
+        placements=[
+            {"name": "a", "price_per_hour": 0.5, "max_size": 3, "backend": region_a},
+            {"name": "b", "price_per_hour": 1.0, "backend": region_b},
+        ],
+    )
+    async with pool:
+        assert {a.placement.name for a in pool.agents} == {"a"}
+        pids = {a.handle.pid for a in pool.agents}
+        calls = [asyncio.create_task(pool.run(workers.sleep_and_pid, 5.0)) for _ in range(3)]
+        for _ in range(1200):  # until the three calls run (up to a minute on a busy machine)
+            if pool.snapshot().busy == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert pool.snapshot().busy == 3
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        answered = await asyncio.wait_for(asyncio.gather(*calls), 180)
+        assert len(answered) == 3 and not set(answered) & pids
+        m = pool.metrics
+        assert m.requeued == 3 and m.requests_total == 3
+        assert any("placement a down" in e.reason for e in pool.events)
+
+
+def _dead_socket(tmp_path: Any) -> str:
+    """A unix socket file nobody listens on: an engine that is not running."""
+    path = str(tmp_path / "engine.sock")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(path)
+    return path
+
+
+def _unraisable(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    seen: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(repr(u.exc_value)))
+    return seen
+
+
+def test_a_container_engine_refusing_connections_leaks_no_socket(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("docker")
+    from shoal.backends.container import ContainerBackend
+    from shoal.errors import BackendError
+
+    seen = _unraisable(monkeypatch)
+    boxes = ContainerBackend("python:3.11-slim", base_url=f"unix://{_dead_socket(tmp_path)}")
+    with pytest.raises(BackendError, match=r"cannot reach a container engine at unix://.*refused"):
+        boxes._engine()
+    gc.collect()
+    assert not [w for w in seen if "unclosed" in w], seen
+
+
+async def test_a_container_placement_with_no_engine_fails_over_and_no_call_is_lost(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cheaper placement's engine is down (its socket refuses connections): its starts fail,
+    # the pool says so and starts agents on the process placement; every call is answered.
+    pytest.importorskip("docker")
+    from shoal.backends.container import ContainerBackend
+
+    seen = _unraisable(monkeypatch)
+    boxes = ContainerBackend("python:3.11-slim", base_url=f"unix://{_dead_socket(tmp_path)}")
+    fallback = Counting()
+    pool = AgentPool(
+        "boxes-down",
+        min_size=1,
+        max_size=3,
+        start_timeout=60,
+        placements=[
+            {"name": "box", "price_per_hour": 0.1, "backend": boxes},
+            {"name": "proc", "price_per_hour": 1.0, "backend": fallback},
+        ],
+    )
+    async with pool:
+        results = await asyncio.gather(*(pool.run(workers.add, i, 1) for i in range(12)))
+        assert results == [i + 1 for i in range(12)]
+        assert not pool.broken
+        assert {a.placement.name for a in pool.agents} == {"proc"} and fallback.started
+        failed = [e for e in pool.events if e.kind == "start_failed"]
+        assert failed and all("cannot reach a container engine" in e.reason for e in failed)
+    gc.collect()
+    assert not [w for w in seen if "unclosed" in w], seen
 
 
 @pytest.mark.container

@@ -244,3 +244,38 @@ async def test_a_pool_without_max_size_is_sized_by_the_cluster_and_agents_name_t
         assert p.max_size == 4
         assert [a.node for a in p.agents] == ["127.0.0.1"]
         assert p.metrics.nodes == {"127.0.0.1": 1}
+
+
+async def test_a_spot_placement_of_ray_actors_preempted_with_calls_in_flight_loses_none() -> None:
+    """Placements on Ray: spot capacity as Ray actors beside on-demand local processes. A notice
+    for the Ray placement with calls running there: the calls are re-queued and answered by
+    replacements on the on-demand placement, and the actors are gone."""
+    from shoal import PreemptionNotice, ProcessBackend
+
+    pool = AgentPool(
+        "ray-spot",
+        min_size=0,
+        max_size=2,
+        start_timeout=120,
+        placements=[
+            {"name": "ray-spot", "capacity": "spot", "price_per_hour": 0.3, "backend": backend()},
+            {"name": "local", "price_per_hour": 1.0, "backend": ProcessBackend()},
+        ],
+    )
+    async with pool:
+        pool.set_spot(True, spot_fraction=1.0, on_demand_base=0)
+        await pool.resize(2)
+        assert {a.placement.name for a in pool.agents} == {"ray-spot"}
+        actors = {a.agent_id for a in pool.agents}
+        ray_pids = set(await asyncio.gather(*(pool.run(workers.pid) for _ in range(4))))
+        calls = [asyncio.create_task(pool.run(workers.sleep_and_pid, 3.0)) for _ in range(3)]
+        await asyncio.sleep(1.0)
+        loop = asyncio.get_running_loop()
+        hit = pool.preempt(PreemptionNotice("ray-spot", deadline=loop.time() + 0.5, source="test"))
+        assert {a.agent_id for a in hit} == actors
+        pids = await asyncio.wait_for(asyncio.gather(*calls), 120)
+        assert len(pids) == 3 and pool.metrics.preemptions == 1
+        assert pool.metrics.requeued == 2  # the two running on the actors, cut short, run again
+        assert not set(pids) & ray_pids  # every answer came from a local replacement
+        assert not actors & {a.agent_id for a in pool.agents}
+        assert {a.placement.name for a in pool.agents} == {"local"}

@@ -212,6 +212,43 @@ async def test_a_call_that_finishes_within_the_notice_is_not_requeued() -> None:
         assert pool.metrics.requeued == 0
 
 
+async def test_a_call_expected_to_outlast_the_notice_is_requeued_at_once() -> None:
+    # Calls here take 100 s; the notice gives 30: the running call cannot finish, so it is
+    # cancelled and re-queued now, not at the deadline, and answered on demand.
+    spot = FakeBackend(call_time=100.0)
+    pool = pool_of(
+        {"name": "spot", "capacity": "spot", "price_per_hour": 0.3, "backend": spot},
+        {"name": "od", "price_per_hour": 1.0},
+    )
+    async with pool:
+        await on_spot(pool)
+        assert await pool.run(who) == "ok"  # the pool learns how long a call takes
+        call = asyncio.create_task(pool.run(who))
+        await asyncio.sleep(1)
+        loop = asyncio.get_running_loop()
+        pool.preempt(PreemptionNotice("spot", deadline=loop.time() + 30))
+        await asyncio.sleep(1)
+        assert pool.metrics.requeued == 1  # 28 s before the deadline
+        assert await call == "ok"
+
+
+async def test_a_call_expected_to_finish_within_the_notice_runs_on() -> None:
+    spot = FakeBackend(call_time=5.0)
+    pool = pool_of(
+        {"name": "spot", "capacity": "spot", "price_per_hour": 0.3, "backend": spot},
+        {"name": "od", "price_per_hour": 1.0},
+    )
+    async with pool:
+        await on_spot(pool)
+        assert await pool.run(who) == "ok"
+        call = asyncio.create_task(pool.run(who))
+        await asyncio.sleep(1)
+        pool.preempt(PreemptionNotice("spot", deadline=asyncio.get_running_loop().time() + 30))
+        assert await call == "ok"
+        assert pool.metrics.requeued == 0
+        assert sum(spot.calls_by_agent.values()) == 2  # it finished where it ran
+
+
 async def test_on_preempt_fail_raises_preempted_instead_of_running_twice() -> None:
     spot = FakeBackend(call_time=100.0)
     pool = pool_of({"name": "spot", "capacity": "spot", "backend": spot}, {"name": "od"})
@@ -266,6 +303,140 @@ async def test_repeated_preemptions_move_a_placement_down_the_list_for_a_while()
         await asyncio.sleep(1)
         await pool.resize(1)
         assert {a.placement.name for a in pool.agents if a.state.value != "stopping"} == {"a"}
+
+
+async def test_a_notice_naming_one_agent_leaves_the_rest_of_the_spot_placement_open() -> None:
+    # The provider reclaims one machine: its replacement (and any growth) still goes to spot;
+    # only the named agent leaves. (A notice for the whole placement closes it: above.)
+    pool = pool_of(
+        {"name": "spot", "capacity": "spot", "price_per_hour": 0.3},
+        {"name": "od", "price_per_hour": 1.0},
+        min_size=0,
+        max_size=8,
+    )
+    async with pool:
+        await on_spot(pool, 4)
+        first = pool.agents[0]
+        loop = asyncio.get_running_loop()
+        hit = pool.preempt(
+            PreemptionNotice("spot", deadline=loop.time() + 120, agent_ids=(first.agent_id,))
+        )
+        assert hit == [first]
+        await asyncio.sleep(1)
+        live = [a for a in pool.agents if a.state.value != "stopping"]
+        assert len(live) == 4 and first not in live
+        assert {a.placement.name for a in live} == {"spot"}
+        await pool.resize(6)
+        assert {a.placement.name for a in pool.agents if a.state.value != "stopping"} == {"spot"}
+
+
+async def test_single_agent_notices_demote_a_placement_by_their_rate_against_its_size() -> None:
+    # Ten agents on a: three single-agent notices within the hour are 0.3 of its size
+    # reclaimed, the ordinary trickle of a large spot placement; a stays first. One agent on
+    # c: two notices for it are twice its size, so c is demoted.
+    pool = pool_of(
+        {"name": "a", "capacity": "spot", "price_per_hour": 0.3},
+        {"name": "b", "capacity": "spot", "price_per_hour": 0.4},
+        min_size=0,
+        max_size=30,
+    )
+    async with pool:
+        await on_spot(pool, 10)
+        loop = asyncio.get_running_loop()
+        for agent in list(pool.agents)[:3]:
+            pool.preempt(
+                PreemptionNotice("a", deadline=loop.time() + 5, agent_ids=(agent.agent_id,))
+            )
+            await asyncio.sleep(10)
+        assert not any("demoted" in e.reason for e in pool.events)
+        await pool.resize(12)
+        assert {a.placement.name for a in pool.agents if a.state.value != "stopping"} == {"a"}
+
+    small = pool_of(
+        {"name": "c", "capacity": "spot", "price_per_hour": 0.3, "max_size": 1},
+        {"name": "d", "capacity": "spot", "price_per_hour": 0.4},
+        min_size=0,
+    )
+    async with small:
+        loop = asyncio.get_running_loop()
+        for _ in range(2):
+            await on_spot(small, 1)
+            (agent,) = [a for a in small.agents if a.placement.name == "c"] or small.agents
+            small.preempt(
+                PreemptionNotice(
+                    agent.placement.name, deadline=loop.time() + 5, agent_ids=(agent.agent_id,)
+                )
+            )
+            await asyncio.sleep(10)
+            await small.resize(0)
+            await asyncio.sleep(1)
+        assert any("demoted" in e.reason for e in small.events)
+        await small.resize(1)
+        assert {a.placement.name for a in small.agents if a.state.value != "stopping"} == {"d"}
+
+
+# -- a placement that fails ---------------------------------------------------------------------
+
+
+async def test_calls_lost_with_their_placement_run_again_elsewhere_and_none_is_lost() -> None:
+    # Three calls run on region a when it goes down (all its agents die at once, and its
+    # starts fail from then on): each is re-queued and answered once by region b.
+    a, b = FakeBackend(call_time=100.0), FakeBackend(call_time=1.0)
+    pool = pool_of(
+        {"name": "a", "price_per_hour": 0.5, "backend": a},
+        {"name": "b", "price_per_hour": 1.0, "backend": b},
+        min_size=3,
+        max_size=6,
+    )
+    async with pool:
+        assert {x.placement.name for x in pool.agents} == {"a"}
+        calls = [asyncio.create_task(pool.run(who)) for _ in range(3)]
+        await asyncio.sleep(5)
+        a.fail_next_starts(1000, AgentStartError("region a down"))
+        for agent_id in a.alive:
+            a.crash(agent_id)
+        assert await asyncio.gather(*calls) == ["ok"] * 3
+        assert sum(b.calls_by_agent.values()) == 3  # each once, on b
+        assert pool.metrics.requeued == 3 and pool.metrics.requests_failed == 3
+        assert any("placement a down" in e.reason for e in pool.events)
+
+
+async def test_one_agent_lost_in_a_healthy_placement_stays_agent_lost_and_is_not_rerun() -> None:
+    a, b = FakeBackend(call_time=100.0), FakeBackend(call_time=1.0)
+    pool = pool_of(
+        {"name": "a", "price_per_hour": 0.5, "backend": a},
+        {"name": "b", "price_per_hour": 1.0, "backend": b},
+        min_size=3,
+        max_size=6,
+    )
+    async with pool:
+        calls = [asyncio.create_task(pool.run(who)) for _ in range(3)]
+        await asyncio.sleep(5)
+        a.crash(a.alive[0])  # the others stay up and answer
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        lost = [r for r in results if isinstance(r, BaseException)]
+        assert len(lost) == 1 and not isinstance(lost[0], Preempted)
+        assert results.count("ok") == 2
+        assert pool.metrics.requeued == 0
+        assert not any("down" in e.reason for e in pool.events)
+
+
+async def test_on_preempt_fail_also_fails_a_call_lost_with_its_placement() -> None:
+    a = FakeBackend(call_time=100.0)
+    pool = pool_of(
+        {"name": "a", "price_per_hour": 0.5, "backend": a},
+        {"name": "b", "price_per_hour": 1.0},
+        min_size=2,
+    )
+    async with pool:
+        calls = [asyncio.create_task(pool.call(who, on_preempt="fail")) for _ in range(2)]
+        await asyncio.sleep(5)
+        for agent_id in a.alive:
+            a.crash(agent_id)
+        for call in calls:
+            with pytest.raises(Preempted, match="lost with its placement"):
+                await call
+        assert pool.metrics.requeued == 0
 
 
 async def test_preemption_sources_are_watched_while_the_pool_runs() -> None:
@@ -411,6 +582,60 @@ async def test_a_call_takes_the_nearest_idle_agent_and_spills_far_when_none_is_n
         assert sum(near.calls_by_agent.values()) == 2  # the nearest idle agent took it
 
 
+def two_distances(near: FakeBackend, far: FakeBackend) -> AgentPool:
+    return pool_of(
+        {"name": "far", "price_per_hour": 0.5, "rtt_ms": 100, "max_size": 1, "backend": far},
+        {"name": "near", "price_per_hour": 1.0, "rtt_ms": 5, "max_size": 1, "backend": near},
+        min_size=2,
+        max_size=2,
+    )
+
+
+async def test_a_call_waits_for_a_near_agent_expected_back_sooner_than_the_extra_round_trip() -> (
+    None
+):
+    # Calls take 20 ms here; going far costs 95 ms more: waiting for the busy near agent is
+    # quicker, so the far one stays idle.
+    near, far = FakeBackend(), FakeBackend()
+    pool = two_distances(near, far)
+    async with pool:
+        for _ in range(3):
+            assert await pool.run(work, 0.02) == "done"
+        assert await asyncio.gather(pool.run(work, 0.02), pool.run(work, 0.02)) == ["done"] * 2
+        assert sum(far.calls_by_agent.values()) == 0
+        assert sum(near.calls_by_agent.values()) == 5
+
+
+async def test_a_call_spills_far_when_the_expected_near_wait_exceeds_the_extra_round_trip() -> None:
+    # Calls take 1 s: waiting for the near agent would cost more than the 95 ms round trip.
+    near, far = FakeBackend(), FakeBackend()
+    pool = two_distances(near, far)
+    async with pool:
+        assert await pool.run(work, 1.0) == "done"
+        assert await asyncio.gather(pool.run(work, 1.0), pool.run(work, 1.0)) == ["done"] * 2
+        assert sum(far.calls_by_agent.values()) == 1
+
+
+async def test_a_call_held_for_a_near_agent_spills_once_it_has_waited_the_extra_round_trip() -> (
+    None
+):
+    # The near agent is expected back in 20 ms but runs a long call: after waiting 95 ms (what
+    # going far costs) the caller takes the far agent rather than wait on.
+    near, far = FakeBackend(), FakeBackend()
+    pool = two_distances(near, far)
+    async with pool:
+        for _ in range(3):
+            await pool.run(work, 0.02)
+        long = asyncio.create_task(pool.run(work, 30.0))
+        await asyncio.sleep(0)
+        short = asyncio.create_task(pool.run(work, 0.02))
+        done, _ = await asyncio.wait({long, short}, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {short}
+        assert sum(far.calls_by_agent.values()) == 1
+        assert pool.size == 2  # it waited for an agent there was, not for a new one
+        await long
+
+
 def test_the_cost_guard_gives_up_headroom_first_then_refuses_to_grow_saying_by_how_much() -> None:
     import dataclasses
 
@@ -471,3 +696,53 @@ async def test_agents_that_fell_back_to_on_demand_swap_back_to_spot_when_it_retu
         assert [a.placement.name for a in pool.agents] == ["spot"]
         assert any("swapped for a spot agent" in e.reason for e in pool.events)
         assert pool.size == 1
+
+
+def test_expected_wait_is_the_turn_of_the_call_over_the_completion_rate() -> None:
+    from shoal.pool.placing import expected_wait
+
+    assert expected_wait(0, 1.0, 4) == pytest.approx(0.25)  # the first of 4 agents to finish
+    assert expected_wait(3, 1.0, 4) == pytest.approx(1.0)  # behind three others
+    assert expected_wait(0, 1.0, 0) == float("inf")  # nobody to wait for
+
+
+# -- consolidation ---------------------------------------------------------------------------
+
+
+async def test_agents_move_back_to_the_cheaper_placement_once_it_starts_agents_again() -> None:
+    # The cheap region is down at the start, so both agents start on the dear one; once it is
+    # back (its back-off over), they move there one at a time and the pool stays at its size.
+    cheap, dear = FakeBackend(start_time=5.0), FakeBackend(start_time=5.0)
+    cheap.fail_next_starts(2, AgentStartError("region down"))
+    pool = pool_of(
+        {"name": "cheap", "price_per_hour": 0.5, "backend": cheap},
+        {"name": "dear", "price_per_hour": 1.0, "backend": dear},
+        min_size=2,
+        max_size=4,
+        idle_timeout=300,
+    )
+    async with pool:
+        moved = sum(1 for a in pool.agents if a.placement.name == "dear")
+        assert moved >= 1
+        await asyncio.sleep(600)
+        live = [a for a in pool.agents if a.state.value != "stopping"]
+        assert [a.placement.name for a in live] == ["cheap", "cheap"]
+        assert sum(1 for e in pool.events if "consolidated onto cheap" in e.reason) >= moved
+        assert await pool.run(who) == "ok"
+
+
+async def test_no_move_when_the_saving_does_not_pay_for_the_start() -> None:
+    # One cent an hour saved over a 10-s idle_timeout is far less than a minute's start.
+    cheap, dear = FakeBackend(start_time=60.0), FakeBackend(start_time=60.0)
+    cheap.fail_next_starts(1, AgentStartError("region down"))
+    pool = pool_of(
+        {"name": "cheap", "price_per_hour": 0.99, "backend": cheap},
+        {"name": "dear", "price_per_hour": 1.0, "backend": dear},
+        min_size=1,
+        max_size=2,
+        idle_timeout=10,
+    )
+    async with pool:
+        await asyncio.sleep(600)
+        assert {a.placement.name for a in pool.agents} == {"dear"}
+        assert not any("consolidat" in e.reason for e in pool.events)

@@ -341,3 +341,86 @@ def test_calls_under_random_preemptions_are_all_answered_once_and_spend_stays_un
             runner.run(main())
 
     run()
+
+
+def test_a_placement_is_judged_down_only_when_its_agents_go_together_or_its_starts_fail() -> None:
+    """Losses at random times in two placements of random sizes: a loss is judged a placement
+    failure exactly when, within LOST_TOGETHER_S of it, at least two and at least half of that
+    placement's agents were lost, or its starts were failing then; never for one agent lost
+    alone in a placement that starts agents, whatever the other placement does."""
+    from hypothesis import given
+
+    from shoal.pool.placing import LOST_SHARE, LOST_TOGETHER_S
+
+    @given(
+        sizes=st.tuples(st.integers(1, 8), st.integers(1, 8)),
+        losses=st.lists(
+            st.tuples(st.integers(0, 1), st.floats(0, 20, allow_nan=False)), max_size=12
+        ),
+    )
+    def run(sizes: tuple[int, int], losses: list[tuple[int, float]]) -> None:
+        placer = Placer([Placement(name="a"), Placement(name="b")], 1.0)
+        for site, n in zip(placer.order, sizes, strict=True):
+            for _ in range(n):
+                placer.added(site, 0.0)
+                placer.start_ok(site)
+        seen: list[tuple[int, float]] = []
+        for i, t in sorted(losses, key=lambda x: x[1]):
+            site = placer.order[i]
+            if site.count == 0:
+                continue
+            was_failing = site.failures > 0 and site.down_until >= t
+            placer.lost(site, t)
+            seen.append((i, t))
+            site.count -= 1  # the dead agent is stopped
+            near = [u for j, u in seen if j == i and abs(u - t) <= LOST_TOGETHER_S]
+            together = len(near) >= 2
+            judged = placer.failed_at(site, t)
+            if not together and not was_failing:
+                assert not judged
+            if together and len(near) >= LOST_SHARE * sizes[i]:
+                assert judged
+
+    run()
+
+    one = Placer([Placement(name="only")], 1.0)
+    site = one.order[0]
+    for _ in range(3):
+        one.added(site, 0.0)
+    for _ in range(3):
+        one.lost(site, 1.0)
+    assert not one.failed_at(site, 1.0)  # one placement: nowhere to fail over to
+
+
+def test_the_chance_a_call_under_notice_finishes_is_a_conditional_probability() -> None:
+    """finish_chance over the pool's run-time window: within [0, 1]; never lower for more time
+    left; 0 for a call that has outrun every call seen, 1 when every longer call seen would
+    have finished in the time left."""
+    import bisect
+
+    from hypothesis import given
+
+    from shoal.pool.metrics import Window
+    from shoal.pool.placing import finish_chance
+
+    @given(
+        runs=st.lists(st.floats(0.001, 100.0), min_size=1, max_size=40),
+        elapsed=st.floats(0.0, 120.0),
+        left=st.floats(0.0, 60.0),
+        more=st.floats(0.0, 60.0),
+    )
+    def run(runs: list[float], elapsed: float, left: float, more: float) -> None:
+        window = Window()
+        for r in runs:
+            window.append(r)
+        chance = finish_chance(window.share_at_most, elapsed, left)
+        assert 0.0 <= chance <= 1.0 + 1e-12
+        assert finish_chance(window.share_at_most, elapsed, left + more) >= chance - 1e-12
+        ordered = sorted(runs)
+        longer = ordered[bisect.bisect_right(ordered, elapsed) :]
+        if not longer:
+            assert chance == 0.0
+        elif longer[-1] <= elapsed + left:
+            assert chance == 1.0
+
+    run()

@@ -127,12 +127,19 @@ class ContainerBackend:
 
     def _engine(self) -> Any:
         if self._client is None:
+            client = None
             try:
-                self._client = self._docker.DockerClient(base_url=self.base_url, timeout=60)
-                self._client.ping()
-                _remove_orphans(self._client)
+                # The docker SDK leaves its socket open when a unix socket refuses the
+                # connection while it builds the client: probe the socket first, closing it.
+                _probe_socket(self.base_url)
+                client = self._docker.DockerClient(base_url=self.base_url, timeout=60)
+                client.ping()
+                _remove_orphans(client)
+                self._client = client
             except Exception as exc:
-                self._client = None
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        client.close()
                 raise BackendError(
                     f"cannot reach a container engine at {self.base_url}: {exc}. Start one "
                     "(e.g. `podman system service --time=0 unix:///run/podman/podman.sock`) or "
@@ -539,6 +546,17 @@ def _remove(container: Any) -> None:
 
 def _short(container: Any) -> str:
     return str(getattr(container, "short_id", "?"))
+
+
+def _probe_socket(base_url: str) -> None:
+    """Connect to a ``unix://`` engine socket and close the connection at once; raises the
+    ``OSError`` (nothing there, refused) without leaving a socket open. Other URLs pass."""
+    scheme, _, path = base_url.partition("://")
+    if scheme not in ("unix", "http+unix") or not path:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(path)
 
 
 def _default_socket() -> str:

@@ -49,6 +49,7 @@ class PooledAgent:
         "last_checked",
         "last_used",
         "leases",
+        "lost_at",
         "placement",
         "preempt_deadline",
         "preempted",
@@ -57,6 +58,7 @@ class PooledAgent:
         "site",
         "state",
         "swap",
+        "swap_from",
         "usage_count",
     )
 
@@ -70,7 +72,9 @@ class PooledAgent:
         # call; one still running then is cancelled (``preempted``) and re-queued.
         self.preempt_deadline: float | None = None
         self.preempted = False
+        self.lost_at: float | None = None  # when the pool heard it was lost (once)
         self.swap = False  # started on spot to replace an on-demand agent
+        self.swap_from: Any = None  # ... or on a cheaper placement, to replace one of this Site
         self.handle: Any = None
         self.state = AgentState.STARTING
         self.created_at = now

@@ -165,6 +165,12 @@ class Window:
         n = len(self._sorted)
         return self._sum / n if n else 0.0
 
+    def share_at_most(self, x: float) -> float:
+        """The share of the samples at most ``x`` (the empirical CDF); 0.0 when there are none."""
+        self._sync()
+        ordered = self._sorted
+        return bisect.bisect_right(ordered, x) / len(ordered) if ordered else 0.0
+
     def quantile(self, q: float) -> float:
         """The ``q``-quantile (0..1) by the nearest-rank method; 0.0 when there are none."""
         self._sync()

@@ -18,9 +18,32 @@ The rules:
   the nearest, then the order given.
 - **Failed starts** mark a placement down for a back-off (1 s, doubling to 60 s) when the pool
   has more than one: its agents go elsewhere meanwhile; a success clears it.
-- **Preemptions**: a placement under notice takes no new agents until the deadline; two notices
-  within an hour demote it below the others for half an hour (SpotHedge's lesson: capacity
-  that was just reclaimed is likely to be reclaimed again).
+- **Preemptions**: a notice for a whole placement (no ``agent_ids``) closes it to new agents
+  until the deadline; a notice naming agents takes only those out and leaves it open. A
+  placement is demoted below the others for half an hour once the capacity reclaimed there
+  within an hour reaches twice its size (a whole-placement notice counts as its size, a notice
+  for ``k`` of its ``n`` agents as ``k / n`` of it): two whole-placement notices, or each agent
+  of it reclaimed twice on average (SpotHedge's lesson: capacity that was just reclaimed is
+  likely to be reclaimed again; a large placement's ordinary trickle of single-agent notices
+  is not that).
+- **A placement that fails** (its backend cannot reach its agents): agents of one placement
+  lost within ``LOST_TOGETHER_S`` of each other, at least two and at least ``LOST_SHARE`` of
+  it, or an agent lost while the placement's starts are failing, judge it down
+  (:meth:`Placer.lost`, :meth:`Placer.failed_at`): it is skipped for a back-off as after
+  failed starts, and the calls lost on its agents may run again elsewhere. One agent lost in a
+  placement that is otherwise well is that agent's (or its call's) failure, not the
+  placement's.
+- **Early cancel** (:func:`finish_chance`): a call under a notice that past calls' run times
+  give less than ``EARLY_CANCEL_BELOW`` chance to finish before the reclaim is cancelled and
+  re-queued at once rather than at the deadline.
+- **Consolidation** (:meth:`Placer.cheaper_target`): an agent on a placement dearer than an
+  open one of the same capacity (with room, affordable, not demoted, not farther than the
+  latency target when it is within) moves there when the saving over ``idle_timeout``
+  exceeds what the new agent costs while it starts: a start there, then the dearer agent
+  retired (an idle one at once, a busy one when its call is back).
+- **Spilling** (:func:`expected_wait`): a call takes an idle agent farther away only when the
+  wait it can expect for a busy nearer one (calls queued ahead + 1, times the mean run time,
+  over those agents) exceeds the extra round trip, or once it has waited that long.
 - **Cost**: the spend rate is Σ agents x their placement's price; a start that would take it
   over the ceiling is refused. ``cost_usd`` integrates the rate over time.
 """
@@ -29,16 +52,18 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from shoal.pool.placement import Placement
 
 DOWN_FIRST_S = 1.0
 DOWN_MAX_S = 60.0
-DEMOTE_AFTER = 2  # preemptions within DEMOTE_WINDOW_S demote a placement
+DEMOTE_AFTER = 2.0  # placements' worth of capacity reclaimed within DEMOTE_WINDOW_S demotes one
 DEMOTE_WINDOW_S = 3600.0
 DEMOTE_S = 1800.0
+LOST_TOGETHER_S = 2.0  # agents of a placement lost this close together were lost together
+LOST_SHARE = 0.5  # ... and this share of its agents lost together means the placement failed
 _EPS = 1e-9
 
 
@@ -56,7 +81,8 @@ class Site:
     down_until: float = -math.inf
     notice_until: float = -math.inf
     demoted_until: float = -math.inf
-    preempted_at: deque[float] = field(default_factory=deque)
+    preempted_at: deque[tuple[float, float]] = field(default_factory=deque)  # (when, share)
+    lost_at: deque[tuple[float, int]] = field(default_factory=deque)  # (when, agents then)
 
     @property
     def name(self) -> str:
@@ -79,6 +105,30 @@ class Site:
             and now >= self.notice_until
             and not (self.failures and self.starting)
         )
+
+
+def expected_wait(ahead: int, mean_service_s: float, agents: int) -> float:
+    """Seconds a call joining ``ahead`` waiting callers can expect to wait for one of
+    ``agents`` busy agents whose calls take ``mean_service_s`` on average: it is served at the
+    ``ahead + 1``-th completion, and they come ``agents / mean_service_s`` a second (infinite
+    without agents)."""
+    if agents <= 0:
+        return math.inf
+    return (ahead + 1) * mean_service_s / agents
+
+
+EARLY_CANCEL_BELOW = 0.1  # a call under notice less likely than this to finish is cancelled now
+
+
+def finish_chance(cdf: Callable[[float], float], elapsed_s: float, left_s: float) -> float:
+    """The chance that a call running for ``elapsed_s`` finishes within ``left_s`` more, from
+    ``cdf`` (the share of past calls that took at most so long): those that ran longer than
+    ``elapsed_s`` and at most ``elapsed_s + left_s``, among those that ran longer than
+    ``elapsed_s``. 0 for a call that has outrun every call seen."""
+    done = cdf(elapsed_s)
+    if done >= 1.0:
+        return 0.0
+    return (cdf(elapsed_s + left_s) - done) / (1.0 - done)
 
 
 class Placer:
@@ -184,15 +234,46 @@ class Placer:
         site.failures = 0
         site.down_until = -math.inf
 
-    def notice(self, site: Site, deadline: float, now: float) -> bool:
-        """A preemption notice for ``site``; True if it demoted the placement."""
-        self.preemptions += 1
-        site.notice_until = max(site.notice_until, deadline)
-        times = site.preempted_at
-        times.append(now)
-        while times and times[0] <= now - DEMOTE_WINDOW_S:
+    def lost(self, site: Site, now: float) -> bool:
+        """An agent of ``site`` (still counted in it) was lost; True if that judged the
+        placement down now (it is then skipped for a back-off, as after a failed start)."""
+        times = site.lost_at
+        times.append((now, site.count))
+        while times and times[0][0] < now - 2 * LOST_TOGETHER_S:
             times.popleft()
-        if len(times) >= DEMOTE_AFTER and site.demoted_until <= now:
+        if not self.multi or site.down_until > now or not self.failed_at(site, now):
+            return False
+        site.failures += 1
+        site.down_until = now + min(DOWN_FIRST_S * 2 ** (site.failures - 1), DOWN_MAX_S)
+        return True
+
+    def failed_at(self, site: Site, when: float) -> bool:
+        """Whether an agent lost at ``when`` went down with its placement: agents lost within
+        ``LOST_TOGETHER_S`` of it, at least two and ``LOST_SHARE`` of the placement, or the
+        placement's starts failing. Only a pool with other placements judges (with one there
+        is nowhere else to go)."""
+        if not self.multi:
+            return False
+        if site.failures and site.down_until >= when:
+            return True
+        near = [n for t, n in site.lost_at if abs(t - when) <= LOST_TOGETHER_S]
+        return len(near) >= 2 and len(near) >= LOST_SHARE * max(near)
+
+    def notice(self, site: Site, deadline: float, now: float, hit: int | None = None) -> bool:
+        """A preemption notice for ``site``: for the whole placement (``hit`` None), or for
+        ``hit`` of its agents. True if it demoted the placement."""
+        self.preemptions += 1
+        if hit is None:
+            site.notice_until = max(site.notice_until, deadline)
+            share = 1.0
+        else:
+            share = hit / max(site.count, hit, 1)
+        times = site.preempted_at
+        times.append((now, share))
+        while times and times[0][0] <= now - DEMOTE_WINDOW_S:
+            times.popleft()
+        reclaimed = sum(s for _, s in times)
+        if reclaimed >= DEMOTE_AFTER - _EPS and site.demoted_until <= now:
             site.demoted_until = now + DEMOTE_S
             return True
         return False
@@ -246,6 +327,30 @@ class Placer:
         if not fits:
             return None
         return min(fits, key=lambda s: self._rank(s, now))
+
+    def cheaper_target(
+        self, now: float, horizon_s: float, cold_start_s: float
+    ) -> tuple[Site, Site] | None:
+        """Consolidation: (from, to) for the move that saves most, or None when none is worth
+        its churn: ``to`` is open, cheaper, of the same capacity, and the saving over
+        ``horizon_s`` exceeds ``to``'s price for ``cold_start_s`` (what the start costs)."""
+        if not self.multi:
+            return None
+        target = self.rtt_target_ms
+        best: tuple[float, Site, Site] | None = None
+        for dst in self.order:
+            if dst.demoted_until > now or not dst.open(now) or not self.affords(dst):
+                continue
+            far = target is not None and dst.placement.rtt_ms > target
+            for src in self.order:
+                if not src.serving or src.spot != dst.spot or src.price <= dst.price:
+                    continue
+                if far and src.placement.rtt_ms <= target:  # type: ignore[operator]
+                    continue
+                saving = (src.price - dst.price) * horizon_s - dst.price * cold_start_s
+                if saving > 0 and (best is None or saving > best[0]):
+                    best = (saving, src, dst)
+        return None if best is None else (best[1], best[2])
 
     def next_retry(self, now: float) -> float:
         """When the next placement that is down or under a notice may be tried again."""

@@ -45,6 +45,7 @@ from shoal.pool import leaks
 from shoal.pool.agent import AgentState, Lease, PooledAgent
 from shoal.pool.metrics import PoolMetrics
 from shoal.pool.placement import Placement, PreemptionNotice
+from shoal.pool.placing import LOST_TOGETHER_S
 from shoal.pool.state import (
     Assign,
     Check,
@@ -377,6 +378,8 @@ class AgentPool:
         try:
             starts = self._flush()
             errors = [e for e in await asyncio.gather(*starts) if e is not None]
+            if errors and st.judges_placements:
+                errors = await self._failed_over(errors)
             if self.size > 0:  # fewer agents than asked, for want of room: warned, and it serves
                 errors = [e for e in errors if not isinstance(e, ResourcesUnavailable)]
         except BaseException:
@@ -385,6 +388,16 @@ class AgentPool:
         if errors:
             await self.aclose()
             raise errors[0]
+
+    async def _failed_over(self, errors: list[BaseException]) -> list[BaseException]:
+        """Starts failed on one placement at :meth:`start`: the pool started agents elsewhere
+        in their place; wait for those, and forget the errors if they make ``min_size``."""
+        for _ in range(2 * len(self.placements)):
+            pending = list(self._starting.values())
+            if not pending:
+                break
+            errors += [e for e in await asyncio.gather(*pending) if e is not None]
+        return [] if self.size >= self.config.min_size else errors
 
     async def aclose(self) -> None:
         """Close in stages: refuse new calls, fail waiting ones, stop idle agents, give busy
@@ -448,10 +461,12 @@ class AgentPool:
         replaced when it expires) and ``acquire_timeout`` for the wait for an agent.
 
         A call cancelled by a preemption (:class:`~shoal.errors.Preempted`: its agent was
-        reclaimed at the notice's deadline while running it) is re-queued at the head of the
-        queue and runs again on another agent, up to ``PREEMPTED_RETRIES`` times;
-        ``on_preempt="fail"`` raises it instead (for a call that must not run twice). A call
-        that kills its own agent fails with :class:`~shoal.errors.AgentLost`, notice or not.
+        reclaimed at the notice's deadline, or cancelled early because it would outlast it,
+        while running it) is re-queued at the head of the queue and runs again on another
+        agent, up to ``PREEMPTED_RETRIES`` times; ``on_preempt="fail"`` raises it instead (for
+        a call that must not run twice). A call lost with its placement (the placement went
+        down with it) counts as preempted. A call that kills its own agent fails with
+        :class:`~shoal.errors.AgentLost`, notice or not.
 
         Without either timeout the call may be prefetched (see the README's "Prefetch"): queued
         on a busy agent; taken back unstarted, it waits again in the place it had."""
@@ -683,6 +698,8 @@ class AgentPool:
                         agent.agent_id,
                         delivered=True,
                     ) from exc
+                if exc.delivered and st.judges_placements:
+                    await self._went_down_with_placement(agent, fn, exc)
             raise
         except asyncio.CancelledError:
             pipelines = self._pipelines.get(agent.placement.name)
@@ -704,6 +721,25 @@ class AgentPool:
             st.end_call(lease, started, self._now(), failed)
             if st.actions:
                 self._flush()
+
+    async def _went_down_with_placement(
+        self, agent: PooledAgent, fn: Callable[..., Any], exc: AgentLost
+    ) -> None:
+        """``agent`` was lost in its call: wait until agents lost with it would have been heard
+        of, then raise :class:`Preempted` if its placement went down with it (the call runs
+        again elsewhere, as a preempted one) and return if it died alone."""
+        st = self._state
+        if agent.lost_at is None:
+            st.agent_lost(agent, self._now())
+            self._flush()
+        await asyncio.sleep(LOST_TOGETHER_S)
+        if st.lost_with_placement(agent):
+            raise Preempted(
+                f"agent {agent.agent_id} on {agent.placement.name} was lost with its placement "
+                f"while running {getattr(fn, '__qualname__', fn)!r}; the call did not finish",
+                agent.agent_id,
+                delivered=True,
+            ) from exc
 
     # -- size -------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ every interleaving directly.
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 import zlib
@@ -36,7 +37,14 @@ from shoal.pool.breaker import CrashLoopBreaker
 from shoal.pool.events import ScalingEvent
 from shoal.pool.metrics import MetricsRecorder, PoolMetrics, mean, percentile
 from shoal.pool.placement import Placement, PreemptionNotice
-from shoal.pool.placing import Placer
+from shoal.pool.placing import (
+    EARLY_CANCEL_BELOW,
+    LOST_TOGETHER_S,
+    Placer,
+    Site,
+    expected_wait,
+    finish_chance,
+)
 from shoal.pool.waitqueue import Waiter, WaitQueue
 
 STARTING, IDLE, CHECKING, BUSY, STOPPING, STOPPED = (
@@ -170,9 +178,12 @@ class PoolState:
         self._multi = self.placer.multi
         # Placements at different distances: a call takes the nearest idle agent.
         self._nearest = len({s.placement.rtt_ms for s in self.placer.order}) > 1
+        self._min_rtt = min(s.placement.rtt_ms for s in self.placer.order)
+        self._hold_until = math.inf  # a caller waits for a nearer agent until then, then spills
         self.doomed = 0  # live agents under a preemption notice: going, replaced already
         self._doomed_stopping = 0  # agents under a notice, being stopped
         self._swapping = False  # a spot agent is starting to take an on-demand one's place
+        self._cold_s: float | None = None  # how long the last start took (a move's cost)
         self._cost_short = 0  # starts the cost ceiling refused, as last noted
 
     # -- sizes ------------------------------------------------------------------------------------
@@ -480,6 +491,7 @@ class PoolState:
             self._no_room = False
         self.metrics.agents_started += 1
         self.placer.start_ok(agent.site)
+        self._cold_s = now - agent.created_at
         if agent.swap:
             self._swapping = False
         if self.breaker.succeeded():
@@ -496,7 +508,10 @@ class PoolState:
         self._set(agent, IDLE)
         self._push_idle(agent)
         if agent.swap:
-            self._swapped(now)
+            if agent.swap_from is not None:
+                self._consolidated(agent.swap_from, agent.site, now)
+            else:
+                self._swapped(now)
         self._pump(now)
         if self.queued and self.idle:
             self._recall(now)
@@ -575,8 +590,40 @@ class PoolState:
         err.__cause__ = exc
         return err
 
+    def agent_lost(self, agent: PooledAgent, now: float) -> None:
+        """``agent`` died (or its backend could not reach it) while it served: tally it against
+        its placement, which agents lost together judge down (pool/placing.py)."""
+        if agent.lost_at is not None or agent.preempt_deadline is not None:
+            return  # heard already; or reclaimed after a notice, which is no failure
+        agent.lost_at = now
+        site = agent.site
+        if self.placer.lost(site, now):
+            lost = sum(1 for t, _ in site.lost_at if t >= now - LOST_TOGETHER_S)
+            self.note(
+                f"placement {site.name} down: {lost} of its agents lost together; its calls "
+                "run again elsewhere and it is retried after a back-off",
+                now,
+            )
+            self.actions.append(
+                Log(WARNING, f"pool {self.name!r}: placement {site.name} down; failing over")
+            )
+            self.poke = True  # its retry is a deadline
+
+    @property
+    def judges_placements(self) -> bool:
+        """Whether a lost call may have gone down with its placement (more than one)."""
+        return self._multi
+
+    def lost_with_placement(self, agent: PooledAgent) -> bool:
+        """Whether ``agent``, lost, went down with its placement (so its call may run again
+        elsewhere) rather than alone (its call's own doing, perhaps: not re-run)."""
+        at = agent.lost_at
+        return at is not None and self.placer.failed_at(agent.site, at)
+
     def agent_exited(self, agent: PooledAgent, now: float) -> None:
         """The backend saw an agent die on its own."""
+        if agent.state is not STARTING:
+            self.agent_lost(agent, now)
         if agent.state is IDLE:
             self.idle.remove(agent)
             self._retire(agent, lifecycle.while_idle(agent, self.config, now, False) or "", now)
@@ -612,6 +659,8 @@ class PoolState:
                 if ok is False
                 else f"health check error: {ok}"
             )
+            if ok is not True and self.status == "running":
+                self.agent_lost(agent, now)
             self._retire(agent, why, now, kill=ok is not True)
         self._pump(now)
 
@@ -690,6 +739,8 @@ class PoolState:
             self._reclaim(now)
         if self.placer.prefer_spot and not self._swapping:
             self._swap_to_spot(now)
+        if self._multi and not self._swapping and not self.queue and not self.counts[STARTING]:
+            self._consolidate(now)
         self._pump(now)
         return min(deadline, self._next_deadline(now))
 
@@ -705,6 +756,10 @@ class PoolState:
             deadline = min(deadline, self.breaker.backoff_until)
         if self._multi:
             deadline = min(deadline, self.placer.next_retry(now))
+        if self._hold_until <= now:
+            self._hold_until = math.inf
+        elif self._hold_until < math.inf:
+            deadline = min(deadline, self._hold_until)
         if self.doomed:
             for agent in self.agents.values():
                 due = agent.preempt_deadline
@@ -821,6 +876,8 @@ class PoolState:
         while idle:
             if self._nearest:
                 agent = self._nearest_idle()
+                if self._worth_waiting(agent, now):
+                    return None  # a nearer busy agent is expected back sooner: wait for it
                 idle.remove(agent)
             else:
                 agent = idle.pop() if self._mru else idle.popleft()
@@ -831,6 +888,38 @@ class PoolState:
             self._set(agent, BUSY)
             return agent
         return None
+
+    def _worth_waiting(self, far: PooledAgent, now: float) -> bool:
+        """Whether the caller at the head (or arriving, if nobody waits) should wait for a busy
+        agent nearer than ``far``, the nearest idle one: when the wait it can expect there is
+        less than the extra round trip, and it has not waited that long yet."""
+        rtt = far.placement.rtt_ms
+        exec_times = self.metrics.exec_times
+        if not exec_times or rtt <= self._min_rtt:
+            return False
+        head = self.queue.oldest()
+        waited = now - head.enqueued_at if head is not None else 0.0
+        mean_s = exec_times.mean()
+        by_rtt: dict[float, int] = {}
+        for agent in self.agents.values():
+            if (
+                agent.state is BUSY
+                and agent.placement.rtt_ms < rtt
+                and agent.draining is None
+                and agent.retire_reason is None
+                and agent.preempt_deadline is None
+            ):
+                near = agent.placement.rtt_ms
+                by_rtt[near] = by_rtt.get(near, 0) + 1
+        for near, n in by_rtt.items():
+            extra_s = (rtt - near) / 1000.0
+            if waited + 1e-9 < extra_s and expected_wait(0, mean_s, n) < extra_s:
+                until = now - waited + extra_s
+                if self._hold_until <= now or until < self._hold_until:
+                    self._hold_until = until
+                    self.poke = True  # the spill is a deadline maintenance must wake for
+                return True
+        return False
 
     def _nearest_idle(self) -> PooledAgent:
         """The idle agent with the lowest round trip from the caller; among equals, the one
@@ -923,7 +1012,8 @@ class PoolState:
         size = self.size - self.doomed
         waiting = len(self.queue)
         # One new agent serves max_concurrency waiters.
-        demand = -(-waiting // self._slots) - c[STARTING] if self.config.on_demand else 0
+        # Idle agents held back for a nearer busy one (a spill deadline away) count as supply.
+        demand = -(-waiting // self._slots) - c[STARTING] - c[IDLE] if self.config.on_demand else 0
         floor = self.target - size
         if self.breaker.broken is not None and not c[STARTING]:
             floor = max(floor, 1)  # keep probing, one start per back-off, to notice recovery
@@ -937,18 +1027,32 @@ class PoolState:
         )
         self._start(n, why, now)
 
-    def _start(self, n: int, why: str, now: float, *, swap: bool = False) -> int:
+    def _start(
+        self,
+        n: int,
+        why: str,
+        now: float,
+        *,
+        swap: bool = False,
+        at: Site | None = None,
+        swap_from: Site | None = None,
+    ) -> int:
         """Start up to ``n`` agents, each where the placer says; returns how many started."""
         placer = self.placer
         for i in range(n):
-            site, why_not = placer.choose(now) if not swap else (placer.swap_target(now), "")
+            site: Site | None
+            if at is not None:
+                site, why_not = at, ""
+            else:
+                site, why_not = placer.choose(now) if not swap else (placer.swap_target(now), "")
             if site is None:
                 if why_not == "cost":
                     self._cost_refused(n - i, now)
                 return i
             self._agent_ids += 1
             agent = PooledAgent(f"{self.name}-{self._agent_ids}", now, site.placement, site)
-            agent.swap = swap
+            agent.swap = swap or swap_from is not None
+            agent.swap_from = swap_from
             before = self.size
             self.agents[agent.agent_id] = agent
             self.counts[STARTING] += 1
@@ -1031,7 +1135,6 @@ class PoolState:
             )
         if self.status != "running":
             return []
-        demoted = self.placer.notice(site, notice.deadline, now)
         ids = None if notice.agent_ids is None else set(notice.agent_ids)
         hit = [
             a
@@ -1041,6 +1144,7 @@ class PoolState:
             and a.preempt_deadline is None
             and (ids is None or a.agent_id in ids)
         ]
+        demoted = self.placer.notice(site, notice.deadline, now, None if ids is None else len(hit))
         why = f"preempted ({notice.source or 'notice'}: {notice.action})"
         serving = 0
         for agent in hit:
@@ -1062,6 +1166,11 @@ class PoolState:
                     agent.draining = why  # no new call; retired when its calls are back
                 for lease in [q for q in agent.leases if q in self.queued]:
                     self._recall(now, lease)  # queued, not started: it runs elsewhere
+                if self._outlasts(agent, notice.deadline, now):
+                    # Expected to run past the reclaim: cancel it now and run it elsewhere,
+                    # rather than spend the notice on work that is lost anyway.
+                    agent.preempted = True
+                    self.call_failed(agent, f"{why}: its call would outlast the notice", kill=True)
         in_s = notice.deadline - now
         self.note(
             f"preemption notice for {site.name}: {len(hit)} agent(s) gone in {in_s:.0f} s"
@@ -1073,6 +1182,16 @@ class PoolState:
         self._pump(now)
         self.poke = True  # the deadline is one
         return hit
+
+    def _outlasts(self, agent: PooledAgent, deadline: float, now: float) -> bool:
+        """Whether ``agent``'s calls are unlikely to finish by ``deadline``, from the run times
+        of the pool's past calls (without any yet, nobody knows: they run to the deadline)."""
+        exec_times = self.metrics.exec_times
+        if not exec_times or not agent.calls or agent.retire_reason is not None:
+            return False
+        since = min(lease.acquired_at for lease in agent.leases)
+        chance = finish_chance(exec_times.share_at_most, now - since, deadline - now)
+        return chance < EARLY_CANCEL_BELOW
 
     def _reclaim(self, now: float) -> None:
         """Preemption deadlines that have come: cancel the calls still running there."""
@@ -1094,6 +1213,42 @@ class PoolState:
             return
         if self._start(1, "swap back to spot", now, swap=True):
             self._swapping = True
+
+    def _consolidate(self, now: float) -> None:
+        """Start an agent on a cheaper placement to take a dearer one's place, when the saving
+        over ``idle_timeout`` exceeds the start's cost (pool/placing.py)."""
+        cold_s = self._cold_s
+        if cold_s is None or self.status != "running" or self._room() <= 0:
+            return  # (no start seen yet: what a move costs is not known)
+        if not self.breaker.may_start(now):
+            return
+        move = self.placer.cheaper_target(now, self.config.idle_timeout, cold_s)
+        if move is None:
+            return
+        src, dst = move
+        why = f"consolidate: {src.name} costs more than {dst.name}"
+        if self._start(1, why, now, at=dst, swap_from=src):
+            self._swapping = True
+
+    def _consolidated(self, src: Site, dst: Site, now: float) -> None:
+        """An agent is up on ``dst`` in place of one on the dearer ``src``: retire that one."""
+        why = f"consolidated onto {dst.name}, which costs less"
+        for agent in reversed(self.idle):
+            if agent.site is src:
+                self.idle.remove(agent)
+                self._retire(agent, why, now)
+                return
+        for agent in self.agents.values():
+            if (
+                agent.site is src
+                and agent.state is BUSY
+                and agent.draining is None
+                and agent.retire_reason is None
+                and agent.preempt_deadline is None
+            ):
+                agent.draining = why
+                self.partial.pop(agent, None)
+                return
 
     def _swapped(self, now: float) -> None:
         """A spot agent is up in place of an on-demand one: retire that one."""

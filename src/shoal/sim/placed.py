@@ -16,7 +16,8 @@ Figures added to the result (:data:`PLACED_KEYS`), all over the counted run:
 - ``spot_agent_seconds`` / ``on_demand_agent_seconds``: live agents integrated over time on
   spot / on-demand placements;
 - ``preemptions``: notices sent (one per agent); ``requeued``: calls the pool cancelled at a
-  deadline and queued again; ``lost``: requests never answered (their call raised);
+  deadline (or at the notice, when it could not finish by then) or lost with its region, and
+  queued again; ``lost``: requests never answered (their call raised);
 - ``cost_cap_exceeded_s``: seconds during which the spend rate of the agents alive (starting
   included) was over ``--cost-cap``;
 - ``p99_response_s`` / ``mean_response_s`` become wait + run time + the round trip from the
