@@ -131,17 +131,7 @@ class PlacedRun(_Run):
             self.backends.append(backend)
             self.sources.append(source)
             placements.append(p.model_copy(update={"backend": backend, "preemption": source}))
-        pool = AgentPool(
-            "sim",
-            min_size=self.plan.pool_min,
-            max_size=self.plan.pool_max,
-            idle_timeout=idle_timeout,
-            on_demand=self.plan.on_demand,
-            price_per_hour=price,
-            max_concurrency=max_concurrency,
-            backend=self.backends[0],
-            placements=placements,
-        )
+        pool = self._pool(self.backends[0], idle_timeout, price, max_concurrency, placements)
         return Fleet(self.backends, self.meter), pool
 
     def _served(self, request: int, placement: int) -> None:

@@ -442,7 +442,18 @@ class _Run:
         """The backend (or what stands for the backends: see :mod:`shoal.sim.placed`) and the
         pool to run."""
         backend = SimBackend(cold_start, seed=self.seed, growth=self.cold_start_growth)
-        pool = AgentPool(
+        return backend, self._pool(backend, idle_timeout, price, max_concurrency)
+
+    def _pool(
+        self,
+        backend: SimBackend,
+        idle_timeout: float,
+        price: float | None,
+        max_concurrency: int,
+        placements: list[Any] | None = None,
+    ) -> AgentPool:
+        """The production pool the run replays, as the plan sizes it."""
+        return AgentPool(
             "sim",
             min_size=self.plan.pool_min,
             max_size=self.plan.pool_max,
@@ -451,8 +462,8 @@ class _Run:
             price_per_hour=price,
             max_concurrency=max_concurrency,
             backend=backend,
+            placements=placements,
         )
-        return backend, pool
 
     def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
         """At ``t0``, the start of the counted run (placements schedule outages here)."""
