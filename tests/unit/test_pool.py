@@ -444,3 +444,22 @@ async def test_an_agent_held_with_get_agent_is_not_counted_on_to_free_up() -> No
         assert await waiting == "ok"
         for lease in held:
             await pool.release_agent(lease)
+
+
+async def test_callers_left_to_busy_agents_get_one_once_those_calls_outrun_a_start() -> None:
+    # Calls took 0.1 s, so two callers were left to the two busy agents; these calls take
+    # 30 s: once they have run as long as a start (2 s), the callers get agents of their own,
+    # without waiting for anything else to happen.
+    backend = FakeBackend(start_time=2.0, call_time=0.1)
+    async with make_pool(backend, min_size=2, max_size=8) as pool:
+        await _warm_up(pool, 8)
+        long = [asyncio.create_task(pool.run(asyncio.sleep, 30.0, "long")) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        late = [asyncio.create_task(pool.run(who)) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert pool.metrics.starting == 0
+        assert await asyncio.gather(*late) == ["ok"] * 2
+        assert loop.time() - t0 < 5.0, "the callers waited for the 30-s calls to end"
+        assert await asyncio.gather(*long) == ["long"] * 2

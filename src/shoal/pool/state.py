@@ -184,6 +184,7 @@ class PoolState:
         self._doomed_stopping = 0  # agents under a notice, being stopped
         self._swapping = False  # a spot agent is starting to take an on-demand one's place
         self._cold_s: float | None = None  # how long the last start took (a move's cost)
+        self._recheck_at = math.inf  # when callers left to busy agents are looked at again
         self._cost_short = 0  # starts the cost ceiling refused, as last noted
 
     # -- sizes ------------------------------------------------------------------------------------
@@ -760,6 +761,10 @@ class PoolState:
             self._hold_until = math.inf
         elif self._hold_until < math.inf:
             deadline = min(deadline, self._hold_until)
+        if self._recheck_at <= now:
+            self._recheck_at = math.inf
+        elif self._recheck_at < math.inf and self.queue:
+            deadline = min(deadline, self._recheck_at)
         if self.doomed:
             for agent in self.agents.values():
                 due = agent.preempt_deadline
@@ -1017,9 +1022,15 @@ class PoolState:
         reached = 0
         if demand > 0:
             # Callers the busy agents will reach before a new agent is up need no new agent.
-            reached = min(waiting, self._reached_before_a_start(now))
+            due, recheck = self._reached_before_a_start(now)
+            reached = min(waiting, due)
             if reached:
                 demand = -(-(waiting - reached) // self._slots) - c[STARTING] - c[IDLE]
+                # Counted on, an agent whose call outruns a start is counted on no more: look
+                # again then, whether or not anything else happens.
+                if recheck < self._recheck_at or self._recheck_at <= now:
+                    self._recheck_at = recheck
+                    self.poke = self.poke or recheck < self.wake_at
         floor = self.target - size
         if self.breaker.broken is not None and not c[STARTING]:
             floor = max(floor, 1)  # keep probing, one start per back-off, to notice recovery
@@ -1035,7 +1046,7 @@ class PoolState:
         )
         self._start(n, why, now)
 
-    def _reached_before_a_start(self, now: float) -> int:
+    def _reached_before_a_start(self, now: float) -> tuple[int, float]:
         """How many waiting callers the busy agents are expected to serve before an agent
         started now would be up: ``cold start x busy slots / mean run time`` (the completions
         due in that time, ``expected_wait`` turned around), less the calls already queued on
@@ -1048,12 +1059,14 @@ class PoolState:
         one: a new agent is then the sooner way in), and for agents that may not free up soon:
         one held with ``get_agent()``/``acquire()`` (its holder decides when), one whose call has
         already run longer than a start (in a long-tailed run time it may run much longer), or
-        one retiring, draining or under a preemption notice."""
+        one retiring, draining or under a preemption notice. Also returns when the first
+        counted agent's call will have run as long as a start."""
         cold_s = self._cold_s
         exec_times = self.metrics.exec_times
         if cold_s is None or not exec_times or exec_times.share_at_most(cold_s) < 0.5:
-            return 0
+            return 0, math.inf
         slots = 0
+        soonest = math.inf
         for agent in self.agents.values():
             if (
                 agent.state is not BUSY
@@ -1064,13 +1077,14 @@ class PoolState:
             ):
                 continue
             leases = agent.leases
-            if any(not lease.owned or now - lease.acquired_at > cold_s for lease in leases):
+            if any(not lease.owned or now - lease.acquired_at >= cold_s - 1e-9 for lease in leases):
                 continue
             slots += self._slots
+            soonest = min(soonest, min(lease.acquired_at for lease in leases) + cold_s)
         if not slots:
-            return 0
+            return 0, math.inf
         due = cold_s * slots / max(exec_times.mean(), 1e-9)
-        return max(0, math.floor(min(due, 1e9)) - len(self.queued))
+        return max(0, math.floor(min(due, 1e9)) - len(self.queued)), soonest
 
     def _start(
         self,
