@@ -763,7 +763,7 @@ class PoolState:
             deadline = min(deadline, self._hold_until)
         if self._recheck_at <= now:
             self._recheck_at = math.inf
-        elif self._recheck_at < math.inf and self.queue:
+        elif self._recheck_at < math.inf and (self.queue or self.queued):
             deadline = min(deadline, self._recheck_at)
         if self.doomed:
             for agent in self.agents.values():
@@ -1020,17 +1020,20 @@ class PoolState:
         # Idle agents held back for a nearer busy one (a spill deadline away) count as supply.
         demand = -(-waiting // self._slots) - c[STARTING] - c[IDLE] if self.config.on_demand else 0
         reached = 0
-        if demand > 0:
-            # Callers the busy agents will reach before a new agent is up need no new agent.
-            due, recheck = self._reached_before_a_start(now)
+        queued = len(self.queued)
+        if self.config.on_demand and -(-(waiting + queued) // self._slots) > c[STARTING] + c[IDLE]:
+            # Callers the busy agents will reach before a new agent is up need no new agent;
+            # callers prefetched behind a call they will not wait out (it has run as long as a
+            # start) need one as much as those still in the queue.
+            due, stuck, recheck = self._reached_before_a_start(now)
             reached = min(waiting, due)
-            if reached:
-                demand = -(-(waiting - reached) // self._slots) - c[STARTING] - c[IDLE]
-                # Counted on, an agent whose call outruns a start is counted on no more: look
-                # again then, whether or not anything else happens.
-                if recheck < self._recheck_at or self._recheck_at <= now:
-                    self._recheck_at = recheck
-                    self.poke = self.poke or recheck < self.wake_at
+            demand = -(-(waiting + stuck - reached) // self._slots) - c[STARTING] - c[IDLE]
+            # Counted on, an agent whose call outruns a start is counted on no more: look
+            # again then, whether or not anything else happens.
+            relied_on = recheck < math.inf and (reached or stuck < queued)
+            if relied_on and (recheck < self._recheck_at or self._recheck_at <= now):
+                self._recheck_at = recheck
+                self.poke = self.poke or recheck < self.wake_at
         floor = self.target - size
         if self.breaker.broken is not None and not c[STARTING]:
             floor = max(floor, 1)  # keep probing, one start per back-off, to notice recovery
@@ -1046,26 +1049,31 @@ class PoolState:
         )
         self._start(n, why, now)
 
-    def _reached_before_a_start(self, now: float) -> tuple[int, float]:
+    def _reached_before_a_start(self, now: float) -> tuple[int, int, float]:
         """How many waiting callers the busy agents are expected to serve before an agent
         started now would be up: ``cold start x busy slots / mean run time`` (the completions
-        due in that time, ``expected_wait`` turned around), less the calls already queued on
-        busy agents. An on-demand start for such a caller only adds an agent that arrives after
-        its caller has gone (on a steady load at 70% utilization with 2-s starts and 1-s calls,
-        hundreds of surplus starts an hour).
+        due in that time, ``expected_wait`` turned around), less the calls already prefetched
+        on those agents. An on-demand start for such a caller only adds an agent that arrives
+        after its caller has gone (on a steady load at 70% utilization with 2-s starts and 1-s
+        calls, hundreds of surplus starts an hour).
 
         0 — start for every waiting caller, as before — until a start and a call have been
         timed, when calls usually outlast a start (fewer than half of past calls end within
         one: a new agent is then the sooner way in), and for agents that may not free up soon:
         one held with ``get_agent()``/``acquire()`` (its holder decides when), one whose call has
         already run longer than a start (in a long-tailed run time it may run much longer), or
-        one retiring, draining or under a preemption notice. Also returns when the first
-        counted agent's call will have run as long as a start."""
-        cold_s = self._cold_s
+        one retiring, draining or under a preemption notice. The cold start is the one of the
+        placement the next agent would start on.
+
+        Also returns how many prefetched calls wait behind agents not counted on (their
+        callers need an agent as much as those in the queue), and when the first counted
+        agent's call will have run as long as a start."""
+        queued = self.queued
+        cold_s = self._next_cold_start(now)
         exec_times = self.metrics.exec_times
         if cold_s is None or not exec_times or exec_times.share_at_most(cold_s) < 0.5:
-            return 0, math.inf
-        slots = 0
+            return 0, len(queued), math.inf
+        slots = behind = 0
         soonest = math.inf
         for agent in self.agents.values():
             if (
@@ -1081,10 +1089,27 @@ class PoolState:
                 continue
             slots += self._slots
             soonest = min(soonest, min(lease.acquired_at for lease in leases) + cold_s)
+            if queued:
+                behind += sum(1 for lease in leases if lease in queued)
+        stuck = len(queued) - behind
         if not slots:
-            return 0, math.inf
+            return 0, stuck, math.inf
         due = cold_s * slots / max(exec_times.mean(), 1e-9)
-        return max(0, math.floor(min(due, 1e9)) - len(self.queued)), soonest
+        return max(0, math.floor(min(due, 1e9)) - behind), stuck, soonest
+
+    def _next_cold_start(self, now: float) -> float | None:
+        """How long an agent started now is expected to take to be up: the last start's time,
+        or with several placements, the last one's on the placement it would start on (their
+        starts differ: another region, another kind of capacity); None if not known."""
+        if not self._multi:
+            return self._cold_s
+        site, _ = self.placer.choose(now)
+        cold_s, last = None, -math.inf
+        for agent in self.agents.values():
+            ready = agent.ready_at
+            if agent.site is site and ready is not None and ready > last:
+                cold_s, last = ready - agent.created_at, ready
+        return cold_s
 
     def _start(
         self,

@@ -1,0 +1,44 @@
+"""On-demand starts on real agent processes, where calls are prefetched (see the README's
+"Prefetch"): a caller the pool left to a busy agent, rather than start one for it, is not
+left there once that agent's call has run as long as a start."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from shoal import AgentPool
+from tests.integration import workers
+from tests.integration.test_prefetch import PATIENCE, lines, until
+
+pytestmark = [pytest.mark.real_time, pytest.mark.usefixtures("no_leaked_children")]
+
+
+async def test_a_caller_queued_behind_a_long_call_gets_an_agent_of_its_own(
+    tmp_path: Path,
+) -> None:
+    # Calls have taken milliseconds and a start took longer, so a caller arriving while the
+    # one agent is busy is left to it and queued on it. Its call never ends (until the test
+    # opens the gate): the caller must get a second agent, not wait for that call.
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    async with AgentPool("od", min_size=1, max_size=2) as pool:
+        first = pool.agents[0].agent_id
+        for _ in range(20):
+            await pool.run(workers.pid)
+        assert [a.agent_id for a in pool.agents] == [first]
+        gated = asyncio.create_task(pool.run(workers.gated, str(gate), str(log), "a"))
+        await until(lambda: len(lines(log)) == 1, "the agent running the gated call")
+        try:
+            async with asyncio.timeout(PATIENCE):
+                tag, pid = await pool.run(workers.logged, str(log), "x")
+        except TimeoutError:
+            raise AssertionError(
+                f"the caller waited {PATIENCE} s behind a call that never ends"
+            ) from None
+        finally:
+            gate.touch()
+        assert tag == "x"
+        assert pid != int(lines(log)[0].split()[2]), "it ran behind the gated call"
+        assert (await gated)[0] == "a"

@@ -1,0 +1,129 @@
+"""A hostile review of the rule that starts no agent for callers the busy agents will reach
+before a new agent is up (``PoolState._reached_before_a_start``). Each test failed on the
+pool that rule shipped in: a caller waited far longer than a start, because the count relied
+on something it did not see."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shoal import AgentPool, FakeBackend, Placement
+from shoal.config import PoolConfig
+from shoal.pool.agent import Lease, PooledAgent
+from shoal.pool.state import PoolState, Start
+from shoal.pool.waitqueue import Waiter
+
+
+class Handle:
+    exit_code: int | None = None
+
+
+def who() -> str:
+    return "ok"
+
+
+class Driven:
+    """A :class:`PoolState` driven by hand, as the shell would (no I/O, time given)."""
+
+    def __init__(self, *, prefetch: bool, **options: object) -> None:
+        self.st = PoolState(PoolConfig(name="p", **options))  # type: ignore[arg-type]
+        self.st.prefetch = prefetch
+        self.st.open(0.0)
+
+    def started(self) -> list[PooledAgent]:
+        out = [a.agent for a in self.st.actions if isinstance(a, Start)]
+        self.st.actions.clear()
+        return out
+
+    def up(self, agents: list[PooledAgent], now: float) -> None:
+        for agent in agents:
+            self.st.agent_started(agent, Handle(), now)
+
+    def begin(self, now: float) -> Lease:
+        """A caller that finds an idle agent and sends its call."""
+        lease = self.st.request(now, owned=True)
+        assert lease is not None
+        self.st.begin_call(lease, now)
+        return lease
+
+    def end(self, lease: Lease, started: float, now: float) -> None:
+        self.st.end_call(lease, started, now, False)
+        self.st.release(lease, now)
+
+
+# -- 1. a caller prefetched behind a busy agent is still a waiting caller --------------------------
+
+
+def test_a_caller_prefetched_behind_a_call_that_outruns_a_start_gets_an_agent() -> None:
+    # Starts take 1 s and calls 0.1 s, so a caller arriving while the one agent is busy is
+    # left to it, and (no agent starting, prefetch on: the default process backend) queued on
+    # it. That call turns out to take 30 s: once it has run as long as a start the caller
+    # must get an agent of its own, as a caller left in the queue does. It had left the queue,
+    # so nothing looked at it again: it waited the whole 30 s (the old rule started an agent
+    # for it at once).
+    d = Driven(prefetch=True, min_size=1, max_size=4)
+    d.up(d.started(), 1.0)
+    t = 1.0
+    for _ in range(10):
+        lease = d.begin(t)
+        d.end(lease, t, t + 0.1)
+        t += 0.1
+    long = d.begin(t)  # runs 30 s
+    assert d.started() == []
+    d.st.enqueue(Waiter(t + 0.2, None, prefetchable=True), t + 0.2)
+    if d.st.queued:  # left to the busy agent and queued on it
+        assert d.started() == []
+        wake = d.st.tick(t + 0.3)
+        assert wake <= t + 1.0 + 1e-9, "maintenance sleeps past the moment the call outruns a start"
+        d.st.tick(wake)
+    assert len(d.started()) == 1, "no agent for a caller queued behind a 30-s call"
+    assert long in long.agent.leases
+
+
+def test_a_prefetched_caller_behind_a_call_that_may_end_soon_needs_no_agent() -> None:
+    # The same caller behind a call that has run less than a start: left to it, no start.
+    d = Driven(prefetch=True, min_size=1, max_size=4)
+    d.up(d.started(), 1.0)
+    t = 1.0
+    for _ in range(10):
+        lease = d.begin(t)
+        d.end(lease, t, t + 0.1)
+        t += 0.1
+    busy = d.begin(t)
+    d.st.enqueue(Waiter(t + 0.2, None, prefetchable=True), t + 0.2)
+    assert len(d.st.queued) == 1
+    d.st.tick(t + 0.5)
+    assert d.started() == []
+    d.end(busy, t, t + 0.6)
+    assert not d.st.queued and d.started() == []
+
+
+# -- 2. the start counted is the one on the placement the next agent would start on ----------------
+
+
+async def test_callers_are_left_to_busy_agents_for_no_longer_than_the_start_they_spare() -> None:
+    # Two agents on a cheap placement that took 20 s to start (and is full), one on a dearer
+    # one that starts in 0.5 s: the next agent starts there, up in 0.5 s. Ten callers behind
+    # three agents running 1-s calls: the busy agents reach one of them in 0.5 s, the others
+    # need agents. Counted with the last start's 20 s, all ten were left to the busy agents,
+    # the last of them for about 3 s, where two agents up in 0.5 s would have served them.
+    slow = FakeBackend(start_time=20.0, call_time=1.0)
+    fast = FakeBackend(start_time=0.5, call_time=1.0)
+    pool = AgentPool(
+        "p",
+        backend=fast,
+        placements=[
+            Placement(name="cheap", price_per_hour=0.01, max_size=2, backend=slow),
+            Placement(name="quick", price_per_hour=0.1, backend=fast),
+        ],
+        min_size=3,
+        max_size=5,
+    )
+    async with pool:
+        assert sorted(a.placement.name for a in pool.agents) == ["cheap", "cheap", "quick"]
+        for _ in range(3):
+            await asyncio.gather(*(pool.run(who) for _ in range(3)))
+        calls = [asyncio.create_task(pool.run(who)) for _ in range(13)]
+        await asyncio.sleep(0)
+        assert pool.metrics.starting == 2, "callers left to busy agents for a 20-s start"
+        assert await asyncio.gather(*calls) == ["ok"] * 13
