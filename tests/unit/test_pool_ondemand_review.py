@@ -127,3 +127,38 @@ async def test_callers_are_left_to_busy_agents_for_no_longer_than_the_start_they
         await asyncio.sleep(0)
         assert pool.metrics.starting == 2, "callers left to busy agents for a 20-s start"
         assert await asyncio.gather(*calls) == ["ok"] * 13
+
+
+# -- 3. an agent that retires after its call serves nobody waiting ---------------------------------
+
+
+async def test_an_agent_on_its_last_use_is_not_counted_on_to_free_up() -> None:
+    # max_uses=1 (a fresh agent for every call): a busy agent is retired when its call ends,
+    # so it reaches no waiting caller, however short the call. Callers behind two such agents
+    # get agents at once, as before; counted on, they waited for those calls to end before
+    # any agent was started for them.
+    backend = FakeBackend(start_time=2.0, call_time=0.5)
+    async with AgentPool("p", backend=backend, min_size=2, max_size=8, max_uses=1) as pool:
+        for _ in range(2):
+            await asyncio.gather(pool.run(who), pool.run(who))
+        await asyncio.sleep(5.0)  # the agents that replace those two are up
+        assert pool.metrics.idle == 2
+        calls = [asyncio.create_task(pool.run(who)) for _ in range(4)]
+        await asyncio.sleep(0)
+        assert pool.metrics.starting == 2, "callers left to agents about to be retired"
+        assert await asyncio.gather(*calls) == ["ok"] * 4
+
+
+async def test_an_agent_whose_lifetime_ends_before_a_start_is_not_counted_on() -> None:
+    # Likewise an agent whose max_lifetime is over before a new agent would be up: these
+    # calls end after it, so the agents are retired then and serve nobody waiting.
+    backend = FakeBackend(start_time=2.0, call_time=0.5)
+    options = {"min_size": 2, "max_size": 8, "max_lifetime": 10.0, "lifetime_jitter": 0.0}
+    async with AgentPool("p", backend=backend, **options) as pool:  # type: ignore[arg-type]
+        for _ in range(4):
+            await asyncio.gather(pool.run(who), pool.run(who))
+        await asyncio.sleep(11.8 - asyncio.get_running_loop().time())  # their lifetime ends at 12
+        calls = [asyncio.create_task(pool.run(who)) for _ in range(4)]
+        await asyncio.sleep(0)
+        assert pool.metrics.starting == 2, "callers left to agents about to be retired"
+        assert await asyncio.gather(*calls) == ["ok"] * 4

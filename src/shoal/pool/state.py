@@ -1062,8 +1062,9 @@ class PoolState:
         one: a new agent is then the sooner way in), and for agents that may not free up soon:
         one held with ``get_agent()``/``acquire()`` (its holder decides when), one whose call has
         already run longer than a start (in a long-tailed run time it may run much longer), or
-        one retiring, draining or under a preemption notice. The cold start is the one of the
-        placement the next agent would start on.
+        one retiring, draining or under a preemption notice, or one its calls leave at
+        ``max_uses`` or that reaches ``max_lifetime`` within a start (retired, not reused). The
+        cold start is the one of the placement the next agent would start on.
 
         Also returns how many prefetched calls wait behind agents not counted on (their
         callers need an agent as much as those in the queue), and when the first counted
@@ -1075,6 +1076,7 @@ class PoolState:
             return 0, len(queued), math.inf
         slots = behind = 0
         soonest = math.inf
+        max_uses = self.config.max_uses
         for agent in self.agents.values():
             if (
                 agent.state is not BUSY
@@ -1082,6 +1084,9 @@ class PoolState:
                 or agent.draining is not None
                 or agent.preempt_deadline is not None
                 or not agent.leases
+                # retired when its calls end, before or soon after a start: serves nobody else
+                or (max_uses is not None and agent.usage_count + len(agent.leases) >= max_uses)
+                or agent.expires_at < now + cold_s
             ):
                 continue
             leases = agent.leases
