@@ -162,3 +162,24 @@ async def test_an_agent_whose_lifetime_ends_before_a_start_is_not_counted_on() -
         await asyncio.sleep(0)
         assert pool.metrics.starting == 2, "callers left to agents about to be retired"
         assert await asyncio.gather(*calls) == ["ok"] * 4
+
+
+# -- 4. get_agent() with a timeout is a holder too -------------------------------------------------
+
+
+async def test_an_agent_held_with_get_agent_and_a_timeout_is_not_counted_on_to_free_up() -> None:
+    # get_agent(timeout=...) and acquire(timeout=...) hand the agent to a holder as get_agent()
+    # does; the lease was taken for one the pool sends its call on itself (the timeout read as
+    # call()'s acquire_timeout), so the holders' agents were counted on and the caller waited
+    # a start for nothing before one was started for it.
+    backend = FakeBackend(start_time=2.0, call_time=0.5)
+    async with AgentPool("p", backend=backend, min_size=2, max_size=40) as pool:
+        for _ in range(2):
+            await asyncio.gather(pool.run(who), pool.run(who))
+        held = [await pool.get_agent(timeout=10.0), await pool.get_agent(timeout=10.0)]
+        waiting = asyncio.create_task(pool.run(who))
+        await asyncio.sleep(0)
+        assert pool.metrics.starting == 1, "the caller was left to agents their holders keep"
+        assert await waiting == "ok"
+        for lease in held:
+            await pool.release_agent(lease)

@@ -481,7 +481,9 @@ class AgentPool:
             if again is not None:
                 lease = await self._rewait(again)
             else:
-                lease = await self._get(acquire_timeout, prefetchable, head=preempted > 0)
+                lease = await self._get(
+                    acquire_timeout, prefetchable, head=preempted > 0, owned=True
+                )
             again = None
             used = True
             try:
@@ -542,24 +544,32 @@ class AgentPool:
         :class:`~shoal.errors.PoolClosed` once the pool is closing. ``head`` waits ahead of
         everyone: for a call re-queued after a preemption.
         """
-        return await self._get(timeout, False, head=head)
+        return await self._get(timeout, False, head=head, owned=False)
 
-    async def _get(self, timeout: float | None, prefetchable: bool, *, head: bool = False) -> Lease:
+    async def _get(
+        self, timeout: float | None, prefetchable: bool, *, head: bool = False, owned: bool
+    ) -> Lease:
+        """A lease, for ``call()`` (``owned``: the pool sends its one call) or for a holder."""
         st = self._state
         now = self._now()
-        owned = prefetchable or timeout is not None  # (called by call(), not get_agent())
         lease = st.request(now, head=head, owned=owned) if head else st.request(now, owned=owned)
         if lease is None:
-            lease = await self._wait(now, timeout, prefetchable, head)
+            lease = await self._wait(now, timeout, prefetchable, head, owned=owned)
         if self.config.leak_threshold is not None:
             lease.stack = leaks.where_taken()
         return lease
 
     async def _wait(
-        self, now: float, timeout: float | None, prefetchable: bool = False, head: bool = False
+        self,
+        now: float,
+        timeout: float | None,
+        prefetchable: bool = False,
+        head: bool = False,
+        *,
+        owned: bool,
     ) -> Lease:
         fut: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(now, fut, prefetchable, owned=prefetchable or timeout is not None)
+        waiter = Waiter(now, fut, prefetchable, owned=owned)
         self._state.enqueue(waiter, now, head=head)
         self._flush()
         try:
