@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from shoal import AgentPool, FakeBackend, Placement
 from shoal.config import PoolConfig
 from shoal.pool.agent import Lease, PooledAgent
-from shoal.pool.state import PoolState, Start
+from shoal.pool.state import Assign, PoolState, Recall, Start
 from shoal.pool.waitqueue import Waiter
 
 
@@ -70,13 +72,16 @@ def test_a_caller_prefetched_behind_a_call_that_outruns_a_start_gets_an_agent() 
         t += 0.1
     long = d.begin(t)  # runs 30 s
     assert d.started() == []
-    d.st.enqueue(Waiter(t + 0.2, None, prefetchable=True), t + 0.2)
-    if d.st.queued:  # left to the busy agent and queued on it
-        assert d.started() == []
-        wake = d.st.tick(t + 0.3)
-        assert wake <= t + 1.0 + 1e-9, "maintenance sleeps past the moment the call outruns a start"
-        d.st.tick(wake)
-    assert len(d.started()) == 1, "no agent for a caller queued behind a 30-s call"
+    d.st.enqueue(Waiter(t + 0.05, None, prefetchable=True), t + 0.05)
+    assert len(d.st.queued) == 1 and d.started() == []  # left to the busy agent, queued on it
+    wake = d.st.tick(t + 0.06)
+    assert wake <= t + 1.0 + 1e-9, "maintenance sleeps past the moment the call outruns a start"
+    d.st.tick(wake)
+    (new,) = d.started()
+    assert long in long.agent.leases
+    d.up([new], wake + 1.0)  # up: the queued call is taken back, to run there
+    assert any(isinstance(a, Recall) for a in d.st.actions)
+    assert [a.lease.agent for a in d.st.actions if isinstance(a, Assign)] == [new]
     assert long in long.agent.leases
 
 
@@ -90,11 +95,11 @@ def test_a_prefetched_caller_behind_a_call_that_may_end_soon_needs_no_agent() ->
         d.end(lease, t, t + 0.1)
         t += 0.1
     busy = d.begin(t)
-    d.st.enqueue(Waiter(t + 0.2, None, prefetchable=True), t + 0.2)
+    d.st.enqueue(Waiter(t + 0.05, None, prefetchable=True), t + 0.05)
     assert len(d.st.queued) == 1
-    d.st.tick(t + 0.5)
+    d.st.tick(t + 0.08)
     assert d.started() == []
-    d.end(busy, t, t + 0.6)
+    d.end(busy, t, t + 0.09)
     assert not d.st.queued and d.started() == []
 
 
@@ -183,3 +188,29 @@ async def test_an_agent_held_with_get_agent_and_a_timeout_is_not_counted_on_to_f
         assert await waiting == "ok"
         for lease in held:
             await pool.release_agent(lease)
+
+
+# -- 5. a call that has run past the short ones is a long one --------------------------------------
+
+
+async def test_calls_that_have_run_past_the_short_ones_are_not_counted_on() -> None:
+    # Past calls took 50 ms or 5 s; starts take 1 s. Two calls have run 0.2 s: they are 5-s
+    # ones (every short one has ended by then), so a caller arriving now gets an agent at once
+    # (up in 1 s), as before. Counted on by the mean run time, it waited for the recheck a
+    # start later and then for a start: 1.8 s.
+    backend = FakeBackend(start_time=1.0)
+    async with AgentPool("p", backend=backend, min_size=2, max_size=4) as pool:
+        for _ in range(6):
+            await asyncio.gather(pool.run(asyncio.sleep, 0.05), pool.run(asyncio.sleep, 0.05))
+        for _ in range(2):
+            await asyncio.gather(pool.run(asyncio.sleep, 5.0), pool.run(asyncio.sleep, 5.0))
+        long = [asyncio.create_task(pool.run(asyncio.sleep, 5.0)) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        waiting = asyncio.create_task(pool.run(asyncio.sleep, 0.05))
+        await asyncio.sleep(0)
+        assert pool.metrics.starting == 1, "the caller was left to two 5-s calls"
+        await waiting
+        assert loop.time() - t0 == pytest.approx(1.05)  # a start and its call
+        await asyncio.gather(*long)

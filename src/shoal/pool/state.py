@@ -1060,8 +1060,9 @@ class PoolState:
         0 — start for every waiting caller, as before — until a start and a call have been
         timed, when calls usually outlast a start (fewer than half of past calls end within
         one: a new agent is then the sooner way in), and for agents that may not free up soon:
-        one held with ``get_agent()``/``acquire()`` (its holder decides when), one whose call has
-        already run longer than a start (in a long-tailed run time it may run much longer), or
+        one held with ``get_agent()``/``acquire()`` (its holder decides when), one whose call is
+        not likely to end within a start (it has run as long as one, or past most calls that
+        end within one: in a long-tailed run time it may run much longer), or
         one retiring, draining or under a preemption notice, or one its calls leave at
         ``max_uses`` or that reaches ``max_lifetime`` within a start (retired, not reused). The
         cold start is the one of the placement the next agent would start on.
@@ -1090,7 +1091,11 @@ class PoolState:
             ):
                 continue
             leases = agent.leases
-            if any(not lease.owned or now - lease.acquired_at >= cold_s - 1e-9 for lease in leases):
+            if any(
+                not lease.owned or not self._ends_within(now - lease.acquired_at, cold_s)
+                for lease in leases
+                if lease not in queued
+            ):
                 continue
             slots += self._slots
             soonest = min(soonest, min(lease.acquired_at for lease in leases) + cold_s)
@@ -1101,6 +1106,17 @@ class PoolState:
             return 0, stuck, math.inf
         due = cold_s * slots / max(exec_times.mean(), 1e-9)
         return max(0, math.floor(min(due, 1e9)) - behind), stuck, soonest
+
+    def _ends_within(self, elapsed_s: float, cold_s: float) -> bool:
+        """Whether a call that has run ``elapsed_s`` will more likely than not have ended
+        when a start made now is up, by the run times of past calls: one that has outrun the
+        short ones (50-ms and 5-s calls: one at 0.2 s is a 5-s one) is not, even within a start."""
+        if elapsed_s >= cold_s - 1e-9:
+            return False
+        cdf = self.metrics.exec_times.share_at_most
+        # (less a hair: a call as long as the longest seen, about to end, is not past them all)
+        since = max(0.0, elapsed_s - 1e-9)
+        return finish_chance(cdf, since, cold_s - since) >= 0.5
 
     def _next_cold_start(self, now: float) -> float | None:
         """How long an agent started now is expected to take to be up: the last start's time,
