@@ -1069,12 +1069,18 @@ class PoolState:
 
         Also returns how many prefetched calls wait behind agents not counted on (their
         callers need an agent as much as those in the queue), and when the first counted
-        agent's call will have run as long as a start."""
+        agent's call will no longer be likely to end within a start."""
         queued = self.queued
         cold_s = self._next_cold_start(now)
         exec_times = self.metrics.exec_times
-        if cold_s is None or not exec_times or exec_times.share_at_most(cold_s) < 0.5:
+        share = exec_times.share_at_most(cold_s) if cold_s is not None and exec_times else 0.0
+        if cold_s is None or share < 0.5:
             return 0, len(queued), math.inf
+        # A counted call stops being likely to end within a start once it has run past this
+        # (see _ends_within): more than 2 x share - 1 of past calls took at most so long.
+        n = len(exec_times)
+        outrun_s = exec_times.quantile((min(math.floor((2 * share - 1) * n), n - 1) + 1) / n)
+        outrun_s = min(cold_s, outrun_s + 2e-9)
         slots = behind = 0
         soonest = math.inf
         max_uses = self.config.max_uses
@@ -1098,7 +1104,7 @@ class PoolState:
             ):
                 continue
             slots += self._slots
-            soonest = min(soonest, min(lease.acquired_at for lease in leases) + cold_s)
+            soonest = min(soonest, min(lease.acquired_at for lease in leases) + outrun_s)
             if queued:
                 behind += sum(1 for lease in leases if lease in queued)
         stuck = len(queued) - behind
