@@ -267,3 +267,33 @@ def test_no_caller_waits_longer_than_a_start_and_a_short_call(
         waits = runner.run(waits_of(min_size, max_uses, work))
     short = max((run_s for _, run_s in work if run_s <= COLD_S), default=0.0)
     assert max(waits) <= COLD_S + short + 1e-6
+
+
+# -- 7. the agent started for a caller stuck behind a call goes to it, not to a later caller -------
+
+
+def test_the_agent_started_for_a_caller_queued_behind_a_long_call_serves_it_first() -> None:
+    # A is queued behind a 30-s call and gets an agent started for it; B arrives later, while
+    # that agent starts. The first agent up serves A (who waited longest); B gets the next.
+    d = Driven(prefetch=True, min_size=1, max_size=4)
+    d.up(d.started(), 1.0)
+    t = 1.0
+    for _ in range(10):
+        lease = d.begin(t)
+        d.end(lease, t, t + 0.1)
+        t += 0.1
+    d.begin(t)  # runs 30 s
+    a = Waiter(t + 0.05, None, prefetchable=True)
+    d.st.enqueue(a, t + 0.05)
+    assert d.st.queued
+    d.st.tick(t + 0.2)  # the call has outrun the 0.1-s ones: an agent for A
+    (for_a,) = d.started()
+    b = Waiter(t + 0.5, None, prefetchable=True)
+    d.st.enqueue(b, t + 0.5)
+    assert len(d.started()) == 1  # and one for B
+    d.st.actions.clear()
+    d.up([for_a], t + 1.2)
+    (recall,) = [x for x in d.st.actions if isinstance(x, Recall)]
+    (assign,) = [x for x in d.st.actions if isinstance(x, Assign)]
+    assert assign.waiter is recall.lease.rewait, "a later caller took the agent started for A"
+    assert assign.waiter is not b

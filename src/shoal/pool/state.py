@@ -513,6 +513,10 @@ class PoolState:
                 self._consolidated(agent.swap_from, agent.site, now)
             else:
                 self._swapped(now)
+        if self.queued:
+            # A call queued behind a busy agent may be what this agent was started for: it
+            # goes back in its place in the queue, ahead of callers that came after it.
+            self._recall(now)
         self._pump(now)
         if self.queued and self.idle:
             self._recall(now)
