@@ -226,13 +226,14 @@ RUN_TIMES = [0.01, 0.05, 0.3, 0.9, 1.5, 5.0]
 
 
 async def waits_of(
-    min_size: int, max_uses: int | None, work: list[tuple[float, float]]
+    min_size: int, max_uses: int | None, slots: int, work: list[tuple[float, float]]
 ) -> list[float]:
     """Each call's wait for an agent, for calls (gap since the last, run time) on a pool
     that may grow as far as it likes (max_size is never what holds a caller back)."""
     loop = asyncio.get_running_loop()
     backend = FakeBackend(start_time=COLD_S)
-    pool = AgentPool("p", backend=backend, min_size=min_size, max_size=1000, max_uses=max_uses)
+    options = {"min_size": min_size, "max_size": 1000, "max_uses": max_uses}
+    pool = AgentPool("p", backend=backend, max_concurrency=slots, **options)  # type: ignore[arg-type]
     waits: list[float] = []
 
     async def one(at: float, run_s: float) -> None:
@@ -254,17 +255,18 @@ async def waits_of(
 @given(
     st.integers(0, 2),
     st.sampled_from([None, None, 1, 3]),
+    st.sampled_from([1, 1, 2, 3]),
     st.lists(st.tuples(st.floats(0, 3), st.sampled_from(RUN_TIMES)), min_size=1, max_size=40),
 )
 def test_no_caller_waits_longer_than_a_start_and_a_short_call(
-    min_size: int, max_uses: int | None, work: list[tuple[float, float]]
+    min_size: int, max_uses: int | None, slots: int, work: list[tuple[float, float]]
 ) -> None:
     # Under the old rule a caller waited at most a start. Left to a busy agent, it waits at
     # most until that call is no longer likely to end within a start (it has run as long as
     # the calls that do) and then a start. Counted on until the call had run a whole start,
     # a caller behind a 1.5-s call, after calls of 10 ms, waited 2 starts.
     with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
-        waits = runner.run(waits_of(min_size, max_uses, work))
+        waits = runner.run(waits_of(min_size, max_uses, slots, work))
     short = max((run_s for _, run_s in work if run_s <= COLD_S), default=0.0)
     assert max(waits) <= COLD_S + short + 1e-6
 
