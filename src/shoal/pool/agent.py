@@ -7,6 +7,8 @@ import enum
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from shoal.pool.depth import RunTimes
+
 if TYPE_CHECKING:
     from shoal.pool.pool import AgentPool
     from shoal.pool.waitqueue import Waiter
@@ -55,6 +57,7 @@ class PooledAgent:
         "preempted",
         "ready_at",
         "retire_reason",
+        "runs",
         "site",
         "state",
         "swap",
@@ -93,6 +96,8 @@ class PooledAgent:
         # lifetime over, ...): the last holder's release retires it gracefully.
         self.draining: str | None = None
         self.expires_at = float("inf")  # when max_lifetime (with its jitter) retires it
+        # Its recent service times: how many calls may queue behind its running one (prefetch).
+        self.runs = RunTimes()
 
     @property
     def agent(self) -> Any:

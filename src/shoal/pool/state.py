@@ -147,7 +147,9 @@ class PoolState:
         # agent is busy and callers wait, a prefetchable caller's call is sent to a busy agent
         # to start as soon as its call ends, with no round trip through the pool in between.
         self.prefetch = False
-        self.spare: dict[PooledAgent, None] = {}  # running one call, nothing queued behind it
+        # Agents running a call with room for one more queued behind it: one always, more
+        # while their calls are tiny (pool/depth.py).
+        self.spare: dict[PooledAgent, None] = {}
         self.queued: dict[Lease, None] = {}  # prefetched leases still behind another call
         self._mru = config.assignment == "mru"
         self.queue = WaitQueue()
@@ -348,13 +350,14 @@ class PoolState:
         if reason is None and self.status != "running":
             reason = "pool closing"
         if agent.leases:  # others still hold it (max_concurrency > 1, or a prefetched call)
-            if self._slots == 1:  # prefetch: the call queued behind this one is its call now
-                for other in agent.leases:
-                    if other in queued:
-                        del queued[other]
-                        if not other.recalled:  # (a recalled one is counted where it re-queued)
-                            self.metrics.warm_hits += 1
-                            self.metrics.wait_times.append(now - other.waited_from)
+            if self._slots == 1 and all(other in queued for other in agent.leases):
+                # Prefetch: the oldest call queued behind this one is its call now. (Not while
+                # a recalled call, which may have started, is still ahead of them.)
+                first = min(agent.leases, key=_lease_id)
+                del queued[first]
+                if not first.recalled:  # (a recalled one is counted where it re-queued)
+                    self.metrics.warm_hits += 1
+                    self.metrics.wait_times.append(now - first.waited_from)
             if reason is not None or agent.draining is not None:
                 if agent.retire_reason is None and agent.draining is None:
                     agent.draining = reason  # no new lease; retired when the last is back
@@ -362,7 +365,9 @@ class PoolState:
                 self.spare.pop(agent, None)
                 return
             if self._slots == 1:
-                if any(other.in_call for other in agent.leases):  # else at its begin_call
+                if any(o.in_call and o not in queued for o in agent.leases) and self._may_queue(
+                    agent, now
+                ):  # (else at its begin_call)
                     self.spare[agent] = None
                 self._pump(now)
                 return
@@ -434,10 +439,20 @@ class PoolState:
                 delivered=False,
             )
         lease.in_call = True
-        if self.prefetch and lease.owned and len(agent.leases) == 1 and agent.draining is None:
-            self.spare[agent] = None
-            if now is not None and self.queue:
-                self._pump(now)
+        if (
+            self.prefetch
+            and lease.owned
+            and agent.draining is None
+            and not lease.recalled
+            and lease not in self.queued
+        ):
+            # Its agent's current call: more may queue behind it once it is sent.
+            if now is not None and len(agent.leases) == 1:
+                agent.runs.began(now)
+            if self._may_queue(agent, now):
+                self.spare[agent] = None
+                if now is not None and self.queue:
+                    self._pump(now)
         agent.calls += 1
         self.metrics.requests_active += 1
         if not self._watching_calls and self.config.heartbeat_timeout is not None:
@@ -448,7 +463,10 @@ class PoolState:
 
     def end_call(self, lease: Lease, started: float, now: float, failed: bool) -> None:
         lease.in_call = False
-        lease.agent.calls -= 1
+        agent = lease.agent
+        agent.calls -= 1
+        if self.prefetch and not lease.recalled:
+            agent.runs.ended(started, now)
         m = self.metrics
         m.requests_active -= 1
         if failed:
@@ -968,7 +986,8 @@ class PoolState:
 
     def _prefetch(self, now: float) -> None:
         """Every agent is busy and callers wait, none for an agent starting: queue the first
-        callers' calls on busy agents with nothing queued yet, if those callers allow it."""
+        callers' calls on busy agents with room behind their call (one, or more while their
+        calls are tiny: pool/depth.py), the agents taking turns, if those callers allow it."""
         queue, spare, max_uses = self.queue, self.spare, self.config.max_uses
         while queue and spare:
             head = queue.oldest()
@@ -978,14 +997,22 @@ class PoolState:
             del spare[agent]
             if (
                 agent.state is not BUSY
-                or len(agent.leases) != 1
+                or not agent.leases
+                or not self._may_queue(agent, now)
                 or agent.retire_reason is not None
                 or agent.draining is not None
-                or (max_uses is not None and agent.usage_count + 2 > max_uses)
+                or (max_uses is not None and agent.usage_count + len(agent.leases) + 1 > max_uses)
             ):
                 continue
             queue.pop()
             self._assign(head, agent, now, prefetched=True)
+            if self._may_queue(agent, now):
+                spare[agent] = None  # room for another behind it: the agents take turns
+
+    def _may_queue(self, agent: PooledAgent, now: float | None) -> bool:
+        """Whether a call may queue behind the ones ``agent`` holds (see ``pool/depth.py``)."""
+        ahead = len(agent.leases)
+        return ahead <= 1 or (now is not None and agent.runs.may_queue(ahead, now))
 
     def _recall(self, now: float, lease: Lease | None = None) -> None:
         """An agent came free while a call waits behind another one (or that one's agent is
@@ -1270,6 +1297,10 @@ class PoolState:
 
     def _event(self, kind: str, agent: PooledAgent, before: int, reason: str, now: float) -> None:
         self.events.append(ScalingEvent(now, kind, agent.agent_id, before, self.size, reason))
+
+
+def _lease_id(lease: Lease) -> int:
+    return lease.lease_id
 
 
 def agents_per_node(agents: Iterable[PooledAgent]) -> dict[str, int]:
