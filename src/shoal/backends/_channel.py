@@ -59,6 +59,7 @@ class Channel:
     """
 
     __slots__ = (
+        "_batch",
         "_control",
         "_in",
         "_kill",
@@ -66,7 +67,6 @@ class Channel:
         "_lifeline",
         "_loop",
         "_out",
-        "_batch",
         "_out_buf",
         "_parked",
         "_reader",

@@ -22,8 +22,9 @@ from __future__ import annotations
 from collections import deque
 
 QUEUE_BUDGET_S = 0.001  # the most a call is expected to wait behind tiny calls for extra depth
-MAX_AHEAD = 16  # calls ahead of a queued one, at most: its running call and 15 queued
+MAX_AHEAD = 16  # calls ahead of a queued one, at most: so at most 16 queued behind a call
 RUN_WINDOW = 16  # service times kept per agent
+_ROUNDING = 1 + 1e-9  # a mean of exactly budget / ahead, summed in floating point, still fits
 
 
 class RunTimes:
@@ -59,4 +60,4 @@ class RunTimes:
         if ahead > MAX_AHEAD or now - max(self.last_end, self.since) > QUEUE_BUDGET_S:
             return False
         mean = self.mean
-        return mean is not None and ahead * mean <= QUEUE_BUDGET_S
+        return mean is not None and ahead * mean <= QUEUE_BUDGET_S * _ROUNDING
