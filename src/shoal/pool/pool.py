@@ -18,7 +18,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from shoal.backends.base import (
@@ -439,13 +439,14 @@ class AgentPool:
 
     # -- calls ------------------------------------------------------------------------------------
 
-    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` on a warm agent and return its result.
+    def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, T]:
+        """Run ``fn(*args, **kwargs)`` on a warm agent and return its result (await it).
 
         A call that never reached its agent (the agent died while idle) is retried on another;
         one that did reach it fails with :class:`~shoal.errors.AgentLost` and is not retried.
         """
-        return await self.call(fn, args, kwargs)
+        # The coroutine of call() itself: one frame less for every call.
+        return self.call(fn, args, kwargs)
 
     async def call(
         self,
@@ -481,7 +482,13 @@ class AgentPool:
             if again is not None:
                 lease = await self._rewait(again)
             else:
-                lease = await self._get(acquire_timeout, prefetchable, head=preempted > 0)
+                now = self._now()
+                got = self._take(now, acquire_timeout, prefetchable, preempted > 0)
+                if got is None:
+                    got = await self._wait(now, acquire_timeout, prefetchable, preempted > 0)
+                    if self.config.leak_threshold is not None:
+                        got.stack = leaks.where_taken()
+                lease = got
             again = None
             used = True
             try:
@@ -545,13 +552,22 @@ class AgentPool:
         return await self._get(timeout, False, head=head)
 
     async def _get(self, timeout: float | None, prefetchable: bool, *, head: bool = False) -> Lease:
-        st = self._state
         now = self._now()
-        owned = prefetchable or timeout is not None  # (called by call(), not get_agent())
-        lease = st.request(now, head=head, owned=owned) if head else st.request(now, owned=owned)
+        lease = self._take(now, timeout, prefetchable, head)
         if lease is None:
             lease = await self._wait(now, timeout, prefetchable, head)
-        if self.config.leak_threshold is not None:
+            if self.config.leak_threshold is not None:
+                lease.stack = leaks.where_taken()
+        return lease
+
+    def _take(
+        self, now: float, timeout: float | None, prefetchable: bool, head: bool
+    ) -> Lease | None:
+        """A lease at once if an agent is free and nobody waits ahead (see _get), else None."""
+        owned = prefetchable or timeout is not None  # (called by call(), not get_agent())
+        st = self._state
+        lease = st.request(now, head=head, owned=owned) if head else st.request(now, owned=owned)
+        if lease is not None and self.config.leak_threshold is not None:
             lease.stack = leaks.where_taken()
         return lease
 
