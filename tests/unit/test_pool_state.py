@@ -46,6 +46,14 @@ class Caller:
 class PoolStateMachine(RuleBasedStateMachine):
     prefetch = False  # subclasses that set their pools up themselves keep prefetch off
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.rewaiting: list[Caller] = []  # taken back, waiting again in their place
+        # Each agent's service times, kept here as the pool should see them (pool/depth.py):
+        # from the later of a call's send and the previous call's end on that agent.
+        self.service: dict[PooledAgent, list[float]] = {}
+        self.last_end: dict[PooledAgent, float] = {}
+
     @initialize(
         min_size=st.integers(0, 2),
         extra=st.integers(0, 3),
@@ -102,12 +110,10 @@ class PoolStateMachine(RuleBasedStateMachine):
         self.checking: list[PooledAgent] = []
         self.all_callers: list[Caller] = []
         self.waiting_order: list[Caller] = []  # callers in the order they queued
-        self.served_order: list[Caller] = []  # queued callers in the order they were served
+        # Queued callers in the order they were first served (a call queued on a busy agent
+        # counts as served; taken back, it keeps that place).
+        self.served_order: list[Caller] = []
         self.released: list[Lease] = []
-        # Each agent's service times, kept here as the pool should see them (pool/depth.py):
-        # from the later of a call's send and the previous call's end on that agent.
-        self.service: dict[PooledAgent, list[float]] = {}
-        self.last_end: dict[PooledAgent, float] = {}
         self.n = 0
         self.state.open(self.now)
         self.perform()
@@ -125,7 +131,17 @@ class PoolStateMachine(RuleBasedStateMachine):
                     self.check_depth(action.lease)
                     assert caller.lease is None
                     caller.answers += 1
-                    self.served_order.append(caller)
+                    if caller not in self.served_order:  # (a recalled one was, first)
+                        self.served_order.append(caller)
+                    if caller in self.rewaiting:
+                        self.rewaiting.remove(caller)
+                    for other in self.rewaiting:  # taken back, it waits ahead of later ones
+                        w = other.waiter
+                        assert (
+                            w is None
+                            or w not in st_.queue
+                            or (w.enqueued_at >= action.waiter.enqueued_at)
+                        ), f"caller {other.n}, taken back, lost its place to {caller.n}"
                     if caller.gone:  # left in the same pass: the shell gives it back unused
                         st_.release(action.lease, self.now, used=False)
                         self.released.append(action.lease)
@@ -166,7 +182,9 @@ class PoolStateMachine(RuleBasedStateMachine):
                     owner.lease = None
                     owner.waiter = lease.rewait
                     owner.answers -= 1  # its one answer is still to come
-                    self.served_order.remove(owner)  # back in its place, not served yet
+                    # It keeps the place it was first served in: a later caller may have
+                    # been handed a free agent meanwhile, as it waited queued on a busy one.
+                    self.rewaiting.append(owner)
                     st_.release(lease, self.now, used=False)
                     self.released.append(lease)
                 else:
@@ -276,6 +294,7 @@ class PoolStateMachine(RuleBasedStateMachine):
             assert lease.agent.retire_reason is not None or lease.agent.state is not AgentState.BUSY
             return
         assert agent.state is AgentState.BUSY and lease in agent.leases
+        self.perform()  # as the shell does once the call is sent: prefetches behind it
         if outcome != "ok":
             self.state.call_failed(agent, outcome, kill=True)
         sent, self.now = self.now, self.now + took
@@ -541,6 +560,7 @@ class DeepPrefetchMachine(PrefetchMachine):
             agent = self.state.begin_call(lease, self.now)
         except (AgentLost, PoolError):
             return
+        self.perform()  # as the shell does once the call is sent: prefetches behind it
         sent, self.now = self.now, self.now + took
         self.state.end_call(lease, sent, self.now, False)
         if not lease.recalled:

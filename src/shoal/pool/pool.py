@@ -485,7 +485,16 @@ class AgentPool:
                 now = self._now()
                 got = self._take(now, acquire_timeout, prefetchable, preempted > 0)
                 if got is None:
-                    got = await self._wait(now, acquire_timeout, prefetchable, preempted > 0)
+                    # (_wait() inline: one coroutine less for every call that waits)
+                    waiter = self._enqueue(now, acquire_timeout, prefetchable, preempted > 0)
+                    try:
+                        if acquire_timeout is None:
+                            got = await waiter.token
+                        else:
+                            async with asyncio.timeout(acquire_timeout):
+                                got = await waiter.token
+                    except BaseException as exc:
+                        got = self._wait_ended(exc, waiter, acquire_timeout)
                     if self.config.leak_threshold is not None:
                         got.stack = leaks.where_taken()
                 lease = got
@@ -574,32 +583,44 @@ class AgentPool:
     async def _wait(
         self, now: float, timeout: float | None, prefetchable: bool = False, head: bool = False
     ) -> Lease:
-        fut: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(now, fut, prefetchable, owned=prefetchable or timeout is not None)
-        self._state.enqueue(waiter, now, head=head)
-        self._flush()
+        waiter = self._enqueue(now, timeout, prefetchable, head)
+        fut: asyncio.Future[Lease] = waiter.token
         try:
             if timeout is None:
                 return await fut
             async with asyncio.timeout(timeout):
                 return await fut
         except BaseException as exc:
-            if fut.done() and not fut.cancelled():
-                if fut.exception() is not None:
-                    raise  # the pool failed this waiter (closing, broken, start error)
-                # An agent was handed over in the same pass as the deadline or the cancel.
-                if isinstance(exc, TimeoutError):
-                    return fut.result()  # it arrived in time
-                self._release(fut.result(), False)
-                raise
-            self._state.abandon(waiter)
-            fut.cancel()
+            return self._wait_ended(exc, waiter, timeout)
+
+    def _enqueue(self, now: float, timeout: float | None, prefetchable: bool, head: bool) -> Waiter:
+        """Queue a caller; its waiter's token is the future that the lease will come in."""
+        fut: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        waiter = Waiter(now, fut, prefetchable, owned=prefetchable or timeout is not None)
+        self._state.enqueue(waiter, now, head=head)
+        self._flush()
+        return waiter
+
+    def _wait_ended(self, exc: BaseException, waiter: Waiter, timeout: float | None) -> Lease:
+        """The wait for an agent ended in ``exc`` (called from its except block): the lease
+        if one came in time, else leave the queue and raise."""
+        fut: asyncio.Future[Lease] = waiter.token
+        if fut.done() and not fut.cancelled():
+            if fut.exception() is not None:
+                raise  # the pool failed this waiter (closing, broken, start error)
+            # An agent was handed over in the same pass as the deadline or the cancel.
             if isinstance(exc, TimeoutError):
-                raise PoolTimeout(
-                    f"no agent of pool {self.name!r} became free within {timeout} s;",
-                    self.state_line(),
-                ) from None
+                return fut.result()  # it arrived in time
+            self._release(fut.result(), False)
             raise
+        self._state.abandon(waiter)
+        fut.cancel()
+        if isinstance(exc, TimeoutError):
+            raise PoolTimeout(
+                f"no agent of pool {self.name!r} became free within {timeout} s;",
+                self.state_line(),
+            ) from None
+        raise
 
     async def _rewait(self, waiter: Waiter) -> Lease:
         """Wait for another agent in the place a recalled call kept in the queue."""

@@ -277,7 +277,7 @@ class PoolState:
         else:
             m.requests_total += 1
             m.arrivals.add(now)
-        if head or not self.queue:
+        if head or not self.queue.waiting:
             agent = self._assignable(now)
             if agent is not None:
                 m.warm_hits += 1
@@ -451,7 +451,7 @@ class PoolState:
                 agent.runs.began(now)
             if self._may_queue(agent, now):
                 self.spare[agent] = None
-                if now is not None and self.queue:
+                if now is not None and self.queue.waiting:
                     self._pump(now)
         agent.calls += 1
         self.metrics.requests_active += 1
@@ -970,18 +970,19 @@ class PoolState:
     def _pump(self, now: float) -> None:
         """Hand idle agents to waiting callers, retire owed surplus, start what is needed."""
         queue = self.queue
-        while queue and (self.idle or self.partial):
+        waiting = queue.waiting
+        while waiting and (self.idle or self.partial):
             agent = self._assignable(now)
             if agent is None:
                 break
             head = queue.pop()
             assert head is not None
             self._assign(head, agent, now)
-        while self._shrink and self.idle and not queue and self.size > self.target:
+        while self._shrink and self.idle and not waiting and self.size > self.target:
             self._shrink -= 1
             self._retire(self.idle.popleft(), f"resize to {self.target}", now)
         self._start_needed(now, None)
-        if queue and self.spare and not self.counts[STARTING]:
+        if waiting and self.spare and not self.counts[STARTING]:
             self._prefetch(now)  # no agent is coming for these callers
 
     def _prefetch(self, now: float) -> None:
@@ -989,7 +990,7 @@ class PoolState:
         callers' calls on busy agents with room behind their call (one, or more while their
         calls are tiny: pool/depth.py), the agents taking turns, if those callers allow it."""
         queue, spare, max_uses = self.queue, self.spare, self.config.max_uses
-        while queue and spare:
+        while queue.waiting and spare:
             head = queue.oldest()
             if head is None or not head.prefetchable:
                 return
