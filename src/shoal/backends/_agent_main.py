@@ -29,7 +29,7 @@ except ImportError:  # imported as part of shoal (the Ray backend's actors do)
     from shoal.backends import _wire
 
 EXIT_PARENT_GONE = 70
-_READ_SIZE = 1 << 18
+_READ_SIZE = 1 << 16
 _FUNCTION_CACHE = 256  # functions kept by key; an evicted one is simply sent again
 _loop: Any = None
 _PID = os.getpid()  # a forked copy of this agent sees another pid, and must not answer
