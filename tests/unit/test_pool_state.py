@@ -432,6 +432,8 @@ class PoolStateMachine(RuleBasedStateMachine):
                 "a call prefetched onto an agent held with get_agent()"
             )
             assert any(c.lease is lease and c.waiter is None for c in self.all_callers)
+        for agent in st_.agents.values():
+            assert agent.queued_calls == sum(1 for x in agent.leases if x in st_.queued)
         if st_.queued:
             # Every agent that is free has a recalled call coming to it.
             recalled = [c for c in self.holders() if c.lease is not None and c.lease.recalled]

@@ -55,6 +55,7 @@ class PooledAgent:
         "placement",
         "preempt_deadline",
         "preempted",
+        "queued_calls",
         "ready_at",
         "retire_reason",
         "runs",
@@ -89,6 +90,7 @@ class PooledAgent:
         # while there is any.
         self.leases: set[Lease] = set()
         self.calls = 0  # calls outstanding on it (sent, not yet answered)
+        self.queued_calls = 0  # its leases whose calls are prefetched, queued behind another
         # Set when the agent must not take another call (lost, timed out, unresponsive): it is
         # killed, and the last holder's release retires it with this reason.
         self.retire_reason: str | None = None

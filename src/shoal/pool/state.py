@@ -12,6 +12,7 @@ every interleaving directly.
 from __future__ import annotations
 
 import math
+import operator
 import random
 import sys
 import zlib
@@ -337,7 +338,9 @@ class PoolState:
         self._held -= 1
         queued = self.queued
         if queued:
-            queued.pop(lease, None)
+            if lease in queued:
+                del queued[lease]
+                agent.queued_calls -= 1
             if lease.recalled and queued and self.idle:
                 self._recall(now)  # that recall came too late: the agent still free takes another
         if agent.state is not BUSY:
@@ -350,11 +353,13 @@ class PoolState:
         if reason is None and self.status != "running":
             reason = "pool closing"
         if agent.leases:  # others still hold it (max_concurrency > 1, or a prefetched call)
-            if self._slots == 1 and all(other in queued for other in agent.leases):
+            first = None
+            if self._slots == 1 and agent.queued_calls == len(agent.leases):
                 # Prefetch: the oldest call queued behind this one is its call now. (Not while
                 # a recalled call, which may have started, is still ahead of them.)
-                first = min(agent.leases, key=_lease_id)
+                first = min(agent.leases, key=_LEASE_ID)
                 del queued[first]
+                agent.queued_calls -= 1
                 if not first.recalled:  # (a recalled one is counted where it re-queued)
                     self.metrics.warm_hits += 1
                     self.metrics.wait_times.append(now - first.waited_from)
@@ -365,9 +370,13 @@ class PoolState:
                 self.spare.pop(agent, None)
                 return
             if self._slots == 1:
-                if any(o.in_call and o not in queued for o in agent.leases) and self._may_queue(
-                    agent, now
-                ):  # (else at its begin_call)
+                # Its call ahead is sent (else this happens at its begin_call): more may queue.
+                sent = (
+                    first.in_call
+                    if first is not None
+                    else any(o.in_call and o not in queued for o in agent.leases)
+                )
+                if sent and self._may_queue(agent, now):
                     self.spare[agent] = None
                 self._pump(now)
                 return
@@ -871,6 +880,7 @@ class PoolState:
         if prefetched:
             lease.prefetched = True
             self.queued[lease] = None
+            agent.queued_calls += 1
         elif len(agent.leases) < self._slots:
             self.partial[agent] = None
         else:
@@ -1023,6 +1033,7 @@ class PoolState:
         if lease is None:
             lease = next(iter(self.queued))
         del self.queued[lease]
+        lease.agent.queued_calls -= 1
         lease.recalled = True
         waiter = Waiter(lease.waited_from, None, prefetchable=True, owned=True)
         lease.rewait = waiter
@@ -1129,7 +1140,9 @@ class PoolState:
         self.spare.pop(agent, None)
         if self.queued:
             for lease in agent.leases:  # it runs (or fails) there: nothing left to take back
-                self.queued.pop(lease, None)
+                if lease in self.queued:
+                    del self.queued[lease]
+                    agent.queued_calls -= 1
         self.metrics.agents_retired += 1
         lost = agent.handle is not None and not agent.alive
         self._event("lost" if lost else "retire", agent, before, reason, now)
@@ -1300,8 +1313,7 @@ class PoolState:
         self.events.append(ScalingEvent(now, kind, agent.agent_id, before, self.size, reason))
 
 
-def _lease_id(lease: Lease) -> int:
-    return lease.lease_id
+_LEASE_ID = operator.attrgetter("lease_id")
 
 
 def agents_per_node(agents: Iterable[PooledAgent]) -> dict[str, int]:
