@@ -2,7 +2,7 @@
 
 Whether a line may grow is decided from service times measured in real time, which a loaded
 machine makes unpredictable; these tests are about what the pool does with a deep line, so
-they give the agents a history of tiny calls and a budget of a minute to queue against. What
+they give the agents a history of tiny calls and a budget of an hour to queue against. What
 the rule allows is tested on virtual time in tests/unit/test_prefetch_depth.py.
 """
 
@@ -27,7 +27,7 @@ DEEP = 3  # calls queued behind each agent's gated call
 
 @pytest.fixture(autouse=True)
 def patient_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(depth, "QUEUE_BUDGET_S", 60.0)
+    monkeypatch.setattr(depth, "QUEUE_BUDGET_S", 3600.0)
 
 
 def tiny_history(pool: AgentPool) -> None:
