@@ -21,6 +21,7 @@ from hypothesis.stateful import (
 from shoal.config import PoolConfig
 from shoal.errors import AgentLost, PoolAtCapacity, PoolBroken, PoolError
 from shoal.pool.agent import AgentState, Lease, PooledAgent
+from shoal.pool.depth import MAX_AHEAD, QUEUE_BUDGET_S, RUN_WINDOW
 from shoal.pool.state import Assign, Check, Kill, Log, PoolState, Recall, Reject, Start, Stop
 from shoal.pool.waitqueue import Waiter
 
@@ -44,6 +45,14 @@ class Caller:
 
 class PoolStateMachine(RuleBasedStateMachine):
     prefetch = False  # subclasses that set their pools up themselves keep prefetch off
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rewaiting: list[Caller] = []  # taken back, waiting again in their place
+        # Each agent's service times, kept here as the pool should see them (pool/depth.py):
+        # from the later of a call's send and the previous call's end on that agent.
+        self.service: dict[PooledAgent, list[float]] = {}
+        self.last_end: dict[PooledAgent, float] = {}
 
     @initialize(
         min_size=st.integers(0, 2),
@@ -75,6 +84,7 @@ class PoolStateMachine(RuleBasedStateMachine):
         mru: bool,
         slots: int,
         prefetch: bool,
+        max_uses: int | None = 4,
     ) -> None:
         self.config = PoolConfig(
             name="p",
@@ -87,7 +97,7 @@ class PoolStateMachine(RuleBasedStateMachine):
             health_check_interval=3.0,
             crash_loop_starts=3,
             crash_loop_window=10.0,
-            max_uses=4,
+            max_uses=max_uses,
             heartbeat_timeout=2.0,
             max_concurrency=slots,
         )
@@ -100,7 +110,9 @@ class PoolStateMachine(RuleBasedStateMachine):
         self.checking: list[PooledAgent] = []
         self.all_callers: list[Caller] = []
         self.waiting_order: list[Caller] = []  # callers in the order they queued
-        self.served_order: list[Caller] = []  # queued callers in the order they were served
+        # Queued callers in the order they were first served (a call queued on a busy agent
+        # counts as served; taken back, it keeps that place).
+        self.served_order: list[Caller] = []
         self.released: list[Lease] = []
         self.n = 0
         self.state.open(self.now)
@@ -116,9 +128,20 @@ class PoolStateMachine(RuleBasedStateMachine):
                 if isinstance(action, Assign):
                     caller: Caller = action.waiter.token
                     assert caller.waiter is action.waiter
+                    self.check_depth(action.lease)
                     assert caller.lease is None
                     caller.answers += 1
-                    self.served_order.append(caller)
+                    if caller not in self.served_order:  # (a recalled one was, first)
+                        self.served_order.append(caller)
+                    if caller in self.rewaiting:
+                        self.rewaiting.remove(caller)
+                    for other in self.rewaiting:  # taken back, it waits ahead of later ones
+                        w = other.waiter
+                        assert (
+                            w is None
+                            or w not in st_.queue
+                            or (w.enqueued_at >= action.waiter.enqueued_at)
+                        ), f"caller {other.n}, taken back, lost its place to {caller.n}"
                     if caller.gone:  # left in the same pass: the shell gives it back unused
                         st_.release(action.lease, self.now, used=False)
                         self.released.append(action.lease)
@@ -159,7 +182,9 @@ class PoolStateMachine(RuleBasedStateMachine):
                     owner.lease = None
                     owner.waiter = lease.rewait
                     owner.answers -= 1  # its one answer is still to come
-                    self.served_order.remove(owner)  # back in its place, not served yet
+                    # It keeps the place it was first served in: a later caller may have
+                    # been handed a free agent meanwhile, as it waited queued on a busy one.
+                    self.rewaiting.append(owner)
                     st_.release(lease, self.now, used=False)
                     self.released.append(lease)
                 else:
@@ -241,9 +266,25 @@ class PoolStateMachine(RuleBasedStateMachine):
         assert held == {a.agent_id: set(a.leases) for a in self.state.agents.values()}
         assert self.state.lease_error(lease) is not None
 
+    def check_depth(self, lease: Lease) -> None:
+        """A call queued behind two or more on an agent: only while that agent's calls are
+        tiny (pool/depth.py), from the service times this model kept itself."""
+        ahead = len(lease.agent.leases) - 1
+        if not lease.prefetched or ahead <= 1:
+            return
+        times = self.service.get(lease.agent, [])[-RUN_WINDOW:]
+        assert ahead <= MAX_AHEAD, f"{ahead} calls ahead of a queued one"
+        assert len(times) == RUN_WINDOW, "queued deep without a window of service times"
+        mean = sum(times) / RUN_WINDOW
+        assert ahead * mean <= QUEUE_BUDGET_S * (1 + 1e-9), f"{ahead} ahead x {mean} s"
+
     @precondition(lambda self: bool(self.holders()))
-    @rule(data=st.data(), outcome=st.sampled_from(["ok", "lost", "timeout", "abandoned"]))
-    def call(self, data: st.DataObject, outcome: str) -> None:
+    @rule(
+        data=st.data(),
+        outcome=st.sampled_from(["ok", "lost", "timeout", "abandoned"]),
+        took=st.sampled_from([0.0, 10e-6, 60e-6, 250e-6, 2e-3]),
+    )
+    def call(self, data: st.DataObject, outcome: str, took: float) -> None:
         caller = data.draw(st.sampled_from(self.holders()))
         lease = caller.lease
         assert lease is not None
@@ -253,9 +294,15 @@ class PoolStateMachine(RuleBasedStateMachine):
             assert lease.agent.retire_reason is not None or lease.agent.state is not AgentState.BUSY
             return
         assert agent.state is AgentState.BUSY and lease in agent.leases
+        self.perform()  # as the shell does once the call is sent: prefetches behind it
         if outcome != "ok":
             self.state.call_failed(agent, outcome, kill=True)
-        self.state.end_call(lease, self.now, self.now, outcome != "ok")
+        sent, self.now = self.now, self.now + took
+        self.state.end_call(lease, sent, self.now, outcome != "ok")
+        if self.prefetch and not lease.recalled:
+            start = max(self.last_end.get(agent, float("-inf")), sent)
+            self.service.setdefault(agent, []).append(max(0.0, self.now - start))
+            self.last_end[agent] = self.now
         self.perform()
 
     # -- agents ------------------------------------------------------------------------------------
@@ -359,7 +406,7 @@ class PoolStateMachine(RuleBasedStateMachine):
             per_agent[lease.agent] = per_agent.get(lease.agent, 0) + 1
             if lease.agent.state is AgentState.BUSY:
                 assert lease in lease.agent.leases
-        slots = self.config.max_concurrency + (1 if self.prefetch else 0)
+        slots = self.config.max_concurrency + (MAX_AHEAD if self.prefetch else 0)
         assert all(n <= slots for n in per_agent.values()), "an agent held past its slots"
         for agent in self.state.agents.values():
             assert len(agent.leases) <= slots
@@ -378,10 +425,15 @@ class PoolStateMachine(RuleBasedStateMachine):
         st_ = self.state
         for lease in st_.queued:
             assert self.prefetch and lease.prefetched and not lease.released
-            assert lease.agent.state is AgentState.BUSY and len(lease.agent.leases) == 2
-            (ahead,) = [c for c in self.all_callers if c.lease in lease.agent.leases - {lease}]
-            assert ahead.owned, "a call prefetched onto an agent held with get_agent()"
+            assert lease.agent.state is AgentState.BUSY
+            assert 2 <= len(lease.agent.leases) <= MAX_AHEAD + 1
+            ahead = [c for c in self.all_callers if c.lease in lease.agent.leases - {lease}]
+            assert ahead and all(c.owned for c in ahead), (
+                "a call prefetched onto an agent held with get_agent()"
+            )
             assert any(c.lease is lease and c.waiter is None for c in self.all_callers)
+        for agent in st_.agents.values():
+            assert agent.queued_calls == sum(1 for x in agent.leases if x in st_.queued)
         if st_.queued:
             # Every agent that is free has a recalled call coming to it.
             recalled = [c for c in self.holders() if c.lease is not None and c.lease.recalled]
@@ -472,6 +524,76 @@ class PrefetchMachine(PoolStateMachine):
 
 TestPrefetch = PrefetchMachine.TestCase
 TestPrefetch.settings = settings(
+    max_examples=300,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+class DeepPrefetchMachine(PrefetchMachine):
+    """Prefetch with no max_uses, so that lines can grow past one queued call: bursts of
+    callers on agents whose calls take from nothing to 2 ms."""
+
+    @initialize(
+        min_size=st.integers(1, 2),
+        extra=st.integers(0, 1),
+        mru=st.booleans(),
+        took=st.sampled_from([0.0, 20e-6, 120e-6, 2e-3]),
+    )
+    def setup(  # type: ignore[override]
+        self, min_size: int, extra: int, mru: bool, took: float
+    ) -> None:
+        self._setup(min_size, extra, None, True, mru, 1, True, max_uses=None)
+        for agent in self.starting:
+            self.state.agent_started(agent, Handle(), self.now)
+        self.starting = []
+        self.perform()
+        # A history of calls on every agent, so that lines may grow from the start.
+        for _ in range(RUN_WINDOW * len(self.state.agents)):
+            self._request(True)
+            (caller,) = self.holders()
+            self._run_and_release(caller, took)
+
+    def _run_and_release(self, caller: Caller, took: float) -> None:
+        lease = caller.lease
+        assert lease is not None
+        try:
+            agent = self.state.begin_call(lease, self.now)
+        except (AgentLost, PoolError):
+            return
+        self.perform()  # as the shell does once the call is sent: prefetches behind it
+        sent, self.now = self.now, self.now + took
+        self.state.end_call(lease, sent, self.now, False)
+        if not lease.recalled:
+            start = max(self.last_end.get(agent, float("-inf")), sent)
+            self.service.setdefault(agent, []).append(max(0.0, self.now - start))
+            self.last_end[agent] = self.now
+        self.perform()
+        if caller.lease is lease:
+            self.state.release(lease, self.now)
+            self.released.append(lease)
+            caller.lease = None
+            self.perform()
+
+    @rule(prefetchable=st.lists(st.booleans(), min_size=6, max_size=20))
+    def big_burst(self, prefetchable: list[bool]) -> None:
+        for p in prefetchable:
+            self._request(p)
+
+    @precondition(lambda self: bool(self.holders()))
+    @rule(data=st.data(), n=st.integers(1, 20), took=st.sampled_from([0.0, 20e-6, 120e-6]))
+    def many_calls(self, data: st.DataObject, n: int, took: float) -> None:
+        """Calls that end as fast as they are sent: each holder runs one and gives it back."""
+        for _ in range(n):
+            holders = self.holders()
+            if not holders:
+                return
+            self._run_and_release(data.draw(st.sampled_from(holders)), took)
+
+
+TestDeepPrefetch = DeepPrefetchMachine.TestCase
+TestDeepPrefetch.settings = settings(
     max_examples=300,
     stateful_step_count=60,
     deadline=None,

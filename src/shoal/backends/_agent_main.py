@@ -29,6 +29,7 @@ except ImportError:  # imported as part of shoal (the Ray backend's actors do)
     from shoal.backends import _wire
 
 EXIT_PARENT_GONE = 70
+_READ_SIZE = 1 << 16
 _FUNCTION_CACHE = 256  # functions kept by key; an evicted one is simply sent again
 _loop: Any = None
 _PID = os.getpid()  # a forked copy of this agent sees another pid, and must not answer
@@ -530,21 +531,20 @@ def main() -> None:
         return
     poller = select.poll()
     poller.register(cmd_fd, select.POLLIN)
-    # Frames read ahead of the one being served: the pool may write the next call while this
-    # one runs (prefetch), and then a CANCEL of it, which must be seen before it starts.
-    backlog: deque[tuple[int, bytes]] = deque()
+    # Frames read but not yet served: the pool may write the next calls while this one runs
+    # (prefetch), and then a CANCEL of one, which must be seen before it starts.
+    inbox = Inbox(cmd_fd, poller)
+    backlog = inbox.frames
     while True:
-        if backlog:
-            call_id, body = backlog.popleft()
-        else:
+        if not backlog:
             if spin_s:
                 _spin_for_command(poller, spin_s)
-            got = _wire.recv(cmd_fd)
-            if got is None:
+            if not inbox.read():
                 return
-            call_id, body = got
+            continue
+        call_id, body = backlog.popleft()
         if call_id:
-            if not _read_ahead(poller, cmd_fd, backlog):
+            if not inbox.read_waiting():
                 return
             if backlog and _cancelled(backlog, call_id):
                 with lock:
@@ -570,14 +570,34 @@ def main() -> None:
         # Anything else is a CANCEL of a call that has run already: nothing to do.
 
 
-def _read_ahead(poller: select.poll, fd: int, backlog: deque[tuple[int, bytes]]) -> bool:
-    """Take in every frame already waiting on ``fd``, without blocking; False at end of file."""
-    while poller.poll(0):
-        got = _wire.recv(fd)
-        if got is None:
+class Inbox:
+    """The frames from the pool, read in as large pieces as are waiting (one system call for
+    several frames when the pool wrote several calls together). ``cmd_fd`` stays blocking: in
+    a container it is the same socket the replies are written to."""
+
+    __slots__ = ("fd", "frames", "poller", "reader")
+
+    def __init__(self, fd: int, poller: select.poll) -> None:
+        self.fd = fd
+        self.poller = poller
+        self.reader = _wire.FrameReader()
+        self.frames: deque[tuple[int, bytes]] = deque()
+
+    def read(self) -> bool:
+        """Wait for bytes and take in what has arrived (maybe part of a frame only); False at
+        end of file."""
+        data = os.read(self.fd, _READ_SIZE)
+        if not data:
             return False
-        backlog.append(got)
-    return True
+        self.frames.extend(self.reader.feed(data))
+        return True
+
+    def read_waiting(self) -> bool:
+        """Take in every byte already waiting, without blocking; False at end of file."""
+        while self.poller.poll(0):
+            if not self.read():
+                return False
+        return True
 
 
 def _cancelled(backlog: deque[tuple[int, bytes]], call_id: int) -> bool:

@@ -59,6 +59,7 @@ class Channel:
     """
 
     __slots__ = (
+        "_batch",
         "_control",
         "_in",
         "_kill",
@@ -101,6 +102,9 @@ class Channel:
         # in part cannot be taken back until the agent reads it, which it does only once the
         # call ahead ends; a frame not begun can. They go out when the call ahead is answered.
         self._parked: dict[int, bytes] = {}
+        # Frames of calls queued behind another, written together at the end of this pass of
+        # the event loop: one write (one wake-up of the agent) for all those sent in it.
+        self._batch: dict[int, bytes] = {}
         self._last_id = 0
         self._control: asyncio.Future[tuple[Any, ...]] | None = None
         self.pending: dict[int, PendingCall] = {}
@@ -137,6 +141,11 @@ class Channel:
         ):
             self._check_open()
             self._parked[call_id] = payload  # written once the call ahead is answered
+        elif self.ordered and self.pending:
+            self._check_open()
+            if not self._batch:
+                self._loop.call_soon(self._write_batch)
+            self._batch[call_id] = payload
         else:
             self.send(payload, call_id)
         self._last_id = call_id
@@ -159,7 +168,10 @@ class Channel:
         call_id = next((i for i, c in self.pending.items() if c.future is future), None)
         if call_id is None or (future.done() and not future.cancelled()):
             return False
-        if self._parked.pop(call_id, None) is not None:  # never written: nothing to cancel
+        if (
+            self._parked.pop(call_id, None) is not None
+            or self._batch.pop(call_id, None) is not None
+        ):  # never written: nothing to cancel
             del self.pending[call_id]
             if not future.done():
                 future.set_exception(
@@ -210,15 +222,33 @@ class Channel:
             except AgentLost:
                 return  # gone: finish() fails the calls
 
+    def _write_batch(self) -> None:
+        """Write the frames batched in this pass (see ``_batch``), in one system call."""
+        batch, self._batch = self._batch, {}
+        if not batch or self._out < 0:
+            return
+        pack = _wire.HEADER.pack
+        parts: list[bytes] = []
+        for call_id, payload in batch.items():
+            parts.append(pack(len(payload), call_id))
+            parts.append(payload)
+        with contextlib.suppress(AgentLost):  # gone: finish() fails the calls
+            self._write(parts)
+
     def send(self, payload: bytes, call_id: int = _wire.CONTROL) -> None:
         """Write one frame, or queue what the pipe does not take now; never blocks."""
         self._check_open()
-        header = _wire.HEADER.pack(len(payload), call_id)
+        if self._batch:
+            self._write_batch()  # frames go out in the order they were sent
+        self._write([_wire.HEADER.pack(len(payload), call_id), payload])
+
+    def _write(self, parts: list[bytes]) -> None:
         if self._out_buf:
-            self._out_buf += header + payload
+            for part in parts:
+                self._out_buf += part
             return
         try:
-            n = os.writev(self._out, [header, payload])
+            n = os.writev(self._out, parts)
         except BlockingIOError:
             n = 0
         except (BrokenPipeError, ConnectionResetError) as exc:
@@ -227,8 +257,8 @@ class Channel:
                 self.agent_id,
                 delivered=False,
             ) from exc
-        if n < len(header) + len(payload):
-            self._out_buf += (header + payload)[n:]
+        if n < sum(map(len, parts)):
+            self._out_buf += b"".join(parts)[n:]
             self._loop.add_writer(self._out, self._on_writable)
 
     # -- the loop's callbacks -----------------------------------------------------------------
@@ -379,6 +409,7 @@ class Channel:
                     self._frames(data)
         self.exit_code = code
         self._parked.clear()
+        self._batch.clear()
         if self._out_buf:
             self._loop.remove_writer(self._out)
             self._out_buf.clear()

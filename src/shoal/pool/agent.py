@@ -7,6 +7,8 @@ import enum
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from shoal.pool.depth import RunTimes
+
 if TYPE_CHECKING:
     from shoal.pool.pool import AgentPool
     from shoal.pool.waitqueue import Waiter
@@ -53,8 +55,10 @@ class PooledAgent:
         "placement",
         "preempt_deadline",
         "preempted",
+        "queued_calls",
         "ready_at",
         "retire_reason",
+        "runs",
         "site",
         "state",
         "swap",
@@ -86,6 +90,7 @@ class PooledAgent:
         # while there is any.
         self.leases: set[Lease] = set()
         self.calls = 0  # calls outstanding on it (sent, not yet answered)
+        self.queued_calls = 0  # its leases whose calls are prefetched, queued behind another
         # Set when the agent must not take another call (lost, timed out, unresponsive): it is
         # killed, and the last holder's release retires it with this reason.
         self.retire_reason: str | None = None
@@ -93,6 +98,8 @@ class PooledAgent:
         # lifetime over, ...): the last holder's release retires it gracefully.
         self.draining: str | None = None
         self.expires_at = float("inf")  # when max_lifetime (with its jitter) retires it
+        # Its recent service times: how many calls may queue behind its running one (prefetch).
+        self.runs = RunTimes()
 
     @property
     def agent(self) -> Any:

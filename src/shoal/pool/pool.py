@@ -18,7 +18,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from shoal.backends.base import (
@@ -439,13 +439,14 @@ class AgentPool:
 
     # -- calls ------------------------------------------------------------------------------------
 
-    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` on a warm agent and return its result.
+    def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, T]:
+        """Run ``fn(*args, **kwargs)`` on a warm agent and return its result (await it).
 
         A call that never reached its agent (the agent died while idle) is retried on another;
         one that did reach it fails with :class:`~shoal.errors.AgentLost` and is not retried.
         """
-        return await self.call(fn, args, kwargs)
+        # The coroutine of call() itself: one frame less for every call.
+        return self.call(fn, args, kwargs)
 
     async def call(
         self,
@@ -481,9 +482,22 @@ class AgentPool:
             if again is not None:
                 lease = await self._rewait(again)
             else:
-                lease = await self._get(
-                    acquire_timeout, prefetchable, head=preempted > 0, owned=True
-                )
+                now = self._now()
+                got = self._take(now, prefetchable, preempted > 0, owned=True)
+                if got is None:
+                    # (_wait() inline: one coroutine less for every call that waits)
+                    waiter = self._enqueue(now, prefetchable, preempted > 0, owned=True)
+                    try:
+                        if acquire_timeout is None:
+                            got = await waiter.token
+                        else:
+                            async with asyncio.timeout(acquire_timeout):
+                                got = await waiter.token
+                    except BaseException as exc:
+                        got = self._wait_ended(exc, waiter, acquire_timeout)
+                    if self.config.leak_threshold is not None:
+                        got.stack = leaks.where_taken()
+                lease = got
             again = None
             used = True
             try:
@@ -550,12 +564,19 @@ class AgentPool:
         self, timeout: float | None, prefetchable: bool, *, head: bool = False, owned: bool
     ) -> Lease:
         """A lease, for ``call()`` (``owned``: the pool sends its one call) or for a holder."""
-        st = self._state
         now = self._now()
-        lease = st.request(now, head=head, owned=owned) if head else st.request(now, owned=owned)
+        lease = self._take(now, prefetchable, head, owned=owned)
         if lease is None:
             lease = await self._wait(now, timeout, prefetchable, head, owned=owned)
-        if self.config.leak_threshold is not None:
+            if self.config.leak_threshold is not None:
+                lease.stack = leaks.where_taken()
+        return lease
+
+    def _take(self, now: float, prefetchable: bool, head: bool, *, owned: bool) -> Lease | None:
+        """A lease at once if an agent is free and nobody waits ahead (see _get), else None."""
+        st = self._state
+        lease = st.request(now, head=head, owned=owned) if head else st.request(now, owned=owned)
+        if lease is not None and self.config.leak_threshold is not None:
             lease.stack = leaks.where_taken()
         return lease
 
@@ -568,32 +589,45 @@ class AgentPool:
         *,
         owned: bool,
     ) -> Lease:
-        fut: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(now, fut, prefetchable, owned=owned)
-        self._state.enqueue(waiter, now, head=head)
-        self._flush()
+        waiter = self._enqueue(now, prefetchable, head, owned=owned)
+        fut: asyncio.Future[Lease] = waiter.token
         try:
             if timeout is None:
                 return await fut
             async with asyncio.timeout(timeout):
                 return await fut
         except BaseException as exc:
-            if fut.done() and not fut.cancelled():
-                if fut.exception() is not None:
-                    raise  # the pool failed this waiter (closing, broken, start error)
-                # An agent was handed over in the same pass as the deadline or the cancel.
-                if isinstance(exc, TimeoutError):
-                    return fut.result()  # it arrived in time
-                self._release(fut.result(), False)
-                raise
-            self._state.abandon(waiter)
-            fut.cancel()
+            return self._wait_ended(exc, waiter, timeout)
+
+    def _enqueue(self, now: float, prefetchable: bool, head: bool, *, owned: bool) -> Waiter:
+        """Queue a caller (``owned``: for ``call()``, which sends its one call itself); its
+        waiter's token is the future that the lease will come in."""
+        fut: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        waiter = Waiter(now, fut, prefetchable, owned=owned)
+        self._state.enqueue(waiter, now, head=head)
+        self._flush()
+        return waiter
+
+    def _wait_ended(self, exc: BaseException, waiter: Waiter, timeout: float | None) -> Lease:
+        """The wait for an agent ended in ``exc`` (called from its except block): the lease
+        if one came in time, else leave the queue and raise."""
+        fut: asyncio.Future[Lease] = waiter.token
+        if fut.done() and not fut.cancelled():
+            if fut.exception() is not None:
+                raise  # the pool failed this waiter (closing, broken, start error)
+            # An agent was handed over in the same pass as the deadline or the cancel.
             if isinstance(exc, TimeoutError):
-                raise PoolTimeout(
-                    f"no agent of pool {self.name!r} became free within {timeout} s;",
-                    self.state_line(),
-                ) from None
+                return fut.result()  # it arrived in time
+            self._release(fut.result(), False)
             raise
+        self._state.abandon(waiter)
+        fut.cancel()
+        if isinstance(exc, TimeoutError):
+            raise PoolTimeout(
+                f"no agent of pool {self.name!r} became free within {timeout} s;",
+                self.state_line(),
+            ) from None
+        raise
 
     async def _rewait(self, waiter: Waiter) -> Lease:
         """Wait for another agent in the place a recalled call kept in the queue."""

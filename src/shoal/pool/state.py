@@ -12,6 +12,7 @@ every interleaving directly.
 from __future__ import annotations
 
 import math
+import operator
 import random
 import sys
 import zlib
@@ -147,7 +148,9 @@ class PoolState:
         # agent is busy and callers wait, a prefetchable caller's call is sent to a busy agent
         # to start as soon as its call ends, with no round trip through the pool in between.
         self.prefetch = False
-        self.spare: dict[PooledAgent, None] = {}  # running one call, nothing queued behind it
+        # Agents running a call with room for one more queued behind it: one always, more
+        # while their calls are tiny (pool/depth.py).
+        self.spare: dict[PooledAgent, None] = {}
         self.queued: dict[Lease, None] = {}  # prefetched leases still behind another call
         self._mru = config.assignment == "mru"
         self.queue = WaitQueue()
@@ -276,7 +279,7 @@ class PoolState:
         else:
             m.requests_total += 1
             m.arrivals.add(now)
-        if head or not self.queue:
+        if head or not self.queue.waiting:
             agent = self._assignable(now)
             if agent is not None:
                 m.warm_hits += 1
@@ -336,7 +339,9 @@ class PoolState:
         self._held -= 1
         queued = self.queued
         if queued:
-            queued.pop(lease, None)
+            if lease in queued:
+                del queued[lease]
+                agent.queued_calls -= 1
             if lease.recalled and queued and self.idle:
                 self._recall(now)  # that recall came too late: the agent still free takes another
         if agent.state is not BUSY:
@@ -349,13 +354,16 @@ class PoolState:
         if reason is None and self.status != "running":
             reason = "pool closing"
         if agent.leases:  # others still hold it (max_concurrency > 1, or a prefetched call)
-            if self._slots == 1:  # prefetch: the call queued behind this one is its call now
-                for other in agent.leases:
-                    if other in queued:
-                        del queued[other]
-                        if not other.recalled:  # (a recalled one is counted where it re-queued)
-                            self.metrics.warm_hits += 1
-                            self.metrics.wait_times.append(now - other.waited_from)
+            first = None
+            if self._slots == 1 and agent.queued_calls == len(agent.leases):
+                # Prefetch: the oldest call queued behind this one is its call now. (Not while
+                # a recalled call, which may have started, is still ahead of them.)
+                first = min(agent.leases, key=_LEASE_ID)
+                del queued[first]
+                agent.queued_calls -= 1
+                if not first.recalled:  # (a recalled one is counted where it re-queued)
+                    self.metrics.warm_hits += 1
+                    self.metrics.wait_times.append(now - first.waited_from)
             if reason is not None or agent.draining is not None:
                 if agent.retire_reason is None and agent.draining is None:
                     agent.draining = reason  # no new lease; retired when the last is back
@@ -363,7 +371,13 @@ class PoolState:
                 self.spare.pop(agent, None)
                 return
             if self._slots == 1:
-                if any(other.in_call for other in agent.leases):  # else at its begin_call
+                # Its call ahead is sent (else this happens at its begin_call): more may queue.
+                sent = (
+                    first.in_call
+                    if first is not None
+                    else any(o.in_call and o not in queued for o in agent.leases)
+                )
+                if sent and self._may_queue(agent, now):
                     self.spare[agent] = None
                 self._pump(now)
                 return
@@ -435,10 +449,20 @@ class PoolState:
                 delivered=False,
             )
         lease.in_call = True
-        if self.prefetch and lease.owned and len(agent.leases) == 1 and agent.draining is None:
-            self.spare[agent] = None
-            if now is not None and self.queue:
-                self._pump(now)
+        if (
+            self.prefetch
+            and lease.owned
+            and agent.draining is None
+            and not lease.recalled
+            and lease not in self.queued
+        ):
+            # Its agent's current call: more may queue behind it once it is sent.
+            if now is not None and len(agent.leases) == 1:
+                agent.runs.began(now)
+            if self._may_queue(agent, now):
+                self.spare[agent] = None
+                if now is not None and self.queue.waiting:
+                    self._pump(now)
         agent.calls += 1
         self.metrics.requests_active += 1
         if not self._watching_calls and self.config.heartbeat_timeout is not None:
@@ -449,7 +473,10 @@ class PoolState:
 
     def end_call(self, lease: Lease, started: float, now: float, failed: bool) -> None:
         lease.in_call = False
-        lease.agent.calls -= 1
+        agent = lease.agent
+        agent.calls -= 1
+        if self.prefetch and not lease.recalled:
+            agent.runs.ended(started, now)
         m = self.metrics
         m.requests_active -= 1
         if failed:
@@ -862,6 +889,7 @@ class PoolState:
         if prefetched:
             lease.prefetched = True
             self.queued[lease] = None
+            agent.queued_calls += 1
         elif len(agent.leases) < self._slots:
             self.partial[agent] = None
         else:
@@ -961,25 +989,27 @@ class PoolState:
     def _pump(self, now: float) -> None:
         """Hand idle agents to waiting callers, retire owed surplus, start what is needed."""
         queue = self.queue
-        while queue and (self.idle or self.partial):
+        waiting = queue.waiting
+        while waiting and (self.idle or self.partial):
             agent = self._assignable(now)
             if agent is None:
                 break
             head = queue.pop()
             assert head is not None
             self._assign(head, agent, now)
-        while self._shrink and self.idle and not queue and self.size > self.target:
+        while self._shrink and self.idle and not waiting and self.size > self.target:
             self._shrink -= 1
             self._retire(self.idle.popleft(), f"resize to {self.target}", now)
         self._start_needed(now, None)
-        if queue and self.spare and not self.counts[STARTING]:
+        if waiting and self.spare and not self.counts[STARTING]:
             self._prefetch(now)  # no agent is coming for these callers
 
     def _prefetch(self, now: float) -> None:
         """Every agent is busy and callers wait, none for an agent starting: queue the first
-        callers' calls on busy agents with nothing queued yet, if those callers allow it."""
+        callers' calls on busy agents with room behind their call (one, or more while their
+        calls are tiny: pool/depth.py), the agents taking turns, if those callers allow it."""
         queue, spare, max_uses = self.queue, self.spare, self.config.max_uses
-        while queue and spare:
+        while queue.waiting and spare:
             head = queue.oldest()
             if head is None or not head.prefetchable:
                 return
@@ -987,14 +1017,22 @@ class PoolState:
             del spare[agent]
             if (
                 agent.state is not BUSY
-                or len(agent.leases) != 1
+                or not agent.leases
+                or not self._may_queue(agent, now)
                 or agent.retire_reason is not None
                 or agent.draining is not None
-                or (max_uses is not None and agent.usage_count + 2 > max_uses)
+                or (max_uses is not None and agent.usage_count + len(agent.leases) + 1 > max_uses)
             ):
                 continue
             queue.pop()
             self._assign(head, agent, now, prefetched=True)
+            if self._may_queue(agent, now):
+                spare[agent] = None  # room for another behind it: the agents take turns
+
+    def _may_queue(self, agent: PooledAgent, now: float | None) -> bool:
+        """Whether a call may queue behind the ones ``agent`` holds (see ``pool/depth.py``)."""
+        ahead = len(agent.leases)
+        return ahead <= 1 or (now is not None and agent.runs.may_queue(ahead, now))
 
     def _recall(self, now: float, lease: Lease | None = None) -> None:
         """An agent came free while a call waits behind another one (or that one's agent is
@@ -1004,6 +1042,7 @@ class PoolState:
         if lease is None:
             lease = next(iter(self.queued))
         del self.queued[lease]
+        lease.agent.queued_calls -= 1
         lease.recalled = True
         waiter = Waiter(lease.waited_from, None, prefetchable=True, owned=True)
         lease.rewait = waiter
@@ -1216,7 +1255,9 @@ class PoolState:
         self.spare.pop(agent, None)
         if self.queued:
             for lease in agent.leases:  # it runs (or fails) there: nothing left to take back
-                self.queued.pop(lease, None)
+                if lease in self.queued:
+                    del self.queued[lease]
+                    agent.queued_calls -= 1
         self.metrics.agents_retired += 1
         lost = agent.handle is not None and not agent.alive
         self._event("lost" if lost else "retire", agent, before, reason, now)
@@ -1385,6 +1426,9 @@ class PoolState:
 
     def _event(self, kind: str, agent: PooledAgent, before: int, reason: str, now: float) -> None:
         self.events.append(ScalingEvent(now, kind, agent.agent_id, before, self.size, reason))
+
+
+_LEASE_ID = operator.attrgetter("lease_id")
 
 
 def agents_per_node(agents: Iterable[PooledAgent]) -> dict[str, int]:

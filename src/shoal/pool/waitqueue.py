@@ -34,12 +34,14 @@ class Waiter:
 
 
 class WaitQueue:
-    """Waiters in arrival order."""
+    """Waiters in arrival order. ``waiting`` is the ordered mapping itself, for the pool's hot
+    paths to test for emptiness without a method call; only the methods change it."""
 
-    __slots__ = ("_q",)
+    __slots__ = ("_q", "waiting")
 
     def __init__(self) -> None:
         self._q: OrderedDict[Waiter, None] = OrderedDict()
+        self.waiting = self._q
 
     def __len__(self) -> int:
         return len(self._q)
