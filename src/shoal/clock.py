@@ -141,7 +141,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     the extra frame of ``Handle._run``. The order of everything is asyncio's own: a tie on
     ``when`` compares the handles, which are then neither less nor greater, exactly as
     asyncio's heap sees them, so equal-time timers come out in the same order. ``lean=False``
-    keeps asyncio's scheduling (the reference that order is tested against).
+    keeps asyncio's scheduling (the reference that order is tested against). In debug mode the
+    lean loop builds handles with their constructors (so they keep where they were created)
+    but does not time callbacks; use ``lean=False`` for asyncio's slow-callback warnings.
     """
 
     if TYPE_CHECKING:  # asyncio's internals that this loop works with
@@ -245,66 +247,73 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         if not self._lean:
             self._run_once_reference()
             return
-        scheduled: list[Any] = self._scheduled
+        # run_forever calls this and stops once _stopping is set after it: iterating here until
+        # then is the same, without a call and a check per iteration.
         pop = heapq.heappop
-        count = len(scheduled)
-        swept = (
-            count > _ASYNCIO._MIN_SCHEDULED_TIMER_HANDLES
-            and self._timer_cancelled_count / count > _ASYNCIO._MIN_CANCELLED_TIMER_HANDLES_FRACTION
-        )
-        if swept:
-            kept = []  # asyncio's sweep of cancelled timers, on the pairs
-            for entry in scheduled:
-                if entry[1]._cancelled:
-                    entry[1]._scheduled = False
-                else:
-                    kept.append(entry)
-            heapq.heapify(kept)
-            self._scheduled = scheduled = kept
-            self._timer_cancelled_count = 0
-        else:
-            while scheduled and scheduled[0][1]._cancelled:
-                self._timer_cancelled_count -= 1
-                pop(scheduled)[1]._scheduled = False
         ready = self._ready
-        if ready or self._stopping:
-            timeout: float | None = 0
-        elif scheduled:
-            timeout = max(0.0, scheduled[0][0] - self._virtual_now)
-            if swept:  # asyncio's own iteration, which sweeps, caps its wait
-                timeout = min(timeout, _ASYNCIO.MAXIMUM_SELECT_TIMEOUT)
-        else:
-            timeout = None
-        sel = self._selector  # (what _poll does, inline: this runs millions of times)
-        if (
-            timeout is not None
-            and sel._registered <= 1
-            and sel._skipped < sel._POLL_EVERY
-            and not self._signals
-        ):
-            sel._skipped += 1
-            if timeout > 0:
-                self._virtual_now += timeout
-        else:
-            events_ = sel.select(timeout)
-            if events_:
-                self._process_events(events_)
-        end = self._virtual_now + self._clock_resolution
-        while scheduled and scheduled[0][0] < end:
-            handle = pop(scheduled)[1]
-            handle._scheduled = False
-            ready.append(handle)
         popleft = ready.popleft
-        for _ in range(len(ready)):
-            handle = popleft()
-            if handle._cancelled:
-                continue
-            try:
-                handle._context.run(handle._callback, *handle._args)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._callback_failed(handle, exc)
+        sel = self._selector
+        signals = self._signals
+        resolution = self._clock_resolution
+        most = _ASYNCIO._MIN_SCHEDULED_TIMER_HANDLES
+        fraction = _ASYNCIO._MIN_CANCELLED_TIMER_HANDLES_FRACTION
+        while True:
+            scheduled: list[Any] = self._scheduled
+            count = len(scheduled)
+            swept = count > most and self._timer_cancelled_count / count > fraction
+            if swept:
+                kept = []  # asyncio's sweep of cancelled timers, on the pairs
+                for entry in scheduled:
+                    if entry[1]._cancelled:
+                        entry[1]._scheduled = False
+                    else:
+                        kept.append(entry)
+                heapq.heapify(kept)
+                self._scheduled = scheduled = kept
+                self._timer_cancelled_count = 0
+            else:
+                while scheduled and scheduled[0][1]._cancelled:
+                    self._timer_cancelled_count -= 1
+                    pop(scheduled)[1]._scheduled = False
+            if ready or self._stopping:
+                timeout: float | None = 0
+            elif scheduled:
+                timeout = max(0.0, scheduled[0][0] - self._virtual_now)
+                if swept:  # asyncio's own iteration, which sweeps, caps its wait
+                    timeout = min(timeout, _ASYNCIO.MAXIMUM_SELECT_TIMEOUT)
+            else:
+                timeout = None
+            # (what _poll does, inline: this runs millions of times)
+            if (
+                timeout is not None
+                and sel._registered <= 1
+                and sel._skipped < sel._POLL_EVERY
+                and not signals
+            ):
+                sel._skipped += 1
+                if timeout > 0:
+                    self._virtual_now += timeout
+            else:
+                events_ = sel.select(timeout)
+                if events_:
+                    self._process_events(events_)
+            end = self._virtual_now + resolution
+            while scheduled and scheduled[0][0] < end:
+                handle = pop(scheduled)[1]
+                handle._scheduled = False
+                ready.append(handle)
+            for _ in range(len(ready)):
+                handle = popleft()
+                if handle._cancelled:
+                    continue
+                try:
+                    handle._context.run(handle._callback, *handle._args)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._callback_failed(handle, exc)
+            if self._stopping:
+                return
 
     def _poll(self, timeout: float | None) -> None:
         """Poll the selector, or skip the system call (most iterations: see
