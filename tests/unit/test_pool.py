@@ -397,3 +397,69 @@ async def test_without_on_demand_starts_the_size_moves_only_with_the_target() ->
         await pool.resize(3, wait=False)
         assert await asyncio.gather(*calls) == ["ok"] * 4
         assert len(backend.started) == 3
+
+
+async def _warm_up(pool: AgentPool, calls: int) -> None:
+    """Time a start (the pool's own) and a few calls, two at a time."""
+    for _ in range(calls // 2):
+        await asyncio.gather(pool.run(who), pool.run(who))
+
+
+async def test_callers_the_busy_agents_reach_before_a_start_get_no_new_agent() -> None:
+    # Starts take 2 s and calls 0.5 s: two busy agents serve 8 callers before a new agent
+    # would be up, so a short queue waits for them instead of starting agents that would come
+    # after their callers had gone (on a steady load: hundreds of surplus starts an hour).
+    backend = FakeBackend(start_time=2.0, call_time=0.5)
+    async with make_pool(backend, min_size=2, max_size=40) as pool:
+        await _warm_up(pool, 4)
+        assert len(backend.started) == 2
+        assert await asyncio.gather(*(pool.run(who) for _ in range(6))) == ["ok"] * 6
+        assert len(backend.started) == 2, "4 callers that 2 agents reach in 1 s started agents"
+        # 2 running + 20 waiting: 8 are reached within a start, the other 12 get agents now.
+        calls = [asyncio.create_task(pool.run(who)) for _ in range(22)]
+        await asyncio.sleep(0)
+        assert pool.metrics.starting == 12
+        assert await asyncio.gather(*calls) == ["ok"] * 22
+
+
+async def test_callers_get_an_agent_at_once_while_calls_outlast_a_start() -> None:
+    backend = FakeBackend(start_time=2.0, call_time=5.0)
+    async with make_pool(backend, min_size=2, max_size=40) as pool:
+        await _warm_up(pool, 2)
+        calls = [asyncio.create_task(pool.run(who)) for _ in range(6)]
+        await asyncio.sleep(0)
+        assert pool.metrics.starting == 4
+        assert await asyncio.gather(*calls) == ["ok"] * 6
+
+
+async def test_an_agent_held_with_get_agent_is_not_counted_on_to_free_up() -> None:
+    # A holder decides when it gives an agent back: its agent serves no waiting caller soon.
+    backend = FakeBackend(start_time=2.0, call_time=0.5)
+    async with make_pool(backend, min_size=2, max_size=40) as pool:
+        await _warm_up(pool, 4)
+        held = [await pool.get_agent(), await pool.get_agent()]
+        waiting = asyncio.create_task(pool.run(who))
+        await asyncio.sleep(0)
+        assert pool.metrics.starting == 1
+        assert await waiting == "ok"
+        for lease in held:
+            await pool.release_agent(lease)
+
+
+async def test_callers_left_to_busy_agents_get_one_once_those_calls_outrun_a_start() -> None:
+    # Calls took 0.1 s, so two callers were left to the two busy agents; these calls take
+    # 30 s: once they have run as long as a start (2 s), the callers get agents of their own,
+    # without waiting for anything else to happen.
+    backend = FakeBackend(start_time=2.0, call_time=0.1)
+    async with make_pool(backend, min_size=2, max_size=8) as pool:
+        await _warm_up(pool, 8)
+        long = [asyncio.create_task(pool.run(asyncio.sleep, 30.0, "long")) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        late = [asyncio.create_task(pool.run(who)) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert pool.metrics.starting == 0
+        assert await asyncio.gather(*late) == ["ok"] * 2
+        assert loop.time() - t0 < 5.0, "the callers waited for the 30-s calls to end"
+        assert await asyncio.gather(*long) == ["long"] * 2

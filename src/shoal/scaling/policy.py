@@ -82,6 +82,10 @@ class TargetState:
     low_since: float | None = None
 
 
+#: How many standard deviations of a smoothed Poisson rate a rise must exceed to be load.
+NOISE_Z = 1.5
+
+
 @dataclass(frozen=True)
 class TargetUtilizationPolicy:
     """Keep utilization near a target: ``desired = ceil(demand / target_utilization)``.
@@ -181,6 +185,13 @@ class TargetUtilizationPolicy:
         )
         if current and desired and abs(desired - current) / current <= self.tolerance:
             return Decision(current, seen, f"{basis}: within {self.tolerance:.0%} of {current}")
+        if current and desired > current:
+            # A Poisson rate smoothed over tau wanders by sqrt(rate / 2 tau) around the true
+            # one: a rise within NOISE_Z of those is the load's own noise, not more load.
+            per_call = snapshot.avg_execution_time / max(1, snapshot.max_concurrency)
+            noise = NOISE_Z * math.sqrt(seen.rate / (2 * self.smoothing_s)) * per_call
+            if need - current <= noise / self.target_utilization:
+                return Decision(current, seen, f"{basis}: within the rate's noise of {current}")
         return Decision(desired, seen, f"{basis} needs {desired}")
 
 

@@ -163,8 +163,6 @@ class PlacedRun(_Run):
         else:
             wait = self._time() - duration - arrival
             self.waits[i] = wait if wait > 0 else 0.0
-        self.granted += 1
-        self.released += 1
         self.completed += 1
         if self.completed == self.n and self._done is not None:
             self._done.set_result(None)

@@ -3,8 +3,8 @@
 :func:`simulate` builds a real :class:`~shoal.pool.AgentPool` on a
 :class:`~shoal.sim.backend.SimBackend`, puts a real :class:`~shoal.scaling.AutoScaler` on it
 with the policy asked for, and replays the workload on a fresh
-:class:`~shoal.clock.VirtualTimeLoop`: each request takes an agent with ``get_agent``, runs
-:func:`~shoal.sim.backend.serve` for its duration and gives the agent back. Nothing of the pool
+:class:`~shoal.clock.VirtualTimeLoop`: each request is a ``pool.call`` of
+:func:`~shoal.sim.backend.serve` for its duration, as a user's ``pool.run`` is. Nothing of the pool
 or the autoscaler is copied or stubbed; only the agents are simulated.
 
 shoal's own policies run as a shoal pool does in production, starting an agent at once for a
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -415,8 +416,6 @@ class _Run:
         self.backend, self.pool = self._build(cold_start, idle_timeout, price, max_concurrency)
         self.t0 = 0.0
         self.next = 0  # the next request to arrive
-        self.granted = 0  # requests that have had an agent
-        self.released = 0  # ... and given it back
         self._time = _no_loop_yet
         self.completed = 0
         self.failed = 0
@@ -536,15 +535,8 @@ class _Run:
         loop.create_task(self._preroll_request(duration))
 
     async def _preroll_request(self, duration: float) -> None:
-        pool = self.pool
-        try:
-            agent = await pool.get_agent()
-            try:
-                await agent.call(serve, (duration,))
-            finally:
-                await pool.release_agent(agent)
-        except ShoalError:
-            pass
+        with contextlib.suppress(ShoalError):
+            await self.pool.call(serve, (duration,))
 
     def _arrive(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start every request due by now, then sleep until the next one is."""
@@ -560,19 +552,16 @@ class _Run:
             loop.call_at(t0 + arrivals[i], self._arrive, loop)
 
     async def _request(self, i: int) -> None:
-        pool = self.pool
+        # The pool sends the call itself (``call``, as ``run`` and ``map`` do), so it can see
+        # the call's agent free up when it ends: what a user's ``pool.run`` is.
+        duration = self.durations[i]
         try:
-            agent = await pool.get_agent()
-            wait = self._time() - (self.t0 + self.arrivals[i])
-            self.waits[i] = wait if wait > 0 else 0.0  # not -1e-15 from rounding
-            self.granted += 1
-            try:
-                await agent.call(serve, (self.durations[i],))
-            finally:
-                self.released += 1
-                await pool.release_agent(agent)
+            await self.pool.call(serve, (duration,))
         except ShoalError:
             self.failed += 1
+        else:
+            wait = self._time() - duration - (self.t0 + self.arrivals[i])
+            self.waits[i] = wait if wait > 0 else 0.0  # not -1e-15 from rounding
         self.completed += 1
         if self.completed == self.n and self._done is not None:
             self._done.set_result(None)
@@ -582,8 +571,8 @@ class _Run:
         if self.finished:
             return
         pool = self.pool
-        queue = self.next - self.granted - self.failed
-        busy = self.granted - self.released
+        seen = pool.metrics
+        queue, busy = seen.queue_depth, seen.requests_active
         self.samples.append((loop.time(), pool.size, pool.target_size, busy, queue))
         loop.call_at(self.t0 + len(self.samples) * self.interval, self._sample, loop)
 
