@@ -20,7 +20,6 @@ agent-seconds saved (targets lowered when demand falls), and every change lands 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -87,11 +86,14 @@ class AutoScaler:
         )
         self.state: Any = self.policy.initial_state()
         self.decisions = 0
-        self._task: asyncio.Task[None] | None = None
+        # The pending step of the control loop (a timer or a ready callback); None when stopped.
+        self._handle: asyncio.Handle | None = None
+        self._start = 0.0
+        self._k = 0
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._handle is not None
 
     def start(self) -> None:
         """Begin evaluating every ``interval`` on the running loop."""
@@ -118,16 +120,13 @@ class AutoScaler:
             # No more agents than the ceiling buys at the cheapest placement.
             threshold = self.config.cost_threshold if self.config else None
             self.pool.set_ceiling(cap, f"cost_threshold {threshold} $/h")
-        self._task = asyncio.get_running_loop().create_task(
-            self._loop(), name=f"shoal-autoscaler-{self.pool.name}"
-        )
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_soon(self._first, loop)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
             if self.config is not None and self.config.state_file is not None:
                 learned.save(self.config.state_file, self.state)
 
@@ -165,23 +164,42 @@ class AutoScaler:
         fc = self.forecast
         return fc.mase if fc is not None else None
 
-    async def _loop(self) -> None:
-        # Decide at fixed times, start + k x interval: sleeping one interval after each decision
-        # let the time a decision takes (and the loop's latency) accumulate, so decisions drifted
-        # later and later against the load (0.2-0.4 s by t = 240 s, measured on real pools).
-        loop = asyncio.get_running_loop()
-        start, k = loop.time(), 0
-        while True:
-            k += 1
-            now = loop.time()
-            if start + k * self.interval < now:  # more than an interval behind: skip, not rush
-                k = int((now - start) / self.interval) + 1
-            await asyncio.sleep(start + k * self.interval - now)
-            if self.pool.closed:
-                return
-            try:
-                self.evaluate()
-            except Exception:  # a policy bug must not silently stop scaling for good
-                log.exception(
-                    "pool %r: the scaling policy failed; keeping the size", self.pool.name
-                )
+    # Decide at fixed times, start + k x interval: sleeping one interval after each decision
+    # let the time a decision takes (and the loop's latency) accumulate, so decisions drifted
+    # later and later against the load (0.2-0.4 s by t = 240 s, measured on real pools).
+    #
+    # The loop is a chain of callbacks, not a task: a timer at each decision time that hands
+    # the step to the ready queue (as a sleeping task's wake-up would, so a decision still sees
+    # everything else due at the same instant first), and the step, which decides and sets the
+    # next timer. A simulation takes a decision every simulated second for days; a task's
+    # sleep (a future, its timer, the task's wake-up) cost more than the decision itself.
+
+    def _first(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._start, self._k = loop.time(), 0
+        self._next(loop)
+
+    def _next(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._k += 1
+        k, start, interval = self._k, self._start, self.interval
+        now = loop.time()
+        if start + k * interval < now:  # more than an interval behind: skip, not rush
+            self._k = k = int((now - start) / interval) + 1
+        delay = start + k * interval - now
+        if delay > 0:
+            self._handle = loop.call_at(now + delay, self._due, loop)
+        else:
+            self._handle = loop.call_soon(self._step, loop)
+
+    def _due(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._handle = loop.call_soon(self._step, loop)
+
+    def _step(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.pool.closed:
+            self._handle = None
+            return
+        try:
+            self.evaluate()
+        except Exception:  # a policy bug must not silently stop scaling for good
+            log.exception("pool %r: the scaling policy failed; keeping the size", self.pool.name)
+        if self._handle is not None:  # (evaluate may have stopped the loop)
+            self._next(loop)
