@@ -79,6 +79,7 @@ class PredictivePolicy:
     lean_smoothing_s: float = 60.0
     noise_z: float = 2.0
     min_rise: float = 0.25
+    calm_bins: int = 30
 
     @property
     def name(self) -> str:
@@ -146,9 +147,17 @@ class PredictivePolicy:
         else:
             forecast = fc.forecast(fstate, ahead)
         confident = forecast is not None and (
-            (forecast.recent_mase is not None and forecast.recent_mase <= self.lean_mase)
+            (
+                forecast.recent_mase is not None
+                and forecast.recent_mase <= self.lean_mase
+                and fstate.bins - fstate.surprised > self.calm_bins
+            )
             or self.at_noise_floor(fstate)
         )
+        if forecast is not None and forecast.peak > fstate.level + self.noise_z * fstate.spread:
+            # A rise ahead: the lean headroom (and its smoothing, which lags a rise) is for
+            # loads that stay where they are.
+            confident = False
         inner: Policy[Any] = self.inner
         if confident and isinstance(inner, TargetUtilizationPolicy) and not self.forecast_only:
             beta = inner.queueing_headroom
