@@ -53,6 +53,7 @@ _HOLT_ALPHA, _HOLT_BETA, _HOLT_PHI = 0.5, 0.2, 0.9
 _JUMP_Z = 5.0  # a change of more than this many Poisson standard deviations of a bin is a jump
 _BURST_MAX = 30  # bins: a rise that lasts longer is a new level, not a burst
 _BURSTS_KEPT = 8
+_Bursts = tuple[float, int, float, float, tuple[float, ...], tuple[float, ...]]
 _BETWEEN = ("ewma", "holt", "hw", "snaive")  # what the burst member follows between bursts
 
 
@@ -101,7 +102,8 @@ class ForecastState:
     burst_base: float = 0.0  # the rate before the burst under way began
     burst_len: int = 0  # bins of the burst under way (0: none)
     burst_peak: float = 0.0  # its highest rate above the base so far
-    burst_runs: tuple[int, ...] = ()  # the lengths (bins) of the last bursts
+    burst_sum: float = 0.0  # its rate above the base, summed over its bins
+    burst_lengths: tuple[float, ...] = ()  # the last bursts' lengths in bins at full height
     burst_heights: tuple[float, ...] = ()  # and their heights above their base
     errors: tuple[float, ...] = ()  # per model: smoothed absolute error
     naive_error: float = 0.0  # smoothed |y - y[-h]|
@@ -109,6 +111,7 @@ class ForecastState:
     chosen_pending: tuple[float, ...] = ()  # the chosen forecast for each pending bin
     residuals: tuple[float, ...] = ()  # recent (actual - chosen forecast)
     surprised: int = -(10**9)  # the last bin that rose beyond the forecast by more than noise
+    fell: int = -(10**9)  # the last bin that fell below it by more than noise
     margin: float = 0.0  # the residuals' margin_q quantile, at least 0 (once 10 are seen)
     spread: float = 0.0  # the residuals' mean absolute value: the forecast's recent noise
     abs_err_sum: float = 0.0
@@ -154,7 +157,7 @@ class Forecaster:
         abs_sum, naive_sum = state.abs_err_sum, state.naive_sum
         residuals = state.residuals
         pending, chosen_pending = state.pending, state.chosen_pending
-        surprised = state.surprised
+        surprised, fell = state.surprised, state.fell
         if len(pending) >= h:  # the forecasts made h bins ago were for this bin
             made, pending = pending[0], pending[1:]
             chosen, chosen_pending = chosen_pending[0], chosen_pending[1:]
@@ -168,6 +171,8 @@ class Forecaster:
             residuals = (*residuals[-(_RESIDUALS - 1) :], rate - chosen)
             if rate - chosen > self._jump(max(chosen, 0.0)):
                 surprised = state.bins  # a rise the forecast did not see, beyond noise
+            elif chosen - rate > self._jump(chosen):
+                fell = state.bins
         margin, spread = state.margin, state.spread
         if residuals is not state.residuals:
             margin = _quantile(residuals, self.margin_q) if len(residuals) >= 10 else 0.0
@@ -182,7 +187,7 @@ class Forecaster:
             level = rate  # a jump: the old level is gone, not to be caught up with slowly
         hw_level, trend, season = self._holt_winters(state, hist, rate, period)
         holt_level, holt_trend = self._holt(state, rate)
-        b_base, b_len, b_peak, b_runs, b_heights = self._bursts(state, rate)
+        b_base, b_len, b_peak, b_sum, b_lengths, b_heights = self._bursts(state, rate)
         ridge_a, ridge_b, features = state.ridge_a, state.ridge_b, state.features
         if "ridge" in self.models and len(features) >= h:
             x, features = features[0], features[1:]
@@ -204,12 +209,14 @@ class Forecaster:
             burst_base=b_base,
             burst_len=b_len,
             burst_peak=b_peak,
-            burst_runs=b_runs,
+            burst_sum=b_sum,
+            burst_lengths=b_lengths,
             burst_heights=b_heights,
             errors=errors,
             naive_error=naive_error,
             residuals=residuals,
             surprised=surprised,
+            fell=fell,
             margin=max(0.0, margin),
             spread=spread,
             abs_err_sum=abs_sum,
@@ -361,25 +368,25 @@ class Forecaster:
         """The rise above ``base`` that counting noise does not explain."""
         return _JUMP_Z * math.sqrt(max(base, 1.0 / self.bin_s) / self.bin_s)
 
-    def _bursts(
-        self, state: ForecastState, rate: float
-    ) -> tuple[float, int, float, tuple[int, ...], tuple[float, ...]]:
-        """Follow bursts: rises above the level before them that no noise explains. Their
-        lengths and heights tell the burst member when the one under way is likely to end.
-        Returns (base, bins so far, height so far, past lengths, past heights)."""
-        base, n, peak = state.burst_base, state.burst_len, state.burst_peak
-        runs, heights = state.burst_runs, state.burst_heights
+    def _bursts(self, state: ForecastState, rate: float) -> _Bursts:
+        """Follow bursts: rises above the level before them that no noise explains. How long
+        past bursts lasted (their excess over the base, in bins at full height: a burst that
+        covers part of its first and last bins counts those parts) and how high they rose tell
+        the burst member when the one under way ends."""
+        base, n, peak, total = state.burst_base, state.burst_len, state.burst_peak, state.burst_sum
+        lengths, heights = state.burst_lengths, state.burst_heights
         if n == 0:
             guess = state.holt_level + _HOLT_PHI * state.holt_trend
             if state.bins and rate > guess + self._jump(guess):
-                return guess, 1, rate - guess, runs, heights
-            return base, 0, peak, runs, heights
+                return guess, 1, rate - guess, rate - guess, lengths, heights
+            return base, 0, peak, total, lengths, heights
         if rate > base + self._jump(base):
             if n + 1 > _BURST_MAX:  # not a burst: a new level
-                return base, 0, peak, runs, heights
-            return base, n + 1, max(peak, rate - base), runs, heights
+                return base, 0, peak, total, lengths, heights
+            return base, n + 1, max(peak, rate - base), total + rate - base, lengths, heights
         kept = _BURSTS_KEPT - 1
-        return base, 0, peak, (*runs[-kept:], n), (*heights[-kept:], peak)
+        length = total / peak if peak > 0 else float(n)
+        return base, 0, peak, total, (*lengths[-kept:], length), (*heights[-kept:], peak)
 
     def _between(self, state: ForecastState) -> str:
         """The member the burst member follows between bursts: whichever of the level (flat
@@ -393,21 +400,20 @@ class Forecaster:
         return name
 
     def _burst(self, state: ForecastState, k: int) -> float:
-        """Between bursts, see :meth:`_between`; inside one, its usual height while most past
-        bursts that lasted this long lasted ``k`` bins more, else the level it rose from.
+        """Between bursts, see :meth:`_between`; inside one, its height for as long as the
+        usual burst length says is left of it, then the level it rose from (a bin the burst
+        covers in part, in part).
 
         A burst's start at a jittered time is seen by no member, but its end is: the naive
         forecast expects the burst to go on for one more bin after every one of them."""
-        n, runs = state.burst_len, state.burst_runs
-        if n == 0 or not runs:
+        n, lengths = state.burst_len, state.burst_lengths
+        if n == 0 or not lengths:
             return self._one(self._between(state), state, k)
-        long_enough = [r for r in runs if r >= n]
-        going_on = [r for r in runs if r >= n + k]
-        if 2 * len(going_on) > len(long_enough):
-            # Its first bin may have caught only the start: the usual height; then its own.
-            usual = _quantile(state.burst_heights, 0.5) if n == 1 else state.burst_peak
-            return state.burst_base + usual
-        return state.burst_base
+        height = state.burst_peak
+        if n == 1:  # its first bin may have caught only its start
+            height = max(height, _quantile(state.burst_heights, 0.5))
+        left = _quantile(lengths, 0.5) - state.burst_sum / height - (k - 1)
+        return state.burst_base + height * min(1.0, max(0.0, left))
 
     def _holt_winters(
         self, state: ForecastState, hist: np.ndarray, rate: float, period: int

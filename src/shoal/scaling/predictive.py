@@ -198,6 +198,11 @@ class PredictivePolicy:
             return 0, "still learning"
         if forecast.recent_mase >= 1.0:
             return 0, "no better than naive"
+        if fstate.bins - fstate.fell <= 1:
+            # The load just fell far below the forecast, which was chosen by scores that have
+            # not seen the fall yet (a trend fitted to the level before it expects that level
+            # back): the next bin's scores tell which member to follow.
+            return 0, "the load just fell"
         now_rate = fstate.level
         spread = fstate.spread
         # A rise the reactive headroom absorbs, or one inside the forecast's own noise, is not
