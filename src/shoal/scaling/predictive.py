@@ -104,6 +104,21 @@ class PredictivePolicy:
         noise = math.sqrt(fstate.level / self.forecaster.bin_s)
         return fstate.spread <= self.floor_k * noise
 
+    def lean(self, forecast: Forecast, fstate: ForecastState) -> bool:
+        """Whether the reactive policy may run with the lean headroom: the forecast is good
+        (recent MASE at most ``lean_mase``, and no rise has surprised it for ``calm_bins``
+        bins: a burst it cannot time) or its errors are counting noise, and it expects no rise
+        (the lean headroom, and its smoothing, which lags a rise, are for a load that stays
+        where it is)."""
+        if forecast.peak > fstate.level + self.noise_z * fstate.spread:
+            return False
+        good = (
+            forecast.recent_mase is not None
+            and forecast.recent_mase <= self.lean_mase
+            and fstate.bins - fstate.surprised > self.calm_bins
+        )
+        return good or self.at_noise_floor(fstate)
+
     def decide(
         self, snapshot: PoolMetrics, state: PredictState, now: float
     ) -> Decision[PredictState]:
@@ -146,18 +161,7 @@ class PredictivePolicy:
             forecast = state.last
         else:
             forecast = fc.forecast(fstate, ahead)
-        confident = forecast is not None and (
-            (
-                forecast.recent_mase is not None
-                and forecast.recent_mase <= self.lean_mase
-                and fstate.bins - fstate.surprised > self.calm_bins
-            )
-            or self.at_noise_floor(fstate)
-        )
-        if forecast is not None and forecast.peak > fstate.level + self.noise_z * fstate.spread:
-            # A rise ahead: the lean headroom (and its smoothing, which lags a rise) is for
-            # loads that stay where they are.
-            confident = False
+        confident = forecast is not None and self.lean(forecast, fstate)
         inner: Policy[Any] = self.inner
         if confident and isinstance(inner, TargetUtilizationPolicy) and not self.forecast_only:
             beta = inner.queueing_headroom
