@@ -151,6 +151,11 @@ class Forecaster:
     def update(self, state: ForecastState, rate: float) -> ForecastState:
         """Fold the rate of the bin just closed into the state: score the forecasts made for
         it, update every model, look for the period again when due."""
+        if len(state.errors) != len(self.models):
+            # Learnt by another ensemble (a state file of an earlier version): the history and
+            # the levels carry over, the members' scores start afresh.
+            n = len(self.models)
+            state = replace(state, errors=(0.0,) * n, pending=(), chosen_pending=())
         h = self.horizon
         hist = state.history
         errors, naive_error = state.errors, state.naive_error
