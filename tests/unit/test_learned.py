@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from pathlib import Path
 
@@ -103,3 +104,34 @@ async def test_the_autoscaler_keeps_its_learning_across_a_restart(tmp_path: Path
             assert got is not None
             assert got.forecast.bins >= first.forecast.bins
             assert got.forecast.period == 30  # known at once, not after two more periods
+
+
+def test_a_state_learnt_by_a_smaller_ensemble_goes_on_learning() -> None:
+    """A state file saved before the ensemble gained members (six scores, no Holt or burst
+    fields) loads, and the forecaster goes on from its history."""
+    cfg = parse_scaling_policy("t", {"predictor": "ml-based", "max": 50})
+    policy = build_policy(cfg)
+    pstate = find_predict_state(policy.initial_state())
+    assert pstate is not None
+    fc = policy.inner.forecaster
+    rng = random.Random(2)
+    fstate = pstate.forecast
+    for i in range(200):
+        fstate = fc.update(fstate, bursty(i, rng))
+    start = policy.initial_state()
+    data = learned.export(
+        dataclasses.replace(start, inner=dataclasses.replace(pstate, forecast=fstate))
+    )
+    assert data is not None
+    old = data["forecast"]
+    for name in [k for k in old if k.startswith(("holt_", "burst_")) or k in ("surprised", "fell")]:
+        del old[name]
+    old["errors"] = old["errors"][:6]
+    old["pending"] = [p[:6] for p in old["pending"]]
+    back = find_predict_state(learned.restore(policy.initial_state(), data))
+    assert back is not None
+    state = back.forecast
+    for i in range(200, 260):
+        state = fc.update(state, bursty(i, rng))
+    got = fc.forecast(state, 2)
+    assert got.period_s == 300.0 and got.mase is not None

@@ -12,10 +12,16 @@ Kinds (the ``predictor`` key):
   upper bound is the highest rate at that phase (± one bin, for jitter) plus a margin.
 - ``linear`` — a least-squares line through the recent bins, extended ``h`` bins ahead.
 - ``ml-based`` — an ensemble of the naive forecast (the last bin's rate), EWMA, seasonal-naive,
-  additive Holt-Winters, the linear trend and a ridge regression on lags and phase; it follows
-  whichever has the lowest recent error (MASE) and adds a margin from the recent residual
-  quantiles. The naive member keeps it from doing worse than "what happens now goes on" for
-  long on a load none of the others model (sharp bursts at jittered times).
+  additive Holt-Winters, the linear trend, a ridge regression on lags and phase, damped Holt
+  (level and trend: a smooth swing) and a burst member (how long and how high past bursts
+  were: when the one under way ends); it follows whichever has the lowest recent error (MASE)
+  and adds a margin from the recent residual quantiles. The naive member keeps it from doing
+  worse than "what happens now goes on" for long on a load none of the others model.
+
+The level (EWMA) and Holt start afresh at a jump no counting noise explains (more than
+``_JUMP_Z`` Poisson standard deviations of a bin): a burst or a new regime is a new level, not
+one to be caught up with over the next bins. A rise beyond the forecast by as much is recorded
+(``surprised``): the predictive policy trusts a forecast that has not been surprised lately.
 
 Every forecast is scored against what then arrived: MASE here is the forecast's mean absolute
 error over that of the naive forecast at the same horizon (the rate ``h`` bins earlier), so below
@@ -36,13 +42,19 @@ PREDICTORS: tuple[str, ...] = ("none", "seasonal", "linear", "ml-based")
 _MODELS: dict[str, tuple[str, ...]] = {
     "seasonal": ("snaive",),
     "linear": ("linear",),
-    "ml-based": ("naive", "ewma", "snaive", "hw", "linear", "ridge"),
+    "ml-based": ("naive", "ewma", "snaive", "hw", "linear", "ridge", "holt", "burst"),
 }
 _HISTORY = 8192  # bins kept (at 10 s: 22.7 h): two periods of up to ~11 h are found
 _PERIODS_KEPT = 3  # periods the seasonal forecast looks back over
 _RESIDUALS = 120  # bins of residuals the margin is drawn from
 _ERR_ALPHA = 0.05  # smoothing of each model's error (about 20 bins)
 _LAGS = 3
+_HOLT_ALPHA, _HOLT_BETA, _HOLT_PHI = 0.5, 0.2, 0.9
+_JUMP_Z = 5.0  # a change of more than this many Poisson standard deviations of a bin is a jump
+_BURST_MAX = 30  # bins: a rise that lasts longer is a new level, not a burst
+_BURSTS_KEPT = 8
+_Bursts = tuple[float, int, float, float, tuple[float, ...], tuple[float, ...]]
+_BETWEEN = ("ewma", "holt", "hw", "snaive")  # what the burst member follows between bursts
 
 
 @dataclass(frozen=True)
@@ -85,11 +97,21 @@ class ForecastState:
     trend: float = 0.0  # Holt-Winters trend
     season: np.ndarray = field(default_factory=_empty)  # Holt-Winters seasonal terms, by phase
     hw_level: float = 0.0
+    holt_level: float = 0.0  # damped Holt (level and trend, no season)
+    holt_trend: float = 0.0
+    burst_base: float = 0.0  # the rate before the burst under way began
+    burst_len: int = 0  # bins of the burst under way (0: none)
+    burst_peak: float = 0.0  # its highest rate above the base so far
+    burst_sum: float = 0.0  # its rate above the base, summed over its bins
+    burst_lengths: tuple[float, ...] = ()  # the last bursts' lengths in bins at full height
+    burst_heights: tuple[float, ...] = ()  # and their heights above their base
     errors: tuple[float, ...] = ()  # per model: smoothed absolute error
     naive_error: float = 0.0  # smoothed |y - y[-h]|
     pending: tuple[tuple[float, ...], ...] = ()  # forecasts made for the next h bins, oldest first
     chosen_pending: tuple[float, ...] = ()  # the chosen forecast for each pending bin
     residuals: tuple[float, ...] = ()  # recent (actual - chosen forecast)
+    surprised: int = -(10**9)  # the last bin that rose beyond the forecast by more than noise
+    fell: int = -(10**9)  # the last bin that fell below it by more than noise
     margin: float = 0.0  # the residuals' margin_q quantile, at least 0 (once 10 are seen)
     spread: float = 0.0  # the residuals' mean absolute value: the forecast's recent noise
     abs_err_sum: float = 0.0
@@ -129,12 +151,18 @@ class Forecaster:
     def update(self, state: ForecastState, rate: float) -> ForecastState:
         """Fold the rate of the bin just closed into the state: score the forecasts made for
         it, update every model, look for the period again when due."""
+        if len(state.errors) != len(self.models):
+            # Learnt by another ensemble (a state file of an earlier version): the history and
+            # the levels carry over, the members' scores start afresh.
+            n = len(self.models)
+            state = replace(state, errors=(0.0,) * n, pending=(), chosen_pending=())
         h = self.horizon
         hist = state.history
         errors, naive_error = state.errors, state.naive_error
         abs_sum, naive_sum = state.abs_err_sum, state.naive_sum
         residuals = state.residuals
         pending, chosen_pending = state.pending, state.chosen_pending
+        surprised, fell = state.surprised, state.fell
         if len(pending) >= h:  # the forecasts made h bins ago were for this bin
             made, pending = pending[0], pending[1:]
             chosen, chosen_pending = chosen_pending[0], chosen_pending[1:]
@@ -146,6 +174,10 @@ class Forecaster:
                 naive_sum += naive
                 abs_sum += abs(rate - chosen)
             residuals = (*residuals[-(_RESIDUALS - 1) :], rate - chosen)
+            if rate - chosen > self._jump(max(chosen, 0.0)):
+                surprised = state.bins  # a rise the forecast did not see, beyond noise
+            elif chosen - rate > self._jump(chosen):
+                fell = state.bins
         margin, spread = state.margin, state.spread
         if residuals is not state.residuals:
             margin = _quantile(residuals, self.margin_q) if len(residuals) >= 10 else 0.0
@@ -155,8 +187,12 @@ class Forecaster:
         period, checked = state.period, state.checked_at
         if bins - checked >= self.recheck_bins or (period == 0 and bins - checked >= 10):
             period, checked = self._period(hist), bins
-        level = rate if state.bins == 0 else state.level + self.ewma_alpha * (rate - state.level)
+        level = state.level + self.ewma_alpha * (rate - state.level)
+        if state.bins == 0 or abs(rate - state.level) > self._jump(max(state.level, rate)):
+            level = rate  # a jump: the old level is gone, not to be caught up with slowly
         hw_level, trend, season = self._holt_winters(state, hist, rate, period)
+        holt_level, holt_trend = self._holt(state, rate)
+        b_base, b_len, b_peak, b_sum, b_lengths, b_heights = self._bursts(state, rate)
         ridge_a, ridge_b, features = state.ridge_a, state.ridge_b, state.features
         if "ridge" in self.models and len(features) >= h:
             x, features = features[0], features[1:]
@@ -173,9 +209,19 @@ class Forecaster:
             trend=trend,
             season=season,
             hw_level=hw_level,
+            holt_level=holt_level,
+            holt_trend=holt_trend,
+            burst_base=b_base,
+            burst_len=b_len,
+            burst_peak=b_peak,
+            burst_sum=b_sum,
+            burst_lengths=b_lengths,
+            burst_heights=b_heights,
             errors=errors,
             naive_error=naive_error,
             residuals=residuals,
+            surprised=surprised,
+            fell=fell,
             margin=max(0.0, margin),
             spread=spread,
             abs_err_sum=abs_sum,
@@ -255,6 +301,11 @@ class Forecaster:
                 return state.level
             phase = (state.bins - 1 + k) % state.period
             return state.hw_level + k * state.trend + float(state.season[phase])
+        if model == "holt":
+            damped = sum(_HOLT_PHI**i for i in range(1, k + 1))
+            return state.holt_level + damped * state.holt_trend
+        if model == "burst":
+            return self._burst(state, k)
         if model == "linear":
             return self._linear(hist, k)
         if model == "ridge":
@@ -303,6 +354,71 @@ class Forecaster:
         xm, ym = (m - 1) / 2, float(y.mean())
         slope = float(((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum())
         return ym + slope * (m - 1 - xm + k)
+
+    def _holt(self, state: ForecastState, rate: float) -> tuple[float, float]:
+        """Damped Holt: a level and a trend that follow a smooth swing with little lag, started
+        afresh at a jump no counting noise explains (a burst, a regime change), so that it does
+        not spend the next bins catching up with a level that is gone."""
+        if state.bins == 0:
+            return rate, 0.0
+        a, b, phi = _HOLT_ALPHA, _HOLT_BETA, _HOLT_PHI
+        level, trend = state.holt_level, state.holt_trend
+        guess = level + phi * trend
+        if abs(rate - guess) > self._jump(max(guess, rate)):
+            return rate, 0.0
+        new = a * rate + (1 - a) * guess
+        return new, b * (new - level) + (1 - b) * phi * trend
+
+    def _jump(self, base: float) -> float:
+        """The rise above ``base`` that counting noise does not explain."""
+        return _JUMP_Z * math.sqrt(max(base, 1.0 / self.bin_s) / self.bin_s)
+
+    def _bursts(self, state: ForecastState, rate: float) -> _Bursts:
+        """Follow bursts: rises above the level before them that no noise explains. How long
+        past bursts lasted (their excess over the base, in bins at full height: a burst that
+        covers part of its first and last bins counts those parts) and how high they rose tell
+        the burst member when the one under way ends."""
+        base, n, peak, total = state.burst_base, state.burst_len, state.burst_peak, state.burst_sum
+        lengths, heights = state.burst_lengths, state.burst_heights
+        if n == 0:
+            guess = state.holt_level + _HOLT_PHI * state.holt_trend
+            if state.bins and rate > guess + self._jump(guess):
+                return guess, 1, rate - guess, rate - guess, lengths, heights
+            return base, 0, peak, total, lengths, heights
+        if rate > base + self._jump(base):
+            if n + 1 > _BURST_MAX:  # not a burst: a new level
+                return base, 0, peak, total, lengths, heights
+            return base, n + 1, max(peak, rate - base), total + rate - base, lengths, heights
+        kept = _BURSTS_KEPT - 1
+        length = total / peak if peak > 0 else float(n)
+        return base, 0, peak, total, (*lengths[-kept:], length), (*heights[-kept:], peak)
+
+    def _between(self, state: ForecastState) -> str:
+        """The member the burst member follows between bursts: whichever of the level (flat
+        stretches), Holt (swings) and the seasonal members (bursts at a steady period: they
+        see the next one coming) has erred least."""
+        best, name = math.inf, "holt"
+        for i, m in enumerate(self.models):
+            usable = m in _BETWEEN and (state.period > 0 or m not in ("snaive", "hw"))
+            if usable and state.errors and state.errors[i] < best:
+                best, name = state.errors[i], m
+        return name
+
+    def _burst(self, state: ForecastState, k: int) -> float:
+        """Between bursts, see :meth:`_between`; inside one, its height for as long as the
+        usual burst length says is left of it, then the level it rose from (a bin the burst
+        covers in part, in part).
+
+        A burst's start at a jittered time is seen by no member, but its end is: the naive
+        forecast expects the burst to go on for one more bin after every one of them."""
+        n, lengths = state.burst_len, state.burst_lengths
+        if n == 0 or not lengths:
+            return self._one(self._between(state), state, k)
+        height = state.burst_peak
+        if n == 1:  # its first bin may have caught only its start
+            height = max(height, _quantile(state.burst_heights, 0.5))
+        left = _quantile(lengths, 0.5) - state.burst_sum / height - (k - 1)
+        return state.burst_base + height * min(1.0, max(0.0, left))
 
     def _holt_winters(
         self, state: ForecastState, hist: np.ndarray, rate: float, period: int

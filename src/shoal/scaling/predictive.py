@@ -79,6 +79,7 @@ class PredictivePolicy:
     lean_smoothing_s: float = 60.0
     noise_z: float = 2.0
     min_rise: float = 0.25
+    calm_bins: int = 30
 
     @property
     def name(self) -> str:
@@ -102,6 +103,21 @@ class PredictivePolicy:
             return False
         noise = math.sqrt(fstate.level / self.forecaster.bin_s)
         return fstate.spread <= self.floor_k * noise
+
+    def lean(self, forecast: Forecast, fstate: ForecastState) -> bool:
+        """Whether the reactive policy may run with the lean headroom: the forecast is good
+        (recent MASE at most ``lean_mase``, and no rise has surprised it for ``calm_bins``
+        bins: a burst it cannot time) or its errors are counting noise, and it expects no rise
+        (the lean headroom, and its smoothing, which lags a rise, are for a load that stays
+        where it is)."""
+        if forecast.peak > fstate.level + self.noise_z * fstate.spread:
+            return False
+        good = (
+            forecast.recent_mase is not None
+            and forecast.recent_mase <= self.lean_mase
+            and fstate.bins - fstate.surprised > self.calm_bins
+        )
+        return good or self.at_noise_floor(fstate)
 
     def decide(
         self, snapshot: PoolMetrics, state: PredictState, now: float
@@ -145,10 +161,7 @@ class PredictivePolicy:
             forecast = state.last
         else:
             forecast = fc.forecast(fstate, ahead)
-        confident = forecast is not None and (
-            (forecast.recent_mase is not None and forecast.recent_mase <= self.lean_mase)
-            or self.at_noise_floor(fstate)
-        )
+        confident = forecast is not None and self.lean(forecast, fstate)
         inner: Policy[Any] = self.inner
         if confident and isinstance(inner, TargetUtilizationPolicy) and not self.forecast_only:
             beta = inner.queueing_headroom
@@ -189,6 +202,11 @@ class PredictivePolicy:
             return 0, "still learning"
         if forecast.recent_mase >= 1.0:
             return 0, "no better than naive"
+        if fstate.bins - fstate.fell <= 1:
+            # The load just fell far below the forecast, which was chosen by scores that have
+            # not seen the fall yet (a trend fitted to the level before it expects that level
+            # back): the next bin's scores tell which member to follow.
+            return 0, "the load just fell"
         now_rate = fstate.level
         spread = fstate.spread
         # A rise the reactive headroom absorbs, or one inside the forecast's own noise, is not
