@@ -1074,6 +1074,7 @@ class PoolState:
             # Counted on, an agent whose call outruns a start is counted on no more: look
             # again then, whether or not anything else happens.
             relied_on = recheck < math.inf and (reached or stuck < queued)
+            recheck = max(recheck, now + 1e-6)  # time moves on, whatever the arithmetic says
             if relied_on and (recheck < self._recheck_at or self._recheck_at <= now):
                 self._recheck_at = recheck
                 self.poke = self.poke or recheck < self.wake_at
@@ -1121,8 +1122,13 @@ class PoolState:
             return 0, len(queued), math.inf
         # A counted call stops being likely to end within a start once it has run past this
         # (see _ends_within): more than 2 x share - 1 of past calls took at most so long.
+        # In whole calls, not 2 x share - 1 in floating point: that product fell a hair short
+        # of an integer, put the boundary one call early, and had maintenance look again at
+        # the same instant forever (a virtual-time hang).
         n = len(exec_times)
-        outrun_s = exec_times.quantile((min(math.floor((2 * share - 1) * n), n - 1) + 1) / n)
+        within = round(share * n)  # past calls that took at most a start
+        k = min(2 * within - n, n - 1)  # likely to end while at most k took no longer than it ran
+        outrun_s = exec_times.quantile((k + 0.5) / n)  # the (k+1)-th shortest
         outrun_s = min(cold_s, outrun_s + 2e-9)
         slots = behind = 0
         soonest = math.inf
