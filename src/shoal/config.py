@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from shoal.errors import ConfigError
 
@@ -48,9 +48,12 @@ class PoolConfig(BaseModel):
     stop_grace: float = Field(default=10.0, ge=0)
     setup: Callable[[], object] | None = None
     price_per_hour: float | None = Field(default=None, ge=0)  # $ per agent-hour, for cost caps
-    # Start an agent at once for a caller who would otherwise wait. Off, the pool's size moves
-    # only with its target (resize / an autoscaler): how the field's autoscalers behave.
-    on_demand: bool = Field(default=True, strict=True)
+    # Start an agent at once for a caller who would otherwise wait, unless the busy agents will
+    # reach it before a new agent could be up; "eager": for every such caller, whatever the
+    # busy agents will do (a FaaS platform's rule: lower waits, more starts). Off, the pool's
+    # size moves only with its target (resize / an autoscaler): how the field's autoscalers
+    # behave.
+    on_demand: StrictBool | Literal["eager"] = True
     # A crash loop: this many failed starts within crash_loop_window seconds break the pool.
     crash_loop_starts: int = Field(default=5, ge=1, strict=True)
     crash_loop_window: float = Field(default=60.0, gt=0)

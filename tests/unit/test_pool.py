@@ -463,3 +463,20 @@ async def test_callers_left_to_busy_agents_get_one_once_those_calls_outrun_a_sta
         assert await asyncio.gather(*late) == ["ok"] * 2
         assert loop.time() - t0 < 5.0, "the callers waited for the 30-s calls to end"
         assert await asyncio.gather(*long) == ["long"] * 2
+
+
+async def test_eager_on_demand_starts_for_every_waiting_caller() -> None:
+    # on_demand="eager" is a FaaS platform's rule (the simulator's keep-alive baseline): an
+    # agent for every caller no agent can take at once, whatever the busy agents will do.
+    backend = FakeBackend(start_time=2.0, call_time=0.5)
+    async with make_pool(backend, min_size=2, max_size=40, on_demand="eager") as pool:
+        await _warm_up(pool, 4)
+        calls = [asyncio.create_task(pool.run(who)) for _ in range(6)]
+        await asyncio.sleep(0)
+        assert pool.metrics.starting == 4
+        assert await asyncio.gather(*calls) == ["ok"] * 6
+
+
+def test_a_bad_on_demand_names_the_key_and_the_values() -> None:
+    with pytest.raises(ConfigError, match=r"on_demand.*'eager'"):
+        make_pool(on_demand="yes")

@@ -100,7 +100,7 @@ class AgentPool:
         start_timeout: float = 120.0,
         stop_grace: float = 10.0,
         price_per_hour: float | None = None,
-        on_demand: bool = True,
+        on_demand: bool | Literal["eager"] = True,
         crash_loop_starts: int = 5,
         crash_loop_window: float = 60.0,
         leak_threshold: float | None = None,

@@ -1064,7 +1064,8 @@ class PoolState:
         demand = -(-waiting // self._slots) - c[STARTING] - c[IDLE] if self.config.on_demand else 0
         reached = 0
         queued = len(self.queued)
-        if self.config.on_demand and -(-(waiting + queued) // self._slots) > c[STARTING] + c[IDLE]:
+        counting = self.config.on_demand is True  # ("eager": a start for every waiting caller)
+        if counting and -(-(waiting + queued) // self._slots) > c[STARTING] + c[IDLE]:
             # Callers the busy agents will reach before a new agent is up need no new agent;
             # callers prefetched behind a call they will not wait out (it has run as long as a
             # start) need one as much as those still in the queue.

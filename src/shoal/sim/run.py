@@ -9,8 +9,8 @@ or the autoscaler is copied or stubbed; only the agents are simulated.
 
 shoal's own policies run as a shoal pool does in production, starting an agent at once for a
 caller who would otherwise wait (``on_demand``); a baseline runs as its own system does, with
-capacity that changes only when its policy says so (FaaS keep-alive starts on demand, as FaaS
-platforms do).
+capacity that changes only when its policy says so (FaaS keep-alive starts an instance for
+every request no warm one can take, as FaaS platforms do: ``on_demand="eager"``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from shoal.clock import VirtualTimeLoop, perf_counter
 from shoal.errors import ConfigError, ShoalError
@@ -160,7 +160,7 @@ class SimResult:
 class _Plan:
     label: str
     scaling_policy: dict[str, Any]
-    on_demand: bool
+    on_demand: bool | Literal["eager"]
     pool_min: int
     pool_max: int
 
@@ -216,7 +216,11 @@ def plan(
         on_demand = own
     elif on_demand != own:
         label += " (on demand)" if on_demand else " (no on-demand)"
-    return _Plan(label, given, on_demand, config.min_instances, config.max_instances)
+    # A FaaS platform starts an instance for every request no warm one can take at once.
+    eager: bool | Literal["eager"] = (
+        "eager" if on_demand and config.policy_name == "keepalive" else on_demand
+    )
+    return _Plan(label, given, eager, config.min_instances, config.max_instances)
 
 
 def _seconds(policy: str, arg: str) -> float:
