@@ -11,7 +11,15 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from shoal.errors import ConfigError
 
@@ -79,6 +87,13 @@ class PoolConfig(BaseModel):
     placements: tuple[Any, ...] = ()
     # Placements farther than this from the caller get new agents only when nearer ones cannot.
     rtt_target_ms: float | None = Field(default=None, ge=0)
+
+    @field_validator("on_demand", mode="before")
+    @classmethod
+    def _on_demand_choice(cls, value: object) -> object:
+        if value is True or value is False or value == "eager":
+            return value
+        raise ValueError("on_demand takes True, False or 'eager'")
 
     @model_validator(mode="after")
     def _sizes_in_order(self) -> Self:
