@@ -200,8 +200,9 @@ class GuardedPolicy:
 
 
 #: ``auto``'s square-root-staffing headroom (β): ``demand + 2.5√demand`` agents keep the chance
-#: that a call waits near 1% (Erlang C) from tens of agents up; below ~35 agents of demand the
-#: ``target_utilization`` (70%) gives more headroom and wins. Chosen on bench/scaling.py.
+#: that a call waits near 1% (Erlang C) from tens of agents up. The smaller of the two sizes is
+#: kept: below ~35 agents of demand that is ``target_utilization``'s (70%), above it this one's
+#: (a large pool runs hotter). Chosen on bench/scaling.py.
 QUEUEING_HEADROOM = 2.5
 
 
