@@ -214,26 +214,73 @@ class Channel:
             )
 
     def _unpark(self) -> None:
-        """The call ahead was answered: write the kept-back frames, in order."""
+        """The call ahead was answered: write the kept-back frames, in order. The first, the
+        agent's next call, goes whatever its size; those behind it only as ``_send_call``
+        would write them (whole into the pipe), the rest staying kept back: a frame the pipe
+        took in part, or one waiting behind it, cannot be taken back at once."""
         parked, self._parked = self._parked, {}
-        for call_id, payload in parked.items():
-            try:
-                self.send(payload, call_id)
-            except AgentLost:
-                return  # gone: finish() fails the calls
+        (first_id, first), *rest = parked.items()
+        try:
+            self.send(first, first_id)
+        except AgentLost:
+            return  # gone: finish() fails the calls
+        behind: dict[int, bytes] = {}
+        for i, (call_id, payload) in enumerate(rest):
+            if len(payload) + _wire.HEADER.size > _ATOMIC:
+                self._parked = dict(rest[i:])
+                break
+            behind[call_id] = payload
+        self._write_behind(behind)
 
     def _write_batch(self) -> None:
         """Write the frames batched in this pass (see ``_batch``), in one system call."""
         batch, self._batch = self._batch, {}
-        if not batch or self._out < 0:
-            return
+        if batch and self._out >= 0:
+            self._write_behind(batch)
+
+    def _write_behind(self, frames: dict[int, bytes]) -> None:
+        """Write frames of calls queued behind another, each whole in the pipe or not at all:
+        in as few writes as keep each at most ``_ATOMIC`` bytes (all of a batch of tiny calls
+        in one), which a pipe takes whole or refuses. Those it refuses, or that would wait
+        behind bytes in the out buffer, are kept back with the parked ones, ahead of them. (A
+        socket may take part of a write: the rest of that frame then waits in the out buffer,
+        and the frames after it are kept back.)"""
+        size_of = _wire.HEADER.size
+        chunks: list[list[int]] = []
+        size = _ATOMIC
+        for call_id, payload in frames.items():
+            n = size_of + len(payload)
+            if size + n > _ATOMIC:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(call_id)
+            size += n
+        unsent = dict(frames)
         pack = _wire.HEADER.pack
-        parts: list[bytes] = []
-        for call_id, payload in batch.items():
-            parts.append(pack(len(payload), call_id))
-            parts.append(payload)
-        with contextlib.suppress(AgentLost):  # gone: finish() fails the calls
-            self._write(parts)
+        for chunk in chunks:
+            if self._out_buf:
+                break
+            parts: list[bytes] = []
+            for call_id in chunk:
+                parts.append(pack(len(frames[call_id]), call_id))
+                parts.append(frames[call_id])
+            try:
+                written = os.writev(self._out, parts)
+            except BlockingIOError:
+                break
+            except (BrokenPipeError, ConnectionResetError):
+                return  # gone: finish() fails the calls
+            for call_id in chunk:
+                if written <= 0:
+                    break
+                payload = unsent.pop(call_id)
+                n = size_of + len(payload)
+                if written < n:  # taken in part: the rest must follow
+                    self._out_buf += (pack(len(payload), call_id) + payload)[written:]
+                    self._loop.add_writer(self._out, self._on_writable)
+                written -= n
+        if unsent:
+            self._parked = {**unsent, **self._parked}
 
     def send(self, payload: bytes, call_id: int = _wire.CONTROL) -> None:
         """Write one frame, or queue what the pipe does not take now; never blocks."""
