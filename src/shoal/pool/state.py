@@ -1079,6 +1079,8 @@ class PoolState:
             if relied_on and (recheck < self._recheck_at or self._recheck_at <= now):
                 self._recheck_at = recheck
                 self.poke = self.poke or recheck < self.wake_at
+            elif relied_on and self._recheck_at < self.wake_at < math.inf:
+                self.poke = True  # one set while nobody waited: maintenance sleeps past it
         floor = self.target - size
         if self.breaker.broken is not None and not c[STARTING]:
             floor = max(floor, 1)  # keep probing, one start per back-off, to notice recovery
