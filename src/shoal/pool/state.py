@@ -32,7 +32,7 @@ from shoal.errors import (
     PoolError,
     ResourcesUnavailable,
 )
-from shoal.pool import leaks, lifecycle
+from shoal.pool import leaks, lifecycle, ondemand
 from shoal.pool.agent import AgentState, Lease, PooledAgent
 from shoal.pool.breaker import CrashLoopBreaker
 from shoal.pool.events import ScalingEvent
@@ -1069,16 +1069,24 @@ class PoolState:
             # Callers the busy agents will reach before a new agent is up need no new agent;
             # callers prefetched behind a call they will not wait out (it has run as long as a
             # start) need one as much as those still in the queue.
-            due, stuck, recheck = self._reached_before_a_start(now)
+            agents = self.agents.values()
+            cold_s = ondemand.next_cold_start(agents, self.placer, self._cold_s, now)
+            due, stuck, recheck = ondemand.reached_before_a_start(
+                agents,
+                self.queued,
+                self.metrics.exec_times,
+                cold_s,
+                self._slots,
+                self.config.max_uses,
+                now,
+            )
             reached = min(waiting, due)
             demand = -(-(waiting + stuck - reached) // self._slots) - c[STARTING] - c[IDLE]
-            # Counted on, an agent whose call outruns a start is counted on no more: look
-            # again then, whether or not anything else happens.
-            relied_on = recheck < math.inf and (reached or stuck < queued)
-            recheck = max(recheck, now + 1e-6)  # time moves on, whatever the arithmetic says
-            if relied_on and (recheck < self._recheck_at or self._recheck_at <= now):
-                self._recheck_at = recheck
-                self.poke = self.poke or recheck < self.wake_at
+            relied_on = recheck < math.inf and bool(reached or stuck < queued)
+            at = ondemand.next_recheck(recheck, relied_on, self._recheck_at, now)
+            if at is not None:
+                self._recheck_at = at
+                self.poke = self.poke or at < self.wake_at
         floor = self.target - size
         if self.breaker.broken is not None and not c[STARTING]:
             floor = max(floor, 1)  # keep probing, one start per back-off, to notice recovery
@@ -1093,100 +1101,6 @@ class PoolState:
             else f"below target size {self.target}"
         )
         self._start(n, why, now)
-
-    def _reached_before_a_start(self, now: float) -> tuple[int, int, float]:
-        """How many waiting callers the busy agents are expected to serve before an agent
-        started now would be up: ``cold start x busy slots / mean run time`` (the completions
-        due in that time, ``expected_wait`` turned around), less the calls already prefetched
-        on those agents. An on-demand start for such a caller only adds an agent that arrives
-        after its caller has gone (on a steady load at 70% utilization with 2-s starts and 1-s
-        calls, hundreds of surplus starts an hour).
-
-        0 — start for every waiting caller, as before — until a start and a call have been
-        timed, when calls usually outlast a start (fewer than half of past calls end within
-        one: a new agent is then the sooner way in), and for agents that may not free up soon:
-        one held with ``get_agent()``/``acquire()`` (its holder decides when), one whose call is
-        not likely to end within a start (it has run as long as one, or past most calls that
-        end within one: in a long-tailed run time it may run much longer), or
-        one retiring, draining or under a preemption notice, or one its calls leave at
-        ``max_uses`` or that reaches ``max_lifetime`` within a start (retired, not reused). The
-        cold start is the one of the placement the next agent would start on.
-
-        Also returns how many prefetched calls wait behind agents not counted on (their
-        callers need an agent as much as those in the queue), and when the first counted
-        agent's call will no longer be likely to end within a start."""
-        queued = self.queued
-        cold_s = self._next_cold_start(now)
-        exec_times = self.metrics.exec_times
-        share = exec_times.share_at_most(cold_s) if cold_s is not None and exec_times else 0.0
-        if cold_s is None or share < 0.5:
-            return 0, len(queued), math.inf
-        # A counted call stops being likely to end within a start once it has run past this
-        # (see _ends_within): more than 2 x share - 1 of past calls took at most so long.
-        # In whole calls, not 2 x share - 1 in floating point: that product fell a hair short
-        # of an integer, put the boundary one call early, and had maintenance look again at
-        # the same instant forever (a virtual-time hang).
-        n = len(exec_times)
-        within = round(share * n)  # past calls that took at most a start
-        k = min(2 * within - n, n - 1)  # likely to end while at most k took no longer than it ran
-        outrun_s = exec_times.quantile((k + 0.5) / n)  # the (k+1)-th shortest
-        outrun_s = min(cold_s, outrun_s + 2e-9)
-        slots = behind = 0
-        soonest = math.inf
-        max_uses = self.config.max_uses
-        for agent in self.agents.values():
-            if (
-                agent.state is not BUSY
-                or agent.retire_reason is not None
-                or agent.draining is not None
-                or agent.preempt_deadline is not None
-                or not agent.leases
-                # retired when its calls end, before or soon after a start: serves nobody else
-                or (max_uses is not None and agent.usage_count + len(agent.leases) >= max_uses)
-                or agent.expires_at < now + cold_s
-            ):
-                continue
-            leases = agent.leases
-            if any(
-                not lease.owned or not self._ends_within(now - lease.acquired_at, cold_s)
-                for lease in leases
-                if lease not in queued
-            ):
-                continue
-            slots += self._slots
-            soonest = min(soonest, min(lease.acquired_at for lease in leases) + outrun_s)
-            if queued:
-                behind += sum(1 for lease in leases if lease in queued)
-        stuck = len(queued) - behind
-        if not slots:
-            return 0, stuck, math.inf
-        due = cold_s * slots / max(exec_times.mean(), 1e-9)
-        return max(0, math.floor(min(due, 1e9)) - behind), stuck, soonest
-
-    def _ends_within(self, elapsed_s: float, cold_s: float) -> bool:
-        """Whether a call that has run ``elapsed_s`` will more likely than not have ended
-        when a start made now is up, by the run times of past calls: one that has outrun the
-        short ones (50-ms and 5-s calls: one at 0.2 s is a 5-s one) is not, even within a start."""
-        if elapsed_s >= cold_s - 1e-9:
-            return False
-        cdf = self.metrics.exec_times.share_at_most
-        # (less a hair: a call as long as the longest seen, about to end, is not past them all)
-        since = max(0.0, elapsed_s - 1e-9)
-        return finish_chance(cdf, since, cold_s - since) >= 0.5
-
-    def _next_cold_start(self, now: float) -> float | None:
-        """How long an agent started now is expected to take to be up: the last start's time,
-        or with several placements, the last one's on the placement it would start on (their
-        starts differ: another region, another kind of capacity); None if not known."""
-        if not self._multi:
-            return self._cold_s
-        site, _ = self.placer.choose(now)
-        cold_s, last = None, -math.inf
-        for agent in self.agents.values():
-            ready = agent.ready_at
-            if agent.site is site and ready is not None and ready > last:
-                cold_s, last = ready - agent.created_at, ready
-        return cold_s
 
     def _start(
         self,
