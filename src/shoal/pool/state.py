@@ -36,7 +36,7 @@ from shoal.pool import leaks, lifecycle, ondemand
 from shoal.pool.agent import AgentState, Lease, PooledAgent
 from shoal.pool.breaker import CrashLoopBreaker
 from shoal.pool.events import ScalingEvent
-from shoal.pool.metrics import MetricsRecorder, PoolMetrics, mean, percentile
+from shoal.pool.metrics import MetricsRecorder, PoolMetrics, frozen_metrics
 from shoal.pool.placement import Placement, PreemptionNotice
 from shoal.pool.placing import (
     EARLY_CANCEL_BELOW,
@@ -189,6 +189,7 @@ class PoolState:
         self._cold_s: float | None = None  # how long the last start took (a move's cost)
         self._recheck_at = math.inf  # when callers left to busy agents are looked at again
         self._cost_short = 0  # starts the cost ceiling refused, as last noted
+        self._with_nodes = False  # an agent's handle has said which node it runs on
 
     # -- sizes ------------------------------------------------------------------------------------
 
@@ -515,6 +516,8 @@ class PoolState:
 
     def agent_started(self, agent: PooledAgent, handle: Any, now: float) -> None:
         agent.handle = handle
+        if not self._with_nodes and hasattr(handle, "node_ip"):
+            self._with_nodes = True  # a backend that places agents on nodes (Ray)
         if self.size >= self.target:
             self._no_room = False
         self.metrics.agents_started += 1
@@ -748,11 +751,24 @@ class PoolState:
         while idle and self.size > self.target and idle[0].idle_past(cfg.idle_timeout, now):
             agent = idle.popleft()
             self._retire(agent, lifecycle.idle_too_long(agent, cfg, now), now)
-        for agent in [a for a in idle if a.expired(now) or not a.alive]:
-            idle.remove(agent)
-            self._retire(agent, lifecycle.while_idle(agent, cfg, now, False) or "", now)
         interval = cfg.health_check_interval
-        for agent in [a for a in idle if a.health_due(interval, now)]:
+        # One pass over the idle agents finds both kinds of work; most ticks find neither
+        # (maintenance wakes for one agent's check while dozens sit idle).
+        gone = False
+        checks: list[PooledAgent] = []
+        for a in idle:
+            handle = a.handle
+            if a.expires_at <= now or (handle is not None and handle.exit_code is not None):
+                gone = True  # (a.expired(now) or not a.alive)
+                break
+            if a.last_checked + interval <= now:  # (a.health_due(interval, now))
+                checks.append(a)
+        if gone:
+            for agent in [a for a in idle if a.expired(now) or not a.alive]:
+                idle.remove(agent)
+                self._retire(agent, lifecycle.while_idle(agent, cfg, now, False) or "", now)
+            checks = [a for a in idle if a.health_due(interval, now)]
+        for agent in checks:
             idle.remove(agent)
             self._set(agent, CHECKING)
             self.actions.append(Check(agent))
@@ -779,9 +795,14 @@ class PoolState:
     def _next_deadline(self, now: float) -> float:
         cfg = self.config
         deadline = float("inf")
-        for agent in self.idle:
-            deadline = min(deadline, agent.last_checked + cfg.health_check_interval)
-            deadline = min(deadline, agent.expires_at)
+        if self.idle:
+            interval = cfg.health_check_interval
+            for agent in self.idle:
+                check_at = agent.last_checked + interval
+                if check_at < deadline:
+                    deadline = check_at
+                if agent.expires_at < deadline:
+                    deadline = agent.expires_at
         if self.idle and self.size > self.target:
             deadline = min(deadline, self.idle[0].last_used + cfg.idle_timeout)
         if self.breaker.backoff_until > now:
@@ -826,43 +847,52 @@ class PoolState:
         m, c = self.metrics, self.counts
         size = self.size
         running = self._held - len(self.queued)  # a prefetched call waits: it is not running
-        return PoolMetrics(
-            name=self.name,
-            size=size,
-            starting=c[STARTING],
-            idle=c[IDLE],
-            busy=c[BUSY],
-            stopping=c[STOPPING],
-            min_size=self.config.min_size,
-            max_size=self.config.max_size,
-            target_size=self.target,
-            requests_total=m.requests_total,
-            requests_active=m.requests_active,
-            requests_failed=m.requests_failed,
-            queue_depth=len(self.queue) + len(self.queued),
-            oldest_wait=self.oldest_wait(now),
-            avg_wait_time=mean(m.wait_times),
-            avg_execution_time=mean(m.exec_times),
-            wait_p50=percentile(m.wait_times, 0.50),
-            wait_p99=percentile(m.wait_times, 0.99),
-            utilization_rate=running / (size * self._slots) if size else 0.0,
-            throughput=m.completions.rate(now),
-            arrival_rate=m.arrivals.rate(now),
-            warm_hits=m.warm_hits,
-            cold_starts=m.cold_starts,
-            agents_started=m.agents_started,
-            agents_retired=m.agents_retired,
-            start_failures=m.start_failures,
-            time=now,
-            checking=c[CHECKING],
-            in_flight=running,
-            max_concurrency=self._slots,
-            nodes=agents_per_node(self.agents.values()),
-            cost_usd=self.placer.spent(now),
-            cost_per_hour=self.placer.spend_rate,
-            cost_cap_size=self.placer.cap_size(size - self.doomed, now),
-            preemptions=self.placer.preemptions,
-            requeued=m.requeued,
+        waits, execs, placer = m.wait_times, m.exec_times, self.placer
+        # (taken once a second for days in a simulation: built field by field, not through
+        # the frozen dataclass's __init__, which sets its ~40 fields one call at a time)
+        return frozen_metrics(
+            {
+                "name": self.name,
+                "size": size,
+                "starting": c[STARTING],
+                "idle": c[IDLE],
+                "busy": c[BUSY],
+                "stopping": c[STOPPING],
+                "min_size": self.config.min_size,
+                "max_size": self.config.max_size,
+                "target_size": self.target,
+                "requests_total": m.requests_total,
+                "requests_active": m.requests_active,
+                "requests_failed": m.requests_failed,
+                "queue_depth": len(self.queue) + len(self.queued),
+                "oldest_wait": self.oldest_wait(now) if self.queue or self.queued else 0.0,
+                "avg_wait_time": waits.mean(),
+                "avg_execution_time": execs.mean(),
+                "wait_p50": waits.quantile(0.50),
+                "wait_p99": waits.quantile(0.99),
+                "utilization_rate": running / (size * self._slots) if size else 0.0,
+                "throughput": m.completions.rate(now),
+                "arrival_rate": m.arrivals.rate(now),
+                "warm_hits": m.warm_hits,
+                "cold_starts": m.cold_starts,
+                "agents_started": m.agents_started,
+                "agents_retired": m.agents_retired,
+                "start_failures": m.start_failures,
+                "time": now,
+                "checking": c[CHECKING],
+                "in_flight": running,
+                "max_concurrency": self._slots,
+                "nodes": agents_per_node(self.agents.values()) if self._with_nodes else {},
+                "cost_usd": placer.spent(now),
+                "cost_per_hour": placer.spend_rate,
+                "cost_cap_size": (
+                    None
+                    if placer.cost_ceiling is None
+                    else placer.cap_size(size - self.doomed, now)
+                ),
+                "preemptions": placer.preemptions,
+                "requeued": m.requeued,
+            }
         )
 
     def state_line(self) -> str:
