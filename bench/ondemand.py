@@ -2,11 +2,12 @@
 
 The old rule starts an agent at once for every waiting caller not covered by agents starting
 or idle; the new one first leaves to the busy agents the callers they are expected to reach
-before a new agent would be up (``PoolState._reached_before_a_start``). Each scenario runs an
-``AgentPool`` on a ``FakeBackend`` on a ``VirtualTimeLoop`` with no autoscaler (on-demand starts
-are then the only way the pool grows), ``min_size=1`` and the ``max_size`` and ``idle_timeout``
-each scenario names; the calls are ``pool.run(asyncio.sleep, d)``. The figures are exact and
-repeatable (virtual time, seeded arrivals): they depend on the pool's rules, not on the machine.
+before a new agent would be up (``shoal.pool.ondemand.reached_before_a_start``). Each scenario
+runs an ``AgentPool`` on a ``FakeBackend`` on a ``VirtualTimeLoop`` with no autoscaler
+(on-demand starts are then the only way the pool grows), ``min_size=1`` and the ``max_size``
+and ``idle_timeout`` each scenario names; the calls are ``pool.run(asyncio.sleep, d)``. The
+figures are exact and repeatable (virtual time, seeded arrivals): they depend on the pool's
+rules, not on the machine.
 The fake backend does not pipeline, so nothing is prefetched (the process backend's calls are).
 
 Run it once per source tree and compare (the old rule: ``git archive c572a17~1 src``)::

@@ -32,11 +32,11 @@ from shoal.errors import (
     PoolError,
     ResourcesUnavailable,
 )
-from shoal.pool import leaks, lifecycle
+from shoal.pool import leaks, lifecycle, ondemand
 from shoal.pool.agent import AgentState, Lease, PooledAgent
 from shoal.pool.breaker import CrashLoopBreaker
 from shoal.pool.events import ScalingEvent
-from shoal.pool.metrics import MetricsRecorder, PoolMetrics, mean, percentile
+from shoal.pool.metrics import MetricsRecorder, PoolMetrics, frozen_metrics
 from shoal.pool.placement import Placement, PreemptionNotice
 from shoal.pool.placing import (
     EARLY_CANCEL_BELOW,
@@ -189,6 +189,7 @@ class PoolState:
         self._cold_s: float | None = None  # how long the last start took (a move's cost)
         self._recheck_at = math.inf  # when callers left to busy agents are looked at again
         self._cost_short = 0  # starts the cost ceiling refused, as last noted
+        self._with_nodes = False  # an agent's handle has said which node it runs on
 
     # -- sizes ------------------------------------------------------------------------------------
 
@@ -515,6 +516,8 @@ class PoolState:
 
     def agent_started(self, agent: PooledAgent, handle: Any, now: float) -> None:
         agent.handle = handle
+        if not self._with_nodes and hasattr(handle, "node_ip"):
+            self._with_nodes = True  # a backend that places agents on nodes (Ray)
         if self.size >= self.target:
             self._no_room = False
         self.metrics.agents_started += 1
@@ -748,11 +751,24 @@ class PoolState:
         while idle and self.size > self.target and idle[0].idle_past(cfg.idle_timeout, now):
             agent = idle.popleft()
             self._retire(agent, lifecycle.idle_too_long(agent, cfg, now), now)
-        for agent in [a for a in idle if a.expired(now) or not a.alive]:
-            idle.remove(agent)
-            self._retire(agent, lifecycle.while_idle(agent, cfg, now, False) or "", now)
         interval = cfg.health_check_interval
-        for agent in [a for a in idle if a.health_due(interval, now)]:
+        # One pass over the idle agents finds both kinds of work; most ticks find neither
+        # (maintenance wakes for one agent's check while dozens sit idle).
+        gone = False
+        checks: list[PooledAgent] = []
+        for a in idle:
+            handle = a.handle
+            if a.expires_at <= now or (handle is not None and handle.exit_code is not None):
+                gone = True  # (a.expired(now) or not a.alive)
+                break
+            if a.last_checked + interval <= now:  # (a.health_due(interval, now))
+                checks.append(a)
+        if gone:
+            for agent in [a for a in idle if a.expired(now) or not a.alive]:
+                idle.remove(agent)
+                self._retire(agent, lifecycle.while_idle(agent, cfg, now, False) or "", now)
+            checks = [a for a in idle if a.health_due(interval, now)]
+        for agent in checks:
             idle.remove(agent)
             self._set(agent, CHECKING)
             self.actions.append(Check(agent))
@@ -779,9 +795,14 @@ class PoolState:
     def _next_deadline(self, now: float) -> float:
         cfg = self.config
         deadline = float("inf")
-        for agent in self.idle:
-            deadline = min(deadline, agent.last_checked + cfg.health_check_interval)
-            deadline = min(deadline, agent.expires_at)
+        if self.idle:
+            interval = cfg.health_check_interval
+            for agent in self.idle:
+                check_at = agent.last_checked + interval
+                if check_at < deadline:
+                    deadline = check_at
+                if agent.expires_at < deadline:
+                    deadline = agent.expires_at
         if self.idle and self.size > self.target:
             deadline = min(deadline, self.idle[0].last_used + cfg.idle_timeout)
         if self.breaker.backoff_until > now:
@@ -826,43 +847,52 @@ class PoolState:
         m, c = self.metrics, self.counts
         size = self.size
         running = self._held - len(self.queued)  # a prefetched call waits: it is not running
-        return PoolMetrics(
-            name=self.name,
-            size=size,
-            starting=c[STARTING],
-            idle=c[IDLE],
-            busy=c[BUSY],
-            stopping=c[STOPPING],
-            min_size=self.config.min_size,
-            max_size=self.config.max_size,
-            target_size=self.target,
-            requests_total=m.requests_total,
-            requests_active=m.requests_active,
-            requests_failed=m.requests_failed,
-            queue_depth=len(self.queue) + len(self.queued),
-            oldest_wait=self.oldest_wait(now),
-            avg_wait_time=mean(m.wait_times),
-            avg_execution_time=mean(m.exec_times),
-            wait_p50=percentile(m.wait_times, 0.50),
-            wait_p99=percentile(m.wait_times, 0.99),
-            utilization_rate=running / (size * self._slots) if size else 0.0,
-            throughput=m.completions.rate(now),
-            arrival_rate=m.arrivals.rate(now),
-            warm_hits=m.warm_hits,
-            cold_starts=m.cold_starts,
-            agents_started=m.agents_started,
-            agents_retired=m.agents_retired,
-            start_failures=m.start_failures,
-            time=now,
-            checking=c[CHECKING],
-            in_flight=running,
-            max_concurrency=self._slots,
-            nodes=agents_per_node(self.agents.values()),
-            cost_usd=self.placer.spent(now),
-            cost_per_hour=self.placer.spend_rate,
-            cost_cap_size=self.placer.cap_size(size - self.doomed, now),
-            preemptions=self.placer.preemptions,
-            requeued=m.requeued,
+        waits, execs, placer = m.wait_times, m.exec_times, self.placer
+        # (taken once a second for days in a simulation: built field by field, not through
+        # the frozen dataclass's __init__, which sets its ~40 fields one call at a time)
+        return frozen_metrics(
+            {
+                "name": self.name,
+                "size": size,
+                "starting": c[STARTING],
+                "idle": c[IDLE],
+                "busy": c[BUSY],
+                "stopping": c[STOPPING],
+                "min_size": self.config.min_size,
+                "max_size": self.config.max_size,
+                "target_size": self.target,
+                "requests_total": m.requests_total,
+                "requests_active": m.requests_active,
+                "requests_failed": m.requests_failed,
+                "queue_depth": len(self.queue) + len(self.queued),
+                "oldest_wait": self.oldest_wait(now) if self.queue or self.queued else 0.0,
+                "avg_wait_time": waits.mean(),
+                "avg_execution_time": execs.mean(),
+                "wait_p50": waits.quantile(0.50),
+                "wait_p99": waits.quantile(0.99),
+                "utilization_rate": running / (size * self._slots) if size else 0.0,
+                "throughput": m.completions.rate(now),
+                "arrival_rate": m.arrivals.rate(now),
+                "warm_hits": m.warm_hits,
+                "cold_starts": m.cold_starts,
+                "agents_started": m.agents_started,
+                "agents_retired": m.agents_retired,
+                "start_failures": m.start_failures,
+                "time": now,
+                "checking": c[CHECKING],
+                "in_flight": running,
+                "max_concurrency": self._slots,
+                "nodes": agents_per_node(self.agents.values()) if self._with_nodes else {},
+                "cost_usd": placer.spent(now),
+                "cost_per_hour": placer.spend_rate,
+                "cost_cap_size": (
+                    None
+                    if placer.cost_ceiling is None
+                    else placer.cap_size(size - self.doomed, now)
+                ),
+                "preemptions": placer.preemptions,
+                "requeued": m.requeued,
+            }
         )
 
     def state_line(self) -> str:
@@ -1069,16 +1099,24 @@ class PoolState:
             # Callers the busy agents will reach before a new agent is up need no new agent;
             # callers prefetched behind a call they will not wait out (it has run as long as a
             # start) need one as much as those still in the queue.
-            due, stuck, recheck = self._reached_before_a_start(now)
+            agents = self.agents.values()
+            cold_s = ondemand.next_cold_start(agents, self.placer, self._cold_s, now)
+            due, stuck, recheck = ondemand.reached_before_a_start(
+                agents,
+                self.queued,
+                self.metrics.exec_times,
+                cold_s,
+                self._slots,
+                self.config.max_uses,
+                now,
+            )
             reached = min(waiting, due)
             demand = -(-(waiting + stuck - reached) // self._slots) - c[STARTING] - c[IDLE]
-            # Counted on, an agent whose call outruns a start is counted on no more: look
-            # again then, whether or not anything else happens.
-            relied_on = recheck < math.inf and (reached or stuck < queued)
-            recheck = max(recheck, now + 1e-6)  # time moves on, whatever the arithmetic says
-            if relied_on and (recheck < self._recheck_at or self._recheck_at <= now):
-                self._recheck_at = recheck
-                self.poke = self.poke or recheck < self.wake_at
+            relied_on = recheck < math.inf and bool(reached or stuck < queued)
+            at = ondemand.next_recheck(recheck, relied_on, self._recheck_at, now)
+            if at is not None:
+                self._recheck_at = at
+                self.poke = self.poke or at < self.wake_at
             elif relied_on and self._recheck_at < self.wake_at < math.inf:
                 self.poke = True  # one set while nobody waited: maintenance sleeps past it
         floor = self.target - size
@@ -1095,100 +1133,6 @@ class PoolState:
             else f"below target size {self.target}"
         )
         self._start(n, why, now)
-
-    def _reached_before_a_start(self, now: float) -> tuple[int, int, float]:
-        """How many waiting callers the busy agents are expected to serve before an agent
-        started now would be up: ``cold start x busy slots / mean run time`` (the completions
-        due in that time, ``expected_wait`` turned around), less the calls already prefetched
-        on those agents. An on-demand start for such a caller only adds an agent that arrives
-        after its caller has gone (on a steady load at 70% utilization with 2-s starts and 1-s
-        calls, hundreds of surplus starts an hour).
-
-        0 — start for every waiting caller, as before — until a start and a call have been
-        timed, when calls usually outlast a start (fewer than half of past calls end within
-        one: a new agent is then the sooner way in), and for agents that may not free up soon:
-        one held with ``get_agent()``/``acquire()`` (its holder decides when), one whose call is
-        not likely to end within a start (it has run as long as one, or past most calls that
-        end within one: in a long-tailed run time it may run much longer), or
-        one retiring, draining or under a preemption notice, or one its calls leave at
-        ``max_uses`` or that reaches ``max_lifetime`` within a start (retired, not reused). The
-        cold start is the one of the placement the next agent would start on.
-
-        Also returns how many prefetched calls wait behind agents not counted on (their
-        callers need an agent as much as those in the queue), and when the first counted
-        agent's call will no longer be likely to end within a start."""
-        queued = self.queued
-        cold_s = self._next_cold_start(now)
-        exec_times = self.metrics.exec_times
-        share = exec_times.share_at_most(cold_s) if cold_s is not None and exec_times else 0.0
-        if cold_s is None or share < 0.5:
-            return 0, len(queued), math.inf
-        # A counted call stops being likely to end within a start once it has run past this
-        # (see _ends_within): more than 2 x share - 1 of past calls took at most so long.
-        # In whole calls, not 2 x share - 1 in floating point: that product fell a hair short
-        # of an integer, put the boundary one call early, and had maintenance look again at
-        # the same instant forever (a virtual-time hang).
-        n = len(exec_times)
-        within = round(share * n)  # past calls that took at most a start
-        k = min(2 * within - n, n - 1)  # likely to end while at most k took no longer than it ran
-        outrun_s = exec_times.quantile((k + 0.5) / n)  # the (k+1)-th shortest
-        outrun_s = min(cold_s, outrun_s + 2e-9)
-        slots = behind = 0
-        soonest = math.inf
-        max_uses = self.config.max_uses
-        for agent in self.agents.values():
-            if (
-                agent.state is not BUSY
-                or agent.retire_reason is not None
-                or agent.draining is not None
-                or agent.preempt_deadline is not None
-                or not agent.leases
-                # retired when its calls end, before or soon after a start: serves nobody else
-                or (max_uses is not None and agent.usage_count + len(agent.leases) >= max_uses)
-                or agent.expires_at < now + cold_s
-            ):
-                continue
-            leases = agent.leases
-            if any(
-                not lease.owned or not self._ends_within(now - lease.acquired_at, cold_s)
-                for lease in leases
-                if lease not in queued
-            ):
-                continue
-            slots += self._slots
-            soonest = min(soonest, min(lease.acquired_at for lease in leases) + outrun_s)
-            if queued:
-                behind += sum(1 for lease in leases if lease in queued)
-        stuck = len(queued) - behind
-        if not slots:
-            return 0, stuck, math.inf
-        due = cold_s * slots / max(exec_times.mean(), 1e-9)
-        return max(0, math.floor(min(due, 1e9)) - behind), stuck, soonest
-
-    def _ends_within(self, elapsed_s: float, cold_s: float) -> bool:
-        """Whether a call that has run ``elapsed_s`` will more likely than not have ended
-        when a start made now is up, by the run times of past calls: one that has outrun the
-        short ones (50-ms and 5-s calls: one at 0.2 s is a 5-s one) is not, even within a start."""
-        if elapsed_s >= cold_s - 1e-9:
-            return False
-        cdf = self.metrics.exec_times.share_at_most
-        # (less a hair: a call as long as the longest seen, about to end, is not past them all)
-        since = max(0.0, elapsed_s - 1e-9)
-        return finish_chance(cdf, since, cold_s - since) >= 0.5
-
-    def _next_cold_start(self, now: float) -> float | None:
-        """How long an agent started now is expected to take to be up: the last start's time,
-        or with several placements, the last one's on the placement it would start on (their
-        starts differ: another region, another kind of capacity); None if not known."""
-        if not self._multi:
-            return self._cold_s
-        site, _ = self.placer.choose(now)
-        cold_s, last = None, -math.inf
-        for agent in self.agents.values():
-            ready = agent.ready_at
-            if agent.site is site and ready is not None and ready > last:
-                cold_s, last = ready - agent.created_at, ready
-        return cold_s
 
     def _start(
         self,
