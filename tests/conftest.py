@@ -14,8 +14,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from shoal.clock import VirtualTimeLoop
+
+# Property tests time nothing either: hypothesis's default 200-ms deadline per example, and its
+# health check on slow data generation, fail tests on a busy shared machine for no fault of the
+# code. Every property keeps its own max_examples; only the timing checks go, for all of them.
+settings.register_profile(
+    "shoal", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("shoal")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +39,20 @@ def _engine_ready() -> str | None:
         return "the docker SDK is not installed"
     if not os.path.exists(SOCKET):
         return f"no container engine at {SOCKET} (run scripts/container-setup.sh)"
+    problem = None
     try:
         client = docker.DockerClient(base_url=f"unix://{SOCKET}")
         client.images.get(IMAGE)
+        client.close()
     except Exception as exc:
-        return f"the engine or the image {IMAGE} is not ready: {exc}"
-    return None
+        problem = f"the engine or the image {IMAGE} is not ready: {exc}"
+    if problem is not None:
+        # The SDK leaves the socket of a refused connection open (the exception held it);
+        # collect it here, or its ResourceWarning fails some later test's teardown.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+    return problem
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -112,7 +112,11 @@ async def test_a_preemption_with_calls_in_flight_requeues_them_and_they_are_answ
         doomed = {a.agent_id for a in pool.agents}
         # Two calls that cannot finish within the notice, one waiting behind them.
         calls = [asyncio.create_task(pool.run(workers.sleep_and_pid, 3.0)) for _ in range(3)]
-        await asyncio.sleep(0.5)
+        for _ in range(1200):  # bounded (60 s): both calls out on the spot agents
+            if pool.metrics.busy == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert pool.metrics.busy == 2
         loop = asyncio.get_running_loop()
         hit = pool.preempt(PreemptionNotice("spot", deadline=loop.time() + 0.5, source="test"))
         assert {a.agent_id for a in hit} == doomed

@@ -269,7 +269,11 @@ async def test_a_spot_placement_of_ray_actors_preempted_with_calls_in_flight_los
         actors = {a.agent_id for a in pool.agents}
         ray_pids = set(await asyncio.gather(*(pool.run(workers.pid) for _ in range(4))))
         calls = [asyncio.create_task(pool.run(workers.sleep_and_pid, 3.0)) for _ in range(3)]
-        await asyncio.sleep(1.0)
+        for _ in range(1200):  # bounded (60 s): both calls out on the spot agents
+            if pool.metrics.busy == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert pool.metrics.busy == 2
         loop = asyncio.get_running_loop()
         hit = pool.preempt(PreemptionNotice("ray-spot", deadline=loop.time() + 0.5, source="test"))
         assert {a.agent_id for a in hit} == actors
