@@ -168,7 +168,7 @@ async def post_run(request: Request) -> Response:
             headers["Retry-After"] = str(math.ceil(exc.retry_after))
         return problem(exc.status, str(exc), headers)
     if request.query_params.get("wait", "").lower() not in ("1", "true", "yes"):
-        return reply({"id": record.handle.run_id, "status": record.handle.status}, 202)
+        return reply({"id": record.handle.run_id, "status": record.status}, 202)
     await record.done.wait()
     return run_reply(service, record)
 
@@ -253,6 +253,8 @@ def run_reply(service: Service, record: RunRecord) -> Response:
 
 
 def _add_outcome(body: dict[str, Any], record: RunRecord) -> None:
+    if not record.done.is_set():
+        return  # not settled yet: the result or error is not stored
     if record.handle.status == "succeeded":
         body["result"] = record.result
     elif record.error is not None:

@@ -19,7 +19,7 @@ from typing import Any
 from shoal.errors import ShoalError
 from shoal.pool import AgentPool, PooledAgent
 from shoal.pool.events import ScalingEvent
-from shoal.runtime import RunHandle, Runtime
+from shoal.runtime import RunHandle, RunStatus, Runtime
 from shoal.serve.metrics import EventTally, ServeMetrics
 from shoal.workflow.spec import WorkflowSpec, spec_of
 
@@ -47,6 +47,16 @@ class RunRecord:
     result: Any = None
     error: BaseException | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def status(self) -> RunStatus:
+        """The run's status as the service shows it: an ended run reads as running until the
+        service has stored its result or error (a turn or two of the loop later), so nobody
+        reads "succeeded" with no result yet."""
+        status = self.handle.status
+        if self.done.is_set() or status in ("pending", "running"):
+            return status
+        return "running"
 
     @property
     def queued(self) -> bool:
@@ -253,7 +263,7 @@ class Service:
         return {
             "id": h.run_id,
             "workflow": h.workflow,
-            "status": h.status,
+            "status": record.status,
             "queued": record.queued,
             "wall_s": h.wall_s,
             "steps": [
