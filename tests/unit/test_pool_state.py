@@ -8,6 +8,7 @@ first served, must answer every caller exactly once, and must never leave one ag
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -488,6 +489,10 @@ class PoolStateMachine(RuleBasedStateMachine):
             assert c.answers == 1, f"caller {c.n} answered {c.answers} times"
 
 
+# 300 examples of 60 steps take ~30 s on an idle machine and ~60 s at a load of 12: pure state,
+# nothing here can hang, so these get room beyond the suite's 60-s timeout.
+SLOW_PROPERTY_S = 300
+
 TestPoolState = PoolStateMachine.TestCase
 TestPoolState.settings = settings(
     max_examples=300,
@@ -495,6 +500,7 @@ TestPoolState.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+TestPoolState.pytestmark = [pytest.mark.timeout(SLOW_PROPERTY_S)]
 
 
 class PrefetchMachine(PoolStateMachine):
@@ -529,6 +535,7 @@ TestPrefetch.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+TestPrefetch.pytestmark = [pytest.mark.timeout(SLOW_PROPERTY_S)]
 
 
 class DeepPrefetchMachine(PrefetchMachine):
@@ -599,3 +606,4 @@ TestDeepPrefetch.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+TestDeepPrefetch.pytestmark = [pytest.mark.timeout(SLOW_PROPERTY_S)]
