@@ -108,8 +108,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=0.0,
         metavar="S",
         help=(
-            "start every policy at the opening load's size after replaying the workload's "
-            "first S seconds, not counted (0: min-size warm agents under the full load, "
+            "start every policy at the opening load's size after a pre-roll of the workload's "
+            "first S seconds drawn anew, not counted (0: min-size warm agents under the full load, "
             "empty histories)"
         ),
     )
