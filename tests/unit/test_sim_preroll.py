@@ -67,3 +67,14 @@ def test_a_run_with_a_warmup_is_the_same_for_the_same_seed() -> None:
     ]
     assert runs[0].summary() == runs[1].summary()
     assert runs[0].forecast_mase == runs[1].forecast_mase
+
+
+def test_a_generated_workload_still_pickles_and_is_then_redrawn_as_a_trace() -> None:
+    import pickle
+
+    load = workloads.ramp(5, 600, seed=4)
+    back = pickle.loads(pickle.dumps(load))
+    assert back.arrivals == load.arrivals and back.horizon == load.horizon
+    assert back.redraw is None and load.redraw is not None
+    pre = preroll(back, 600.0, seed=4)
+    assert pre and not {a for a, _ in pre} & set(load.arrivals)

@@ -155,6 +155,13 @@ class Workload:
     def __len__(self) -> int:
         return len(self.arrivals)
 
+    def __reduce__(
+        self,
+    ) -> tuple[type[Workload], tuple[str, tuple[float, ...], tuple[float, ...], float]]:
+        # ``redraw`` closes over a rate function (often a lambda): a pickled workload keeps its
+        # requests and is redrawn as a trace is.
+        return (Workload, (self.name, self.arrivals, self.durations, self.horizon))
+
     def __iter__(self) -> Iterator[tuple[float, float]]:
         return zip(self.arrivals, self.durations, strict=True)
 
