@@ -117,7 +117,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--predictor",
         choices=PREDICTORS,
         default=None,
-        help="the predictor of shoal's own policies (their default: none)",
+        help=(
+            "the predictor of shoal's own policies (default: ml-based for auto, none for the "
+            "others; 'none' turns auto's off, as the policy name auto+none does)"
+        ),
     )
     p.add_argument(
         "--on-demand",

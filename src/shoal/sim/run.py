@@ -278,7 +278,8 @@ def simulate(
     that gives a few hundred points). ``idle_timeout`` is the pool's (production default
     300 s). ``on_demand`` overrides whether the pool starts agents for waiting callers.
     ``max_concurrency`` is how many requests one agent serves at once.
-    ``predictor`` sets the ``predictor`` of shoal's own policies (baselines have none).
+    ``predictor`` sets the ``predictor`` of shoal's own policies (baselines have none; ``auto``
+    has ``ml-based`` unless given ``none``, e.g. as ``"auto+none"``).
     ``cold_start_growth`` lengthens each start by that fraction per agent already starting
     (see :class:`~shoal.sim.backend.SimBackend`; about 0.011 for process agents).
 
@@ -319,7 +320,8 @@ def simulate(
         )
     if predictor is not None and isinstance(policy, str) and "+" not in policy:
         base = policy.partition(":")[0]
-        if base in SHOAL_POLICIES and predictor != "none":
+        # "none" is named only where it turns a default off (auto's ml-based).
+        if base in SHOAL_POLICIES and (predictor != "none" or base == "auto"):
             policy = f"{policy}+{predictor}"
     elif predictor is not None and isinstance(policy, Mapping):
         policy = {**policy, "predictor": predictor}
