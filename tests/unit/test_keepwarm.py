@@ -90,7 +90,12 @@ def test_a_scale_to_zero_pool_with_a_predictor_gets_keep_warm() -> None:
         parse_scaling_policy("t", {"predictor": "ml-based", "min": 0, "idle_terminate": 120})
     ).inner
     assert not isinstance(fixed, KeepWarm)  # the user's keep-alive stands
-    assert not isinstance(build_policy(parse_scaling_policy("t", {"min": 0})).inner, KeepWarm)
+    plain = {"min": 0, "predictor": "none"}
+    assert not isinstance(build_policy(parse_scaling_policy("t", plain)).inner, KeepWarm)
+    # auto forecasts by default, so a scale-to-zero auto pool keeps warm by default
+    assert isinstance(build_policy(parse_scaling_policy("t", {"min": 0})).inner, KeepWarm)
+    reactive = {"mode": "reactive"}  # other modes have no predictor by default
+    assert not isinstance(build_policy(parse_scaling_policy("t", reactive)).inner, KeepWarm)
 
 
 def test_a_sparse_periodic_load_costs_less_than_a_fixed_keep_alive() -> None:
@@ -112,7 +117,9 @@ def test_a_sparse_periodic_load_costs_less_than_a_fixed_keep_alive() -> None:
     warm = simulate(load, {"mode": "auto", "min": 0, "predictor": "ml-based"}, **run)
     lambda_ = simulate(load, "keepalive", **run)
     fixed = simulate(load, {"mode": "auto", "min": 0, "idle_terminate": 120}, **run)
-    plain = simulate(load, {"mode": "auto", "min": 0}, **run)  # its demand never quite reaches 0
+    plain = simulate(
+        load, {"mode": "auto", "min": 0, "predictor": "none"}, **run
+    )  # its demand never quite reaches 0
     assert warm.agent_seconds < 0.85 * plain.agent_seconds  # (6,099 against 7,888)
     assert warm.agent_seconds < 0.7 * lambda_.agent_seconds
     assert warm.cold_starts < 0.5 * fixed.cold_starts

@@ -55,13 +55,16 @@ def test_export_and_restore_give_back_the_same_forecaster() -> None:
 
 
 def test_a_state_without_a_predictor_has_nothing_to_keep() -> None:
-    policy = build_policy(parse_scaling_policy("t", {"max": 5}))
+    policy = build_policy(parse_scaling_policy("t", {"max": 5, "predictor": "none"}))
     assert learned.export(policy.initial_state()) is None
 
 
 def test_state_file_needs_a_predictor() -> None:
     with pytest.raises(ConfigError, match="no predictor is set"):
-        parse_scaling_policy("t", {"state_file": "x.json"})
+        parse_scaling_policy("t", {"state_file": "x.json", "predictor": "none"})
+    with pytest.raises(ConfigError, match="no predictor is set"):
+        parse_scaling_policy("t", {"state_file": "x.json", "mode": "aggressive"})
+    parse_scaling_policy("t", {"state_file": "x.json"})  # auto's default predictor keeps it
 
 
 def test_a_damaged_state_file_is_one_clear_error(tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ def test_forecast_only_logs_and_changes_nothing() -> None:
     acting = drive(build_policy(parse_scaling_policy("t", cfg)), 1170)
     quiet = build_policy(parse_scaling_policy("t", {**cfg, "forecast_only": True}))
     logged = drive(quiet, 1170)
-    plain = drive(build_policy(parse_scaling_policy("t", {"max": 200})), 1170)
+    plain = drive(build_policy(parse_scaling_policy("t", {"max": 200, "predictor": "none"})), 1170)
     assert [d.desired for d in logged] == [d.desired for d in plain]
     assert any("(forecast only)" in d.reason for d in logged)
     assert max(d.desired for d in acting[1160:1170]) > max(d.desired for d in logged[1160:1170])
@@ -357,3 +357,32 @@ def test_no_lean_headroom_while_the_forecast_expects_a_rise() -> None:
         elif policy.lean(f, fstate):
             flat += 1
     assert rising > 10 and flat > 10
+
+
+def test_auto_forecasts_with_ml_based_by_default_and_none_turns_it_off() -> None:
+    assert parse_scaling_policy("t", {}).predictor_name == "ml-based"
+    assert parse_scaling_policy("t", {"mode": "auto"}).predictor_name == "ml-based"
+    assert parse_scaling_policy("t", {"predictor": "none"}).predictor_name == "none"
+    assert parse_scaling_policy("t", {"predictor": "linear"}).predictor_name == "linear"
+    for other in ({"mode": "aggressive"}, {"mode": "conservative"}, {"policy": "rule"}):
+        assert parse_scaling_policy("t", other).predictor_name == "none", other
+    assert parse_scaling_policy("t", {"policy": "kpa"}).predictor_name == "none"
+    assert isinstance(build_policy(parse_scaling_policy("t", {})).inner, PredictivePolicy)
+    off = build_policy(parse_scaling_policy("t", {"predictor": "none"})).inner
+    assert not isinstance(off, PredictivePolicy)
+
+
+def test_the_simulators_auto_is_auto_with_the_predictor_and_auto_none_without() -> None:
+    load = workloads.steady(5, 120, seed=1)
+    run = {"cold_start": 2.0, "max_size": 20, "seed": 1}
+    auto, ml = simulate(load, "auto", **run), simulate(load, "auto+ml-based", **run)
+    assert (
+        auto.forecast_mase is not None
+        and auto.summary()["agent_seconds"] == ml.summary()["agent_seconds"]
+    )
+    for off in (
+        simulate(load, "auto+none", **run),
+        simulate(load, "auto", predictor="none", **run),
+    ):
+        assert off.forecast_mase is None and off.policy == "auto+none"
+    assert simulate(load, "aggressive", predictor="none", **run).policy == "aggressive"

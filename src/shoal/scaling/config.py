@@ -75,7 +75,8 @@ class ScalingPolicyConfig(BaseModel):
     ``forecast_only`` (log what the forecast would do, change nothing), ``cold_start`` (the
     agents' start time the forecast must look ahead by; measured by the pool when not given) and
     ``state_file`` (where the autoscaler keeps what the predictor learnt across restarts; see
-    :mod:`shoal.scaling.learned`).
+    :mod:`shoal.scaling.learned`). ``mode: auto`` forecasts with ``predictor: ml-based``
+    unless told otherwise (``predictor: none`` turns it off); the other modes have none.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -136,8 +137,11 @@ class ScalingPolicyConfig(BaseModel):
 
     @property
     def predictor_name(self) -> str:
-        """The predictor in use: ``none`` when the key is absent."""
-        return self.predictor or "none"
+        """The predictor in use. When the key is absent: ``ml-based`` under ``mode: auto``
+        with its own policy (the default), ``none`` under every other mode or policy."""
+        if self.predictor is not None:
+            return self.predictor
+        return "ml-based" if self.mode == "auto" and self.policy is None else "none"
 
     @property
     def rule_idle_time(self) -> float:

@@ -37,6 +37,7 @@ until the first few starts are seen.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,8 @@ class PredictState:
     last: Forecast | None = None
     last_key: tuple[int, int] = (-1, 0)  # (bins seen, bins ahead) the last forecast was made for
     added: int = 0  # agents the forecast added at the last decision
+    head: str = ""  # the reason's account of the last forecast, for ...
+    head_key: tuple[int, int, int] = (-1, 0, 0)  # ... (bins, bins ahead, horizon in whole s)
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,28 @@ class PredictivePolicy:
 
     def cold_start_s(self, state: PredictState, snapshot: PoolMetrics) -> float:
         """The given cold start, or the one the pool's counters show (Little's law)."""
+        return self._cold(state.starting_s, state.started0, snapshot)
+
+    def _cold(self, starting_s: float, started0: int, snapshot: PoolMetrics) -> float:
         if self.cold_start is not None:
             return self.cold_start
-        done = snapshot.agents_started - state.started0
-        if state.started0 >= 0 and done >= 3 and state.starting_s > 0:
-            return state.starting_s / done
+        done = snapshot.agents_started - started0
+        if started0 >= 0 and done >= 3 and starting_s > 0:
+            return starting_s / done
         return DEFAULT_COLD_START_S
+
+    @functools.cached_property
+    def _lean_inner(self) -> Policy[Any] | None:
+        """The reactive policy with the lean headroom, made once (None: it has none to lean)."""
+        inner = self.inner
+        if self.forecast_only or not isinstance(inner, TargetUtilizationPolicy):
+            return None
+        beta = inner.queueing_headroom
+        if beta is None or beta <= self.lean_beta:
+            return None
+        return dataclasses.replace(
+            inner, queueing_headroom=self.lean_beta, smoothing_s=self.lean_smoothing_s
+        )
 
     def at_noise_floor(self, fstate: ForecastState) -> bool:
         """Whether the forecast's recent errors are no larger than Poisson counting noise."""
@@ -139,21 +158,13 @@ class PredictivePolicy:
         if state.last_time is not None and now > state.last_time:
             starting_s += snapshot.starting * (now - state.last_time)
         started0 = snapshot.agents_started if state.started0 < 0 else state.started0
-        seen = dataclasses.replace(
-            state,
-            forecast=fstate,
-            bin_start=bin_start,
-            bin_total=bin_total,
-            last_time=now,
-            starting_s=starting_s,
-            started0=started0,
-        )
 
-        cold = self.cold_start_s(seen, snapshot)
+        cold = self._cold(starting_s, started0, snapshot)
         reach = now + cold + self.interval - bin_start
         ahead = max(1, int(reach / fc.bin_s) + 1)
         # The forecast changes only when a bin closes (or the horizon moves past a bin edge):
-        # made once, then reused by every decision until then.
+        # made once, then reused by every decision until then. (States are built whole, not
+        # with dataclasses.replace: this runs at every decision, most of them between bins.)
         key = (fstate.bins, ahead)
         if not fstate.bins:
             forecast = None
@@ -161,30 +172,52 @@ class PredictivePolicy:
             forecast = state.last
         else:
             forecast = fc.forecast(fstate, ahead)
-        confident = forecast is not None and self.lean(forecast, fstate)
         inner: Policy[Any] = self.inner
-        if confident and isinstance(inner, TargetUtilizationPolicy) and not self.forecast_only:
-            beta = inner.queueing_headroom
-            if beta is not None and beta > self.lean_beta:
-                inner = dataclasses.replace(
-                    inner, queueing_headroom=self.lean_beta, smoothing_s=self.lean_smoothing_s
-                )
+        if forecast is not None and self.lean(forecast, fstate):
+            inner = self._lean_inner or inner
         raw = inner.decide(snapshot, state.inner, now)
         if forecast is None:
-            return Decision(
-                raw.desired, dataclasses.replace(seen, inner=raw.state), raw.reason, raw.shed
+            kept = PredictState(
+                raw.state,
+                fstate,
+                bin_start,
+                bin_total,
+                now,
+                starting_s,
+                started0,
+                state.last,
+                state.last_key,
+                state.added,
+                state.head,
+                state.head_key,
             )
+            return Decision(raw.desired, kept, raw.reason, raw.shed)
 
         need, why = self._need(forecast, fstate, snapshot)
         added = max(0, need - raw.desired) if why is None else 0
-        head = (
-            f"forecast {forecast.rate:.2f}/s (up to {forecast.upper:.2f}) within "
-            f"{cold + self.interval:.0f} s by {forecast.model}"
-            + (f", period {forecast.period_s:g} s" if forecast.period_s else "")
-            + (f", MASE {forecast.recent_mase:.2f}" if forecast.recent_mase is not None else "")
-        )
-        next_state = dataclasses.replace(
-            seen, inner=raw.state, last=forecast, last_key=key, added=added
+        horizon = cold + self.interval
+        head_key = (key[0], key[1], round(horizon))
+        head = state.head
+        if head_key != state.head_key or not head:
+            head = (
+                f"forecast {forecast.rate:.2f}/s (up to {forecast.upper:.2f}) within "
+                f"{horizon:.0f} s by {forecast.model}"
+                + (f", period {forecast.period_s:g} s" if forecast.period_s else "")
+                + (f", MASE {forecast.recent_mase:.2f}" if forecast.recent_mase is not None else "")
+            )
+        next_state = PredictState(
+            raw.state,
+            fstate,
+            bin_start,
+            bin_total,
+            now,
+            starting_s,
+            started0,
+            forecast,
+            key,
+            added,
+            head,
+            head_key,
         )
         if why is not None or added == 0:
             reason = f"{raw.reason}; {head}: {why or f'needs {need}, no more'}"

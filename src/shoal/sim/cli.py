@@ -108,8 +108,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=0.0,
         metavar="S",
         help=(
-            "start every policy at the opening load's size after replaying the workload's "
-            "first S seconds, not counted (0: min-size warm agents under the full load, "
+            "start every policy at the opening load's size after a pre-roll of the workload's "
+            "first S seconds drawn anew, not counted (0: min-size warm agents under the full load, "
             "empty histories)"
         ),
     )
@@ -117,7 +117,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--predictor",
         choices=PREDICTORS,
         default=None,
-        help="the predictor of shoal's own policies (their default: none)",
+        help=(
+            "the predictor of shoal's own policies (default: ml-based for auto, none for the "
+            "others; 'none' turns auto's off, as the policy name auto+none does)"
+        ),
     )
     p.add_argument(
         "--on-demand",

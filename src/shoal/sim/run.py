@@ -34,6 +34,7 @@ from shoal.scaling.policy import Decision, Policy
 from shoal.scaling.registry import BASELINES
 from shoal.scaling.registry import POLICIES as REGISTRY
 from shoal.sim.backend import SimBackend, serve
+from shoal.sim.preroll import preroll
 from shoal.sim.workload import Distribution, Workload
 
 if TYPE_CHECKING:
@@ -277,16 +278,19 @@ def simulate(
     that gives a few hundred points). ``idle_timeout`` is the pool's (production default
     300 s). ``on_demand`` overrides whether the pool starts agents for waiting callers.
     ``max_concurrency`` is how many requests one agent serves at once.
-    ``predictor`` sets the ``predictor`` of shoal's own policies (baselines have none).
+    ``predictor`` sets the ``predictor`` of shoal's own policies (baselines have none; ``auto``
+    has ``ml-based`` unless given ``none``, e.g. as ``"auto+none"``).
     ``cold_start_growth`` lengthens each start by that fraction per agent already starting
     (see :class:`~shoal.sim.backend.SimBackend`; about 0.011 for process agents).
 
     ``warmup`` (seconds) makes the comparison start from a settled state: the pool is first
     grown to the size the opening load needs (its first minute's offered load at 70%
-    utilization), then a pre-roll replays the workload's own first ``warmup`` seconds (repeated
-    if it is shorter), so each policy settles and fills its windows and histories as a running
-    system would have; nothing of the pre-roll is counted. Without it every run starts with
-    ``min_size`` warm agents under the full load and empty histories.
+    utilization), then a pre-roll runs the workload's first ``warmup`` seconds drawn anew from
+    its shape (:func:`shoal.sim.preroll.preroll`: another random stream of the workload's
+    seed, not a replay of the counted arrivals; repeated if it is shorter), so each policy
+    settles and fills its windows and histories as a running system would have; nothing of
+    the pre-roll is counted. Without it every run starts with ``min_size`` warm agents under
+    the full load and empty histories.
 
     ``placements`` (see :func:`shoal.sim.placements.placement_options`) spreads the pool over
     simulated placements: spot with preemptions, a cost cap, regions and their outages; the
@@ -316,7 +320,8 @@ def simulate(
         )
     if predictor is not None and isinstance(policy, str) and "+" not in policy:
         base = policy.partition(":")[0]
-        if base in SHOAL_POLICIES and predictor != "none":
+        # "none" is named only where it turns a default off (auto's ml-based).
+        if base in SHOAL_POLICIES and (predictor != "none" or base == "auto"):
             policy = f"{policy}+{predictor}"
     elif predictor is not None and isinstance(policy, Mapping):
         policy = {**policy, "predictor": predictor}
@@ -522,18 +527,12 @@ class _Run:
         return min(max(size, self.plan.pool_min), self.plan.pool_max)
 
     def _preroll(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The workload's own first ``warmup`` seconds (repeated if it is shorter), replayed
-        before the counted run, so that every policy's history is that of a running system."""
-        if not self.n:
-            return
-        start, offset = loop.time(), 0.0
-        span = self.workload.horizon or 1.0
-        while offset < self.warmup:
-            for a, d in zip(self.arrivals, self.durations, strict=True):
-                if offset + a >= self.warmup:
-                    break
-                loop.call_at(start + offset + a, self._spawn_preroll, loop, d)
-            offset += span
+        """The workload's first ``warmup`` seconds drawn anew (see :mod:`shoal.sim.preroll`),
+        run before the counted one, so that every policy's history is that of a running system
+        and no forecaster sees the counted run's own arrivals twice."""
+        start = loop.time()
+        for a, d in preroll(self.workload, self.warmup, self.seed):
+            loop.call_at(start + a, self._spawn_preroll, loop, d)
 
     def _spawn_preroll(self, loop: asyncio.AbstractEventLoop, duration: float) -> None:
         loop.create_task(self._preroll_request(duration))

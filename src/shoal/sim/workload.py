@@ -139,6 +139,9 @@ class Workload:
     arrivals: tuple[float, ...]
     durations: tuple[float, ...]
     horizon: float = field(default=0.0)
+    #: For a generated workload: draws the same shape anew over ``(duration, stream)``, from
+    #: another random stream of its seed (``stream`` >= 1 numbers it); None for a trace.
+    redraw: Callable[[float, int], Workload] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.arrivals) != len(self.durations):
@@ -151,6 +154,13 @@ class Workload:
 
     def __len__(self) -> int:
         return len(self.arrivals)
+
+    def __reduce__(
+        self,
+    ) -> tuple[type[Workload], tuple[str, tuple[float, ...], tuple[float, ...], float]]:
+        # ``redraw`` closes over a rate function (often a lambda): a pickled workload keeps its
+        # requests and is redrawn as a trace is.
+        return (Workload, (self.name, self.arrivals, self.durations, self.horizon))
 
     def __iter__(self) -> Iterator[tuple[float, float]]:
         return zip(self.arrivals, self.durations, strict=True)
@@ -222,7 +232,17 @@ def poisson(
         if uniform() * peak_rate <= rate(t):
             arrivals.append(t)
     durations = tuple(sample(srng) for _ in arrivals)
-    return Workload(name, tuple(arrivals), durations, duration)
+
+    def redraw(span: float, stream: int) -> Workload:
+        return poisson(name, rate, peak_rate, span, service, _stream_seed(seed, stream))
+
+    return Workload(name, tuple(arrivals), durations, duration, redraw)
+
+
+def _stream_seed(seed: int, stream: int) -> int:
+    """Another generator's seed from ``seed``: stream ``k`` >= 1 is none of the streams
+    ``poisson`` draws with (``seed`` and ``seed * 1_000_003 + 1``)."""
+    return (seed * 1_000_003 + 1 + stream) * 7_919 + stream
 
 
 def steady(
