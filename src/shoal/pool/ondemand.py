@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from shoal.pool.agent import AgentState, Lease, PooledAgent
 from shoal.pool.metrics import Window
-from shoal.pool.placing import Placer, finish_chance
+from shoal.pool.placing import Placer
 
 BUSY = AgentState.BUSY
 
@@ -38,13 +38,33 @@ def next_cold_start(
 def ends_within(exec_times: Window, elapsed_s: float, cold_s: float) -> bool:
     """Whether a call that has run ``elapsed_s`` will more likely than not have ended
     when a start made now is up, by the run times of past calls: one that has outrun the
-    short ones (50-ms and 5-s calls: one at 0.2 s is a 5-s one) is not, even within a start."""
-    if elapsed_s >= cold_s - 1e-9:
+    short ones (50-ms and 5-s calls: one at 0.2 s is a 5-s one) is not, even within a start.
+
+    Of the ``n`` past calls, ``w`` took at most a start and ``m`` at most ``elapsed_s``: of
+    those that ran longer than it has, at least half ended within the start when
+    ``w - m >= (n - m) / 2``, i.e. ``m <= 2w - n``, counted in whole calls (see
+    :func:`_outrun_s`, which :func:`reached_before_a_start` compares with instead)."""
+    if elapsed_s >= cold_s - 1e-9 or not exec_times:
         return False
-    cdf = exec_times.share_at_most
+    outrun = _outrun_s(exec_times, cold_s)
     # (less a hair: a call as long as the longest seen, about to end, is not past them all)
-    since = max(0.0, elapsed_s - 1e-9)
-    return finish_chance(cdf, since, cold_s - since) >= 0.5
+    return outrun is not None and max(0.0, elapsed_s - 1e-9) < outrun
+
+
+def _outrun_s(exec_times: Window, cold_s: float) -> float | None:
+    """How long a call may have run and still be likely to end within a start (exclusive):
+    the (k+1)-th shortest past run time for the largest ``k = 2w - n`` (at most ``n - 1``)
+    of :func:`ends_within`; None when fewer than half of past calls end within a start."""
+    n = len(exec_times)
+    # In whole calls, not 2 x share - 1 in floating point: that product fell a hair short of
+    # an integer, put the boundary one call early, and had maintenance look again at the
+    # same instant forever (a virtual-time hang); the ratio of shares compared with 0.5 fell
+    # either side of it for a call at the boundary.
+    within = round(exec_times.share_at_most(cold_s) * n)  # past calls that took at most a start
+    if 2 * within < n:
+        return None
+    k = min(2 * within - n, n - 1)  # likely to end while at most k took no longer than it ran
+    return exec_times.quantile((k + 0.5) / n)  # the (k+1)-th shortest
 
 
 def reached_before_a_start(
@@ -77,19 +97,13 @@ def reached_before_a_start(
     Also returns how many prefetched calls (``queued``) wait behind agents not counted on
     (their callers need an agent as much as those in the queue), and when the first counted
     agent's call will no longer be likely to end within a start."""
-    share = exec_times.share_at_most(cold_s) if cold_s is not None and exec_times else 0.0
-    if cold_s is None or share < 0.5:
+    outrun = _outrun_s(exec_times, cold_s) if cold_s is not None and exec_times else None
+    if cold_s is None or outrun is None:
         return 0, len(queued), math.inf
-    # A counted call stops being likely to end within a start once it has run past this
-    # (see ends_within): more than 2 x share - 1 of past calls took at most so long.
-    # In whole calls, not 2 x share - 1 in floating point: that product fell a hair short
-    # of an integer, put the boundary one call early, and had maintenance look again at
-    # the same instant forever (a virtual-time hang).
-    n = len(exec_times)
-    within = round(share * n)  # past calls that took at most a start
-    k = min(2 * within - n, n - 1)  # likely to end while at most k took no longer than it ran
-    outrun_s = exec_times.quantile((k + 0.5) / n)  # the (k+1)-th shortest
-    outrun_s = min(cold_s, outrun_s + 2e-9)
+    # A counted call stops being likely to end within a start once it has run past this:
+    # ends_within, for every call of every busy agent, without a function call per call.
+    outrun_s = min(cold_s, outrun + 2e-9)  # when a counted call stops being counted on
+    cold_lim = cold_s - 1e-9
     counted = behind = 0
     soonest = math.inf
     for agent in agents:
@@ -104,17 +118,22 @@ def reached_before_a_start(
             or agent.expires_at < now + cold_s
         ):
             continue
-        leases = agent.leases
-        if any(
-            not lease.owned or not ends_within(exec_times, now - lease.acquired_at, cold_s)
-            for lease in leases
-            if lease not in queued
-        ):
-            continue
-        counted += slots
-        soonest = min(soonest, min(lease.acquired_at for lease in leases) + outrun_s)
-        if queued:
-            behind += sum(1 for lease in leases if lease in queued)
+        first, queued_here = math.inf, 0
+        for lease in agent.leases:
+            at = lease.acquired_at
+            first = min(first, at)
+            if lease in queued:
+                queued_here += 1
+            elif (
+                not lease.owned
+                or (since := now - at) >= cold_lim
+                or max(0.0, since - 1e-9) >= outrun  # ends_within, inline
+            ):
+                break  # held by its caller, or not likely to end within a start
+        else:
+            counted += slots
+            soonest = min(soonest, first + outrun_s)
+            behind += queued_here
     stuck = len(queued) - behind
     if not counted:
         return 0, stuck, math.inf
