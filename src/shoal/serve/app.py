@@ -34,6 +34,7 @@ from shoal.serve.service import Rejected, RunRecord, Service
 try:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, Response, StreamingResponse
     from starlette.routing import Route
@@ -42,6 +43,13 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
     raise BackendError("shoal serve needs the 'serve' extra: pip install 'shoal[serve]'") from exc
 
 _KEEPALIVE_S = 15.0
+MAX_BODY = 16 * 1024 * 1024  # bytes of a run's input; past it POST /runs answers 413
+_YES = ("1", "true", "yes")
+_NO = ("", "0", "false", "no")
+ROUTES = (
+    "POST /runs/{workflow}, GET /runs, GET|DELETE /runs/{id}, GET /pools, GET /events, "
+    "GET /metrics, GET /healthz, GET /readyz, GET /"
+)
 
 
 def create_app(
@@ -86,7 +94,8 @@ def create_app(
         Route("/events", events),
         Route("/metrics", metrics),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    handlers = {HTTPException: http_problem, Exception: internal_problem}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     if token:
         app.add_middleware(BearerAuth, token=token)
     return app
@@ -98,15 +107,54 @@ def _service(request: Request) -> Service:
 
 
 def dumps(data: Any) -> str:
-    return json.dumps(data, default=repr, allow_nan=False, separators=(",", ":"))
+    """``data`` as strict JSON: NaN and the infinities (which Python's JSON reads, and a step
+    may compute) become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``."""
+    try:
+        return json.dumps(data, default=repr, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        return json.dumps(_finite(data), default=repr, allow_nan=False, separators=(",", ":"))
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return "NaN" if math.isnan(data) else "Infinity" if data > 0 else "-Infinity"
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(v) for v in data]
+    return data
 
 
 def reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(dumps(data), status, headers, media_type="application/json")
+    try:
+        text = dumps(data)
+    except (ValueError, RecursionError) as exc:  # e.g. a result nested past the encoder's depth
+        status = 500
+        text = dumps({"error": f"this answer cannot be written as JSON: {exc}"})
+    return Response(text, status, headers, media_type="application/json")
 
 
 def problem(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return reply({"error": message}, status, headers)
+
+
+async def http_problem(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405 (no such route, wrong method) as one-line JSON errors."""
+    assert isinstance(exc, HTTPException)
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        return problem(404, f"no route {where}; this server has: {ROUTES}")
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow", "")
+        return problem(
+            405, f"{where}: wrong method; {request.url.path} takes {allow}", {"Allow": allow}
+        )
+    return problem(exc.status_code, f"{where}: {exc.detail}", dict(exc.headers or {}))
+
+
+async def internal_problem(request: Request, exc: Exception) -> Response:
+    """Any other error still answers one line of JSON (the traceback goes to the server log)."""
+    return problem(500, f"internal error on {request.method} {request.url.path}: {exc!r}")
 
 
 # -- routes ---------------------------------------------------------------------------------
@@ -147,19 +195,20 @@ async def post_run(request: Request) -> Response:
     except KeyError:
         known = ", ".join(sorted(service.targets)) or "none"
         return problem(404, f"no workflow named {name!r}; this server runs: {known}")
-    body = await request.body()
+    wait = request.query_params.get("wait", "").lower()
+    if wait not in _YES + _NO:
+        return problem(400, f"wait={wait!r} is not a flag; use wait=true or wait=false")
+    body = await _read_body(request)
+    if body is None:
+        return problem(
+            413, f"the request body is over {MAX_BODY // 2**20} MiB; send a smaller input"
+        )
     payload: Any = None
     if body.strip():
         try:
             payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            where = (
-                f" at line {exc.lineno} column {exc.colno}"
-                if isinstance(exc, json.JSONDecodeError)
-                else ""
-            )
-            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-            return problem(400, f"the request body is not valid JSON: {msg}{where}")
+        except (ValueError, RecursionError) as exc:
+            return problem(400, f"the request body is not valid JSON: {_json_error(exc)}")
     try:
         record = await service.submit(workflow, payload)
     except Rejected as exc:
@@ -167,10 +216,35 @@ async def post_run(request: Request) -> Response:
         if exc.retry_after is not None:
             headers["Retry-After"] = str(math.ceil(exc.retry_after))
         return problem(exc.status, str(exc), headers)
-    if request.query_params.get("wait", "").lower() not in ("1", "true", "yes"):
+    if wait not in _YES:
         return reply({"id": record.handle.run_id, "status": record.status}, 202)
     await record.done.wait()
     return run_reply(service, record)
+
+
+async def _read_body(request: Request) -> bytes | None:
+    """The body, or None when it is over :data:`MAX_BODY` (then read to its end but not kept,
+    so the client, still sending, reads the answer instead of a reset connection)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= MAX_BODY:
+            chunks.append(chunk)
+    return b"".join(chunks) if size <= MAX_BODY else None
+
+
+def _json_error(exc: BaseException) -> str:
+    fix = "; send the run's input as one JSON document (Content-Type: application/json)"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno} column {exc.colno}{fix}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8{fix}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to parse; flatten the input"
+    if "digits" in str(exc):
+        return "a number has too many digits to parse; send it as a string"
+    return f"{exc}{fix}"
 
 
 async def get_run(request: Request) -> Response:

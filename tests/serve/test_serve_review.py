@@ -1,0 +1,97 @@
+"""A hostile review of ``shoal serve``, against the real server: inputs and answers that used to
+come back as a bare ``500 Internal Server Error`` (or a reset connection), and routes that
+answered in plain text. Every answer here must be JSON with a one-line ``error`` that says
+what was wrong and how to fix it, and the server must keep serving afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.serve.harness import APPS, ServeProcess, serving
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServeProcess]:
+    with serving(str(APPS)) as s:
+        yield s
+
+
+def _error(r: httpx.Response, status: int) -> str:
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    assert r.headers["content-type"].startswith("application/json"), r.text[:300]
+    message: str = r.json()["error"]
+    assert "\n" not in message and "Traceback" not in message, message
+    return message
+
+
+def _still_serving(c: httpx.Client) -> None:
+    r = c.post("/runs/echo?wait=true", json={"value": "after"})
+    assert r.status_code == 200 and r.json()["result"]["echo"] == "after", r.text
+
+
+@pytest.mark.parametrize(
+    ("body", "what"),
+    [
+        (b"1" * 5000, "digits"),  # Python refuses to parse an int this long
+        (b"[" * 100_000 + b"]" * 100_000, "nested"),  # deeper than the parser's recursion
+    ],
+    ids=["huge-integer", "deep-nesting"],
+)
+def test_json_python_cannot_parse_is_a_400(server: ServeProcess, body: bytes, what: str) -> None:
+    with server.client() as c:
+        message = _error(c.post("/runs/echo", content=body), 400)
+        assert "not valid JSON" in message and what in message, message
+        _still_serving(c)
+
+
+def test_a_result_with_nan_or_infinity_is_answered(server: ServeProcess) -> None:
+    # Python's JSON reads NaN, Infinity and 1e400 (a float too big: infinity); strict JSON
+    # cannot write them back. The echo comes back with them as their JavaScript names.
+    with server.client() as c:
+        for text, shown in (("NaN", "NaN"), ("Infinity", "Infinity"), ("-1e400", "-Infinity")):
+            r = c.post("/runs/echo?wait=true", content=f'{{"value": {text}}}'.encode())
+            assert r.status_code == 200, r.text[:300]
+            body: dict[str, Any] = r.json()
+            assert body["status"] == "succeeded" and body["result"]["echo"] == shown
+            again = c.get(f"/runs/{body['id']}")
+            assert again.status_code == 200 and again.json()["result"]["echo"] == shown
+        _still_serving(c)
+
+
+def test_a_body_too_large_is_a_413(server: ServeProcess) -> None:
+    with server.client() as c:
+        huge = b'"' + b"x" * (17 * 1024 * 1024) + b'"'
+        message = _error(c.post("/runs/echo", content=huge), 413)
+        assert "16 MiB" in message, message
+        _still_serving(c)
+
+
+def test_unknown_routes_and_methods_answer_json(server: ServeProcess) -> None:
+    with server.client() as c:
+        message = _error(c.get("/nope"), 404)
+        assert "/nope" in message and "POST /runs/{workflow}" in message, message
+        message = _error(c.get("/runs/a/b"), 404)
+        assert "/runs/a/b" in message, message
+        r = c.put("/runs/echo", json={})
+        message = _error(r, 405)
+        assert "PUT" in message and "POST" in message, message
+        assert "POST" in r.headers["allow"]
+
+
+def test_a_wait_flag_that_is_neither_true_nor_false_is_a_400(server: ServeProcess) -> None:
+    with server.client() as c:
+        message = _error(c.post("/runs/echo?wait=maybe", json={}), 400)
+        assert "wait='maybe'" in message and "wait=true" in message, message
+        assert c.post("/runs/echo?wait=false", json={}).status_code == 202
+        assert c.post("/runs/echo?wait=0", json={}).status_code == 202
+
+
+def test_a_body_that_is_not_json_says_to_send_json(server: ServeProcess) -> None:
+    with server.client() as c:
+        r = c.post("/runs/echo", data={"value": "1"})  # a form, as curl -d key=value sends
+        message = _error(r, 400)
+        assert "not valid JSON" in message and "application/json" in message, message
