@@ -263,10 +263,14 @@ async def delete_run(request: Request) -> Response:
     if run_id not in service.runs:
         return problem(404, f"no run {run_id!r}")
     record = service.runs[run_id]
-    if record.done.is_set():
+    # The runtime's end comes a turn or two before the service's record of it: either one
+    # means there is nothing left to cancel.
+    if record.done.is_set() or record.handle.done:
         return problem(409, f"run {run_id} already ended: {record.handle.status}")
     service.cancel(run_id)
     await record.done.wait()
+    if record.handle.status != "cancelled":  # it ended its own way before the cancel landed
+        return problem(409, f"run {run_id} ended before it could be cancelled: {record.status}")
     return reply(service.run_summary(record))
 
 
