@@ -5,13 +5,16 @@ what was wrong and how to fix it, and the server must keep serving afterwards.""
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.serve.harness import APPS, ServeProcess, serving
+from tests.serve.harness import APPS, DEADLINE_S, ServeProcess, serving, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +98,44 @@ def test_a_body_that_is_not_json_says_to_send_json(server: ServeProcess) -> None
         r = c.post("/runs/echo", data={"value": "1"})  # a form, as curl -d key=value sends
         message = _error(r, 400)
         assert "not valid JSON" in message and "application/json" in message, message
+
+
+def test_a_run_cancelled_says_who_cancelled_it(server: ServeProcess, tmp_path: Path) -> None:
+    with server.client() as c:
+        run_id = c.post("/runs/gated", json={"gate": str(tmp_path / "never")}).json()["id"]
+        wait_for(lambda: c.get(f"/runs/{run_id}").json()["status"] == "running", "the run")
+        assert c.delete(f"/runs/{run_id}").status_code == 200
+        body = c.get(f"/runs/{run_id}").json()
+        assert body["status"] == "cancelled"
+        assert "DELETE /runs/" in body["error"]["message"], body["error"]
+
+
+def test_sigterm_past_the_grace_tells_waiting_clients_to_retry(
+    no_leaked_children: None, tmp_path: Path
+) -> None:
+    """A run still going when the grace runs out is cancelled; the client waiting for it is
+    told the server stopped (503, Retry-After) rather than a bare 409 "CancelledError"."""
+    with serving(str(APPS), "--grace", "1") as s:
+        replies: list[httpx.Response] = []
+
+        def wait_run() -> None:
+            with s.client() as c:
+                replies.append(c.post("/runs/gated?wait=true", json={"gate": str(tmp_path / "no")}))
+
+        client = threading.Thread(target=wait_run)
+        client.start()
+        with s.client() as c:
+            wait_for(
+                lambda: any(r["status"] == "running" for r in c.get("/runs").json()["runs"]),
+                "the run to start",
+            )
+            s.proc.send_signal(signal.SIGTERM)
+        client.join(DEADLINE_S)
+        assert s.proc.wait(DEADLINE_S) == 0, s.output
+    assert len(replies) == 1, s.output
+    r = replies[0]
+    assert r.status_code == 503, r.text
+    assert r.headers["Retry-After"] == "5"
+    body = r.json()
+    assert body["status"] == "cancelled"
+    assert "server stopped" in body["error"]["message"] and "1 s grace" in body["error"]["message"]

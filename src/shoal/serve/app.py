@@ -267,7 +267,7 @@ async def delete_run(request: Request) -> Response:
     # means there is nothing left to cancel.
     if record.done.is_set() or record.handle.done:
         return problem(409, f"run {run_id} already ended: {record.handle.status}")
-    service.cancel(run_id)
+    service.cancel(run_id, f"cancelled by DELETE /runs/{run_id}")
     await record.done.wait()
     if record.handle.status != "cancelled":  # it ended its own way before the cancel landed
         return problem(409, f"run {run_id} ended before it could be cancelled: {record.status}")
@@ -327,6 +327,8 @@ def run_reply(service: Service, record: RunRecord) -> Response:
     _add_outcome(body, record)
     if record.error is None and record.handle.status == "succeeded":
         return reply(body)
+    if record.stopped_server and record.handle.status == "cancelled":
+        return reply(body, 503, {"Retry-After": "5"})  # the server stopped: retry elsewhere
     return reply(body, error_status(record.error))
 
 
@@ -337,6 +339,8 @@ def _add_outcome(body: dict[str, Any], record: RunRecord) -> None:
         body["result"] = record.result
     elif record.error is not None:
         body["error"] = error_view(record.error)
+        if record.cancelled_by is not None and record.handle.status == "cancelled":
+            body["error"]["message"] = record.cancelled_by
 
 
 def error_status(error: BaseException | None) -> int:

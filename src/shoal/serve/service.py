@@ -47,6 +47,8 @@ class RunRecord:
     result: Any = None
     error: BaseException | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled_by: str | None = None  # who cancelled the run, for its error's message
+    stopped_server: bool = False  # cancelled because the server stopped: worth retrying
 
     @property
     def status(self) -> RunStatus:
@@ -157,7 +159,9 @@ class Service:
                 t.cancel()
         cancelled = 0
         for record in self.runs.values():
-            if not record.done.is_set() and record.handle.cancel():
+            why = f"the server stopped and the run did not finish within the {grace:g} s grace"
+            if not record.done.is_set() and self.cancel(record.handle.run_id, why):
+                record.stopped_server = True
                 cancelled += 1
         return cancelled
 
@@ -253,10 +257,13 @@ class Service:
                 self.rt.forget(old)
             self.publish({"type": "run", **self.run_summary(record)})
 
-    def cancel(self, run_id: str) -> RunRecord:
+    def cancel(self, run_id: str, why: str) -> bool:
+        """Cancel run ``run_id`` (``why`` becomes its error's message); False if it had ended."""
         record = self.runs[run_id]
-        record.handle.cancel()
-        return record
+        if record.handle.done or record.cancelled_by is not None:
+            return False
+        record.cancelled_by = why
+        return record.handle.cancel()
 
     def run_summary(self, record: RunRecord) -> dict[str, Any]:
         h = record.handle
