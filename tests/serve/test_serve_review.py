@@ -139,3 +139,28 @@ def test_sigterm_past_the_grace_tells_waiting_clients_to_retry(
     body = r.json()
     assert body["status"] == "cancelled"
     assert "server stopped" in body["error"]["message"] and "1 s grace" in body["error"]["message"]
+
+
+def test_a_waiting_client_that_leaves_does_not_lose_its_run(
+    server: ServeProcess, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    with server.client() as c:
+        before = {r["id"] for r in c.get("/runs").json()["runs"]}
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up; the gate is still shut
+            httpx.post(
+                f"{server.url}/runs/gated?wait=true",
+                json={"gate": str(gate), "value": "kept"},
+                timeout=httpx.Timeout(DEADLINE_S, read=1.0),
+            )
+        (run,) = wait_for(  # (on a busy machine the server may see the request late)
+            lambda: [r for r in c.get("/runs").json()["runs"] if r["id"] not in before],
+            "the abandoned run to be recorded",
+        )
+        gate.touch()
+        body = wait_for(
+            lambda: (b := c.get(f"/runs/{run['id']}").json())["status"] == "succeeded" and b,
+            "the abandoned run to finish",
+        )
+        assert body["result"] == "kept"
+        _still_serving(c)

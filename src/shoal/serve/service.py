@@ -113,6 +113,7 @@ class Service:
         self.warm_error: BaseException | None = None
         self._warming: asyncio.Task[None] | None = None
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._feed_closed = False
         self._tally: EventTally = self.metrics.tally
         self._seen_progress: dict[str, tuple[Any, ...]] = {}
         self._watcher: asyncio.Task[None] | None = None
@@ -166,7 +167,9 @@ class Service:
         return cancelled
 
     def close_feed(self) -> None:
-        """End every ``/events`` stream (so a stopping server is not held open by them)."""
+        """End every ``/events`` stream (so a stopping server is not held open by them), and
+        any that starts after this at once."""
+        self._feed_closed = True
         for queue in list(self._subscribers):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
@@ -320,7 +323,10 @@ class Service:
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any] | None]]:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(_SUBSCRIBER_BACKLOG)
-        self._subscribers.add(queue)
+        if self._feed_closed:
+            queue.put_nowait(None)
+        else:
+            self._subscribers.add(queue)
         try:
             yield queue
         finally:
