@@ -164,3 +164,14 @@ def test_a_waiting_client_that_leaves_does_not_lose_its_run(
         )
         assert body["result"] == "kept"
         _still_serving(c)
+
+
+def test_a_result_with_keys_json_cannot_hold_is_answered(server: ServeProcess) -> None:
+    with server.client() as c:
+        r = c.post("/runs/odd?wait=true", json={"kind": "keys"})
+        assert r.status_code == 200, r.text[:300]
+        assert r.json()["result"] == {"(1, 2)": "pair", "nan": "NaN"}
+        again = c.get(f"/runs/{r.json()['id']}")
+        assert again.status_code == 200 and again.json()["result"]["(1, 2)"] == "pair"
+        r = c.post("/runs/odd?wait=true", json={})
+        assert r.status_code == 200 and r.json()["result"] == {"set": "{3}"}, r.text[:300]

@@ -107,28 +107,36 @@ def _service(request: Request) -> Service:
 
 
 def dumps(data: Any) -> str:
-    """``data`` as strict JSON: NaN and the infinities (which Python's JSON reads, and a step
-    may compute) become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``."""
+    """``data`` as strict JSON. What JSON cannot hold as it is (a step's result may hold
+    anything) is written as text: NaN and the infinities (which Python's JSON also reads) as
+    ``"NaN"``, ``"Infinity"``, ``"-Infinity"``; keys that are not strings by their ``repr``;
+    other objects by their ``repr``."""
     try:
         return json.dumps(data, default=repr, allow_nan=False, separators=(",", ":"))
-    except ValueError:
-        return json.dumps(_finite(data), default=repr, allow_nan=False, separators=(",", ":"))
+    except (ValueError, TypeError):
+        return json.dumps(_jsonable(data), default=repr, allow_nan=False, separators=(",", ":"))
 
 
-def _finite(data: Any) -> Any:
+def _jsonable(data: Any) -> Any:
     if isinstance(data, float) and not math.isfinite(data):
         return "NaN" if math.isnan(data) else "Infinity" if data > 0 else "-Infinity"
     if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
+        return {_key(k): _jsonable(v) for k, v in data.items()}
     if isinstance(data, list | tuple):
-        return [_finite(v) for v in data]
+        return [_jsonable(v) for v in data]
     return data
+
+
+def _key(key: Any) -> Any:
+    if isinstance(key, float) and not math.isfinite(key):
+        return _jsonable(key)
+    return key if isinstance(key, str | int | float | bool | None) else repr(key)
 
 
 def reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     try:
         text = dumps(data)
-    except (ValueError, RecursionError) as exc:  # e.g. a result nested past the encoder's depth
+    except (ValueError, TypeError, RecursionError) as exc:  # e.g. nested past the encoder's depth
         status = 500
         text = dumps({"error": f"this answer cannot be written as JSON: {exc}"})
     return Response(text, status, headers, media_type="application/json")
