@@ -85,12 +85,15 @@ def test_unknown_routes_and_methods_answer_json(server: ServeProcess) -> None:
         assert "POST" in r.headers["allow"]
 
 
-def test_a_wait_flag_that_is_neither_true_nor_false_is_a_400(server: ServeProcess) -> None:
+def test_a_flag_that_is_neither_true_nor_false_is_a_400(server: ServeProcess) -> None:
     with server.client() as c:
         message = _error(c.post("/runs/echo?wait=maybe", json={}), 400)
         assert "wait='maybe'" in message and "wait=true" in message, message
         assert c.post("/runs/echo?wait=false", json={}).status_code == 202
         assert c.post("/runs/echo?wait=0", json={}).status_code == 202
+        message = _error(c.get("/pools?history=maybe"), 400)
+        assert "history='maybe'" in message and "history=true" in message, message
+        assert "history" in c.get("/pools?history=1").json()["pools"][0]
 
 
 def test_a_body_that_is_not_json_says_to_send_json(server: ServeProcess) -> None:

@@ -284,7 +284,10 @@ async def delete_run(request: Request) -> Response:
 
 async def pools(request: Request) -> Response:
     service = _service(request)
-    history = request.query_params.get("history", "").lower() in ("1", "true", "yes")
+    flag = request.query_params.get("history", "").lower()
+    if flag not in _YES + _NO:
+        return problem(400, f"history={flag!r} is not a flag; use history=true or history=false")
+    history = flag in _YES
     return reply(
         {
             "ready": service.ready(),
