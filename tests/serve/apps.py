@@ -44,3 +44,14 @@ class Gated:
         while not os.path.exists(request["gate"]):  # noqa: ASYNC110, ASYNC240
             await asyncio.sleep(0.01)
         return str(request.get("value"))
+
+
+@workflow(name="odd", pool_config={"min_size": 0, "max_size": 1})
+class Odd:
+    """Returns what JSON cannot hold as it is: keys that are not strings, a set."""
+
+    @step()
+    async def make(self, ctx: Context, request: dict[str, Any]) -> Any:
+        if request.get("kind") == "keys":
+            return {(1, 2): "pair", "nan": float("nan")}
+        return {"set": {3}}

@@ -34,6 +34,7 @@ from shoal.serve.service import Rejected, RunRecord, Service
 try:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, Response, StreamingResponse
     from starlette.routing import Route
@@ -42,6 +43,13 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
     raise BackendError("shoal serve needs the 'serve' extra: pip install 'shoal[serve]'") from exc
 
 _KEEPALIVE_S = 15.0
+MAX_BODY = 16 * 1024 * 1024  # bytes of a run's input; past it POST /runs answers 413
+_YES = ("1", "true", "yes")
+_NO = ("", "0", "false", "no")
+ROUTES = (
+    "POST /runs/{workflow}, GET /runs, GET|DELETE /runs/{id}, GET /pools, GET /events, "
+    "GET /metrics, GET /healthz, GET /readyz, GET /"
+)
 
 
 def create_app(
@@ -86,7 +94,8 @@ def create_app(
         Route("/events", events),
         Route("/metrics", metrics),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    handlers = {HTTPException: http_problem, Exception: internal_problem}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     if token:
         app.add_middleware(BearerAuth, token=token)
     return app
@@ -98,15 +107,62 @@ def _service(request: Request) -> Service:
 
 
 def dumps(data: Any) -> str:
-    return json.dumps(data, default=repr, allow_nan=False, separators=(",", ":"))
+    """``data`` as strict JSON. What JSON cannot hold as it is (a step's result may hold
+    anything) is written as text: NaN and the infinities (which Python's JSON also reads) as
+    ``"NaN"``, ``"Infinity"``, ``"-Infinity"``; keys that are not strings by their ``repr``;
+    other objects by their ``repr``."""
+    try:
+        return json.dumps(data, default=repr, allow_nan=False, separators=(",", ":"))
+    except (ValueError, TypeError):
+        return json.dumps(_jsonable(data), default=repr, allow_nan=False, separators=(",", ":"))
+
+
+def _jsonable(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return "NaN" if math.isnan(data) else "Infinity" if data > 0 else "-Infinity"
+    if isinstance(data, dict):
+        return {_key(k): _jsonable(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_jsonable(v) for v in data]
+    return data
+
+
+def _key(key: Any) -> Any:
+    if isinstance(key, float) and not math.isfinite(key):
+        return _jsonable(key)
+    return key if isinstance(key, str | int | float | bool | None) else repr(key)
 
 
 def reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(dumps(data), status, headers, media_type="application/json")
+    try:
+        text = dumps(data)
+    except (ValueError, TypeError, RecursionError) as exc:  # e.g. nested past the encoder's depth
+        status = 500
+        text = dumps({"error": f"this answer cannot be written as JSON: {exc}"})
+    return Response(text, status, headers, media_type="application/json")
 
 
 def problem(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return reply({"error": message}, status, headers)
+
+
+async def http_problem(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405 (no such route, wrong method) as one-line JSON errors."""
+    assert isinstance(exc, HTTPException)
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        return problem(404, f"no route {where}; this server has: {ROUTES}")
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow", "")
+        return problem(
+            405, f"{where}: wrong method; {request.url.path} takes {allow}", {"Allow": allow}
+        )
+    return problem(exc.status_code, f"{where}: {exc.detail}", dict(exc.headers or {}))
+
+
+async def internal_problem(request: Request, exc: Exception) -> Response:
+    """Any other error still answers one line of JSON (the traceback goes to the server log)."""
+    return problem(500, f"internal error on {request.method} {request.url.path}: {exc!r}")
 
 
 # -- routes ---------------------------------------------------------------------------------
@@ -147,19 +203,20 @@ async def post_run(request: Request) -> Response:
     except KeyError:
         known = ", ".join(sorted(service.targets)) or "none"
         return problem(404, f"no workflow named {name!r}; this server runs: {known}")
-    body = await request.body()
+    wait = request.query_params.get("wait", "").lower()
+    if wait not in _YES + _NO:
+        return problem(400, f"wait={wait!r} is not a flag; use wait=true or wait=false")
+    body = await _read_body(request)
+    if body is None:
+        return problem(
+            413, f"the request body is over {MAX_BODY // 2**20} MiB; send a smaller input"
+        )
     payload: Any = None
     if body.strip():
         try:
             payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            where = (
-                f" at line {exc.lineno} column {exc.colno}"
-                if isinstance(exc, json.JSONDecodeError)
-                else ""
-            )
-            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-            return problem(400, f"the request body is not valid JSON: {msg}{where}")
+        except (ValueError, RecursionError) as exc:
+            return problem(400, f"the request body is not valid JSON: {_json_error(exc)}")
     try:
         record = await service.submit(workflow, payload)
     except Rejected as exc:
@@ -167,10 +224,35 @@ async def post_run(request: Request) -> Response:
         if exc.retry_after is not None:
             headers["Retry-After"] = str(math.ceil(exc.retry_after))
         return problem(exc.status, str(exc), headers)
-    if request.query_params.get("wait", "").lower() not in ("1", "true", "yes"):
+    if wait not in _YES:
         return reply({"id": record.handle.run_id, "status": record.status}, 202)
     await record.done.wait()
     return run_reply(service, record)
+
+
+async def _read_body(request: Request) -> bytes | None:
+    """The body, or None when it is over :data:`MAX_BODY` (then read to its end but not kept,
+    so the client, still sending, reads the answer instead of a reset connection)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= MAX_BODY:
+            chunks.append(chunk)
+    return b"".join(chunks) if size <= MAX_BODY else None
+
+
+def _json_error(exc: BaseException) -> str:
+    fix = "; send the run's input as one JSON document (Content-Type: application/json)"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno} column {exc.colno}{fix}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8{fix}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to parse; flatten the input"
+    if "digits" in str(exc):
+        return "a number has too many digits to parse; send it as a string"
+    return f"{exc}{fix}"
 
 
 async def get_run(request: Request) -> Response:
@@ -189,16 +271,23 @@ async def delete_run(request: Request) -> Response:
     if run_id not in service.runs:
         return problem(404, f"no run {run_id!r}")
     record = service.runs[run_id]
-    if record.done.is_set():
+    # The runtime's end comes a turn or two before the service's record of it: either one
+    # means there is nothing left to cancel.
+    if record.done.is_set() or record.handle.done:
         return problem(409, f"run {run_id} already ended: {record.handle.status}")
-    service.cancel(run_id)
+    service.cancel(run_id, f"cancelled by DELETE /runs/{run_id}")
     await record.done.wait()
+    if record.handle.status != "cancelled":  # it ended its own way before the cancel landed
+        return problem(409, f"run {run_id} ended before it could be cancelled: {record.status}")
     return reply(service.run_summary(record))
 
 
 async def pools(request: Request) -> Response:
     service = _service(request)
-    history = request.query_params.get("history", "").lower() in ("1", "true", "yes")
+    flag = request.query_params.get("history", "").lower()
+    if flag not in _YES + _NO:
+        return problem(400, f"history={flag!r} is not a flag; use history=true or history=false")
+    history = flag in _YES
     return reply(
         {
             "ready": service.ready(),
@@ -249,6 +338,8 @@ def run_reply(service: Service, record: RunRecord) -> Response:
     _add_outcome(body, record)
     if record.error is None and record.handle.status == "succeeded":
         return reply(body)
+    if record.stopped_server and record.handle.status == "cancelled":
+        return reply(body, 503, {"Retry-After": "5"})  # the server stopped: retry elsewhere
     return reply(body, error_status(record.error))
 
 
@@ -259,6 +350,8 @@ def _add_outcome(body: dict[str, Any], record: RunRecord) -> None:
         body["result"] = record.result
     elif record.error is not None:
         body["error"] = error_view(record.error)
+        if record.cancelled_by is not None and record.handle.status == "cancelled":
+            body["error"]["message"] = record.cancelled_by
 
 
 def error_status(error: BaseException | None) -> int:

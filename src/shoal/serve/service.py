@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import pickle
+import sys
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from shoal.workflow.spec import WorkflowSpec, spec_of
 _HISTORY = 600  # samples per pool kept for the dashboard's chart (5 min at 0.5 s)
 _RECENT_RUNS = 200  # finished runs listed by /pools and the dashboard
 _KEEP_RUNS = 10_000  # finished runs still answerable by GET /runs/{id}
+_KEEP_BYTES = 256 * 2**20  # ... and at most this many bytes of their results (the newest: any)
 _SUBSCRIBER_BACKLOG = 1_000  # messages a slow /events client may fall behind before it is cut
 
 
@@ -47,6 +50,9 @@ class RunRecord:
     result: Any = None
     error: BaseException | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    size: int = 0  # bytes of its result, as pickled (what the service keeps it for)
+    cancelled_by: str | None = None  # who cancelled the run, for its error's message
+    stopped_server: bool = False  # cancelled because the server stopped: worth retrying
 
     @property
     def status(self) -> RunStatus:
@@ -104,6 +110,7 @@ class Service:
         self.first_pool: dict[str, str] = {}
         self.in_flight: Counter[str] = Counter()
         self.finished: deque[str] = deque()
+        self.kept_bytes = 0  # the sizes of the finished runs' results
         self.history: dict[str, deque[dict[str, Any]]] = {}
         self.timeline: dict[str, deque[dict[str, Any]]] = {}
         self.draining = False
@@ -111,6 +118,7 @@ class Service:
         self.warm_error: BaseException | None = None
         self._warming: asyncio.Task[None] | None = None
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._feed_closed = False
         self._tally: EventTally = self.metrics.tally
         self._seen_progress: dict[str, tuple[Any, ...]] = {}
         self._watcher: asyncio.Task[None] | None = None
@@ -157,12 +165,16 @@ class Service:
                 t.cancel()
         cancelled = 0
         for record in self.runs.values():
-            if not record.done.is_set() and record.handle.cancel():
+            why = f"the server stopped and the run did not finish within the {grace:g} s grace"
+            if not record.done.is_set() and self.cancel(record.handle.run_id, why):
+                record.stopped_server = True
                 cancelled += 1
         return cancelled
 
     def close_feed(self) -> None:
-        """End every ``/events`` stream (so a stopping server is not held open by them)."""
+        """End every ``/events`` stream (so a stopping server is not held open by them), and
+        any that starts after this at once."""
+        self._feed_closed = True
         for queue in list(self._subscribers):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
@@ -246,17 +258,25 @@ class Service:
             record.done.set()
             self.in_flight[handle.workflow] -= 1
             self.metrics.observe_run(handle, record.submitted)
+            record.size = _size_of(record.result)
+            self.kept_bytes += record.size
             self.finished.append(handle.run_id)
-            while len(self.finished) > _KEEP_RUNS:
+            while len(self.finished) > _KEEP_RUNS or (
+                self.kept_bytes > _KEEP_BYTES and len(self.finished) > 1
+            ):
                 old = self.finished.popleft()
-                self.runs.pop(old, None)
+                gone = self.runs.pop(old, None)
+                self.kept_bytes -= 0 if gone is None else gone.size
                 self.rt.forget(old)
             self.publish({"type": "run", **self.run_summary(record)})
 
-    def cancel(self, run_id: str) -> RunRecord:
+    def cancel(self, run_id: str, why: str) -> bool:
+        """Cancel run ``run_id`` (``why`` becomes its error's message); False if it had ended."""
         record = self.runs[run_id]
-        record.handle.cancel()
-        return record
+        if record.handle.done or record.cancelled_by is not None:
+            return False
+        record.cancelled_by = why
+        return record.handle.cancel()
 
     def run_summary(self, record: RunRecord) -> dict[str, Any]:
         h = record.handle
@@ -313,7 +333,10 @@ class Service:
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any] | None]]:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(_SUBSCRIBER_BACKLOG)
-        self._subscribers.add(queue)
+        if self._feed_closed:
+            queue.put_nowait(None)
+        else:
+            self._subscribers.add(queue)
         try:
             yield queue
         finally:
@@ -358,6 +381,17 @@ class Service:
             k for k in self._seen_progress if k not in self.runs or self.runs[k].done.is_set()
         ]:
             del self._seen_progress[run_id]
+
+
+def _size_of(result: Any) -> int:
+    """About how many bytes ``result`` holds: its pickle's length (it crossed from an agent
+    pickled), or the shallow size of one that does not pickle."""
+    if result is None:
+        return 0
+    try:
+        return len(pickle.dumps(result, pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        return sys.getsizeof(result)
 
 
 def agent_view(agent: PooledAgent, now: float) -> dict[str, Any]:
