@@ -172,6 +172,10 @@ class PoolState:
         self.wake_at = float("inf")
         self._no_room = False  # the backend said the cluster has no room; said once per episode
         self._watching_calls = False  # the next wake-up comes soon enough to check liveness
+        # Whether maintenance wakes to watch calls' liveness (heartbeat_timeout): the shell
+        # clears it when no backend of the pool reports liveness (the simulator's), since
+        # nothing would be read at those wake-ups.
+        self.watch_liveness = config.heartbeat_timeout is not None
         # Where agents live, what they cost, which placements to avoid (pool/placing.py).
         self.placer = Placer(
             config.placements or (Placement(),),
@@ -466,7 +470,7 @@ class PoolState:
                     self._pump(now)
         agent.calls += 1
         self.metrics.requests_active += 1
-        if not self._watching_calls and self.config.heartbeat_timeout is not None:
+        if not self._watching_calls and self._wakes_while_busy():
             # Maintenance sleeps as if nothing ran: wake it to watch this call's liveness.
             self._watching_calls = True
             self.poke = True
@@ -792,6 +796,14 @@ class PoolState:
         self._pump(now)
         return min(deadline, self._next_deadline(now))
 
+    def _wakes_while_busy(self) -> bool:
+        """Whether maintenance wakes every heartbeat_timeout / 4 while calls run: to read
+        their liveness, and, with several placements, to move agents between them on the
+        same ticks as ever (a pool without liveness reports has no other reason to)."""
+        if self.config.heartbeat_timeout is None:
+            return False
+        return self.watch_liveness or self._multi or self.placer.prefer_spot
+
     def _next_deadline(self, now: float) -> float:
         cfg = self.config
         deadline = float("inf")
@@ -823,7 +835,7 @@ class PoolState:
                 if due is not None and agent.state is BUSY and not agent.preempted:
                     deadline = min(deadline, max(due, now))
         self._watching_calls = bool(self.counts[BUSY])
-        if cfg.heartbeat_timeout is not None and self._watching_calls:
+        if self._watching_calls and cfg.heartbeat_timeout is not None and self._wakes_while_busy():
             deadline = min(deadline, now + max(0.05, cfg.heartbeat_timeout / 4))
         return deadline
 
@@ -1183,7 +1195,7 @@ class PoolState:
         )
 
     def _push_idle(self, agent: PooledAgent) -> None:
-        if not self.idle or agent.expires_at < self.wake_at:
+        if self._idle_deadline(agent, not self.idle) < self.wake_at:
             self.poke = True  # a deadline earlier than the one maintenance sleeps until
         self.idle.append(agent)
 
@@ -1193,9 +1205,23 @@ class PoolState:
         i = len(idle)
         while i and idle[i - 1].last_used > agent.last_used:
             i -= 1
-        if not idle:
+        if not idle and self._idle_deadline(agent, True) < self.wake_at:
             self.poke = True
         idle.insert(i, agent)
+
+    def _idle_deadline(self, agent: PooledAgent, first: bool) -> float:
+        """The earliest deadline that ``agent``, about to become idle, adds to maintenance's
+        (see _next_deadline): its lifetime, its next health check, and its idle timeout if it
+        is to head the idle list. Maintenance is woken only when that comes before the time
+        it sleeps until: most agents freed by a call are due nothing sooner (a wake-up for
+        each would cost the simulator a tick per request)."""
+        cfg = self.config
+        at = min(agent.expires_at, agent.last_checked + cfg.health_check_interval)
+        if first:
+            if self._multi or self.placer.prefer_spot or self.doomed:
+                return -math.inf  # a tick may move agents between placements: wake it
+            at = min(at, agent.last_used + cfg.idle_timeout)
+        return at
 
     def _retire(self, agent: PooledAgent, reason: str, now: float, *, kill: bool = False) -> None:
         """Take an idle, checking or busy agent out of service; the shell stops it."""
