@@ -15,16 +15,16 @@ import asyncio
 from typing import Any
 
 
-class _Handle:
-    exit_code: int | None = None
-
-
 from shoal import AgentPool
 from shoal.backends import FakeBackend
 from shoal.clock import run_virtual
 from shoal.config import PoolConfig
 from shoal.pool.state import PoolState
 from shoal.sim.backend import SimBackend, serve
+
+
+class _Handle:
+    exit_code: int | None = None
 
 
 def _count_ticks(pool: AgentPool) -> list[float]:
