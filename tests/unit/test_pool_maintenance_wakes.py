@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-
 from shoal import AgentPool
 from shoal.backends import FakeBackend
 from shoal.clock import run_virtual
