@@ -18,7 +18,7 @@ from shoal import AgentPool
 from shoal.backends import FakeBackend
 from shoal.clock import run_virtual
 from shoal.config import PoolConfig
-from shoal.pool.state import PoolState
+from shoal.pool.state import PoolState, Start
 from shoal.sim.backend import SimBackend, serve
 
 
@@ -48,6 +48,7 @@ def test_an_agent_freed_into_an_empty_idle_list_pokes_only_for_an_earlier_deadli
     st.open(0.0)
     (start,) = st.actions
     st.actions.clear()
+    assert isinstance(start, Start)
     st.agent_started(start.agent, _Handle(), 0.0)
     st.actions.clear()
     lease = st.request(1.0, owned=True)
