@@ -178,10 +178,11 @@ class Window:
             self._sum_age = 0
             return
         shadow, ordered = self._shadow, self._sorted
+        copysign = math.copysign
         added = 0.0
         for i in range(len(recent) - new, len(recent)):
             value = recent[i]
-            if not value and self._plain_zeros and _negative_zero(value):
+            if not value and self._plain_zeros and copysign(1.0, value) < 0.0:  # a -0.0
                 self._plain_zeros = False
             if len(shadow) >= size:
                 old = shadow.popleft()

@@ -1195,9 +1195,15 @@ class PoolState:
         )
 
     def _push_idle(self, agent: PooledAgent) -> None:
-        if self._idle_deadline(agent, not self.idle) < self.wake_at:
+        idle = self.idle
+        if idle:
+            # Behind agents checked and used no later than it: only its lifetime can be due
+            # before the time maintenance sleeps until.
+            if agent.expires_at < self.wake_at:
+                self.poke = True
+        elif self._idle_deadline(agent) < self.wake_at:
             self.poke = True  # a deadline earlier than the one maintenance sleeps until
-        self.idle.append(agent)
+        idle.append(agent)
 
     def _reinsert_idle(self, agent: PooledAgent) -> None:
         """Put an agent back among the idle ones, keeping them ordered by last use."""
@@ -1205,23 +1211,24 @@ class PoolState:
         i = len(idle)
         while i and idle[i - 1].last_used > agent.last_used:
             i -= 1
-        if not idle and self._idle_deadline(agent, True) < self.wake_at:
+        if not idle and self._idle_deadline(agent) < self.wake_at:
             self.poke = True
         idle.insert(i, agent)
 
-    def _idle_deadline(self, agent: PooledAgent, first: bool) -> float:
-        """The earliest deadline that ``agent``, about to become idle, adds to maintenance's
-        (see _next_deadline): its lifetime, its next health check, and its idle timeout if it
-        is to head the idle list. Maintenance is woken only when that comes before the time
-        it sleeps until: most agents freed by a call are due nothing sooner (a wake-up for
-        each would cost the simulator a tick per request)."""
+    def _idle_deadline(self, agent: PooledAgent) -> float:
+        """The earliest deadline that ``agent``, about to become the only idle one, adds to
+        maintenance's (see _next_deadline): its lifetime, its next health check, its idle
+        timeout. Maintenance is woken only when that comes before the time it sleeps until:
+        most agents freed by a call are due nothing sooner (a wake-up for each would cost the
+        simulator a maintenance pass per request)."""
+        if self._multi or self.placer.prefer_spot or self.doomed:
+            return -math.inf  # a pass may move agents between placements: wake it as ever
         cfg = self.config
-        at = min(agent.expires_at, agent.last_checked + cfg.health_check_interval)
-        if first:
-            if self._multi or self.placer.prefer_spot or self.doomed:
-                return -math.inf  # a tick may move agents between placements: wake it
-            at = min(at, agent.last_used + cfg.idle_timeout)
-        return at
+        return min(
+            agent.expires_at,
+            agent.last_checked + cfg.health_check_interval,
+            agent.last_used + cfg.idle_timeout,
+        )
 
     def _retire(self, agent: PooledAgent, reason: str, now: float, *, kill: bool = False) -> None:
         """Take an idle, checking or busy agent out of service; the shell stops it."""
