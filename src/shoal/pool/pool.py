@@ -173,8 +173,6 @@ class AgentPool:
                 self._memory[site.name] = b
             if isinstance(b, Pipelines):
                 self._pipelines[site.name] = b
-        if not self._liveness:
-            self._state.watch_liveness = False  # no heartbeat to read: no wake-ups for it
         self._clock = clock or LoopClock()
         self._now: Callable[[], float] = self._clock.now
         # Prefetch needs every placement's agents to take calls in order and give them back.

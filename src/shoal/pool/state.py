@@ -172,10 +172,6 @@ class PoolState:
         self.wake_at = float("inf")
         self._no_room = False  # the backend said the cluster has no room; said once per episode
         self._watching_calls = False  # the next wake-up comes soon enough to check liveness
-        # Whether maintenance wakes to watch calls' liveness (heartbeat_timeout): the shell
-        # clears it when no backend of the pool reports liveness (the simulator's), since
-        # nothing would be read at those wake-ups.
-        self.watch_liveness = config.heartbeat_timeout is not None
         # Where agents live, what they cost, which placements to avoid (pool/placing.py).
         self.placer = Placer(
             config.placements or (Placement(),),
@@ -470,7 +466,7 @@ class PoolState:
                     self._pump(now)
         agent.calls += 1
         self.metrics.requests_active += 1
-        if not self._watching_calls and self._wakes_while_busy():
+        if not self._watching_calls and self.config.heartbeat_timeout is not None:
             # Maintenance sleeps as if nothing ran: wake it to watch this call's liveness.
             self._watching_calls = True
             self.poke = True
@@ -796,14 +792,6 @@ class PoolState:
         self._pump(now)
         return min(deadline, self._next_deadline(now))
 
-    def _wakes_while_busy(self) -> bool:
-        """Whether maintenance wakes every heartbeat_timeout / 4 while calls run: to read
-        their liveness, and, with several placements, to move agents between them on the
-        same ticks as ever (a pool without liveness reports has no other reason to)."""
-        if self.config.heartbeat_timeout is None:
-            return False
-        return self.watch_liveness or self._multi or self.placer.prefer_spot
-
     def _next_deadline(self, now: float) -> float:
         cfg = self.config
         deadline = float("inf")
@@ -835,7 +823,7 @@ class PoolState:
                 if due is not None and agent.state is BUSY and not agent.preempted:
                     deadline = min(deadline, max(due, now))
         self._watching_calls = bool(self.counts[BUSY])
-        if self._watching_calls and cfg.heartbeat_timeout is not None and self._wakes_while_busy():
+        if cfg.heartbeat_timeout is not None and self._watching_calls:
             deadline = min(deadline, now + max(0.05, cfg.heartbeat_timeout / 4))
         return deadline
 
@@ -1195,15 +1183,9 @@ class PoolState:
         )
 
     def _push_idle(self, agent: PooledAgent) -> None:
-        idle = self.idle
-        if idle:
-            # Behind agents checked and used no later than it: only its lifetime can be due
-            # before the time maintenance sleeps until.
-            if agent.expires_at < self.wake_at:
-                self.poke = True
-        elif self._idle_deadline(agent) < self.wake_at:
+        if not self.idle or agent.expires_at < self.wake_at:
             self.poke = True  # a deadline earlier than the one maintenance sleeps until
-        idle.append(agent)
+        self.idle.append(agent)
 
     def _reinsert_idle(self, agent: PooledAgent) -> None:
         """Put an agent back among the idle ones, keeping them ordered by last use."""
@@ -1211,24 +1193,9 @@ class PoolState:
         i = len(idle)
         while i and idle[i - 1].last_used > agent.last_used:
             i -= 1
-        if not idle and self._idle_deadline(agent) < self.wake_at:
+        if not idle:
             self.poke = True
         idle.insert(i, agent)
-
-    def _idle_deadline(self, agent: PooledAgent) -> float:
-        """The earliest deadline that ``agent``, about to become the only idle one, adds to
-        maintenance's (see _next_deadline): its lifetime, its next health check, its idle
-        timeout. Maintenance is woken only when that comes before the time it sleeps until:
-        most agents freed by a call are due nothing sooner (a wake-up for each would cost the
-        simulator a maintenance pass per request)."""
-        if self._multi or self.placer.prefer_spot or self.doomed:
-            return -math.inf  # a pass may move agents between placements: wake it as ever
-        cfg = self.config
-        return min(
-            agent.expires_at,
-            agent.last_checked + cfg.health_check_interval,
-            agent.last_used + cfg.idle_timeout,
-        )
 
     def _retire(self, agent: PooledAgent, reason: str, now: float, *, kill: bool = False) -> None:
         """Take an idle, checking or busy agent out of service; the shell stops it."""
