@@ -53,3 +53,24 @@ def test_rate_counter_keeps_its_running_total_in_step_with_the_buckets() -> None
     # the last minute: 59 full buckets in the window, plus the current one
     assert counter.rate(199.5) == pytest.approx(2 * 60 / 60)
     assert counter.rate(1000.0) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_repeated_values_and_signed_zeros_keep_the_sorted_window_exact(seed: int) -> None:
+    """A sample that replaces an equal one leaves the sorted list alone (most waits are 0.0);
+    the list must still be, float for float, the one the window's insert-and-remove builds,
+    zeros of either sign included once a -0.0 has come in."""
+    rng = random.Random(seed)
+    window = Window(64)
+    kept: list[float] = []
+    values = [0.0, 0.0, 0.0, 1.5, 2.0, -1.0] + ([-0.0] if seed % 2 else [])
+    for _ in range(60):
+        for _ in range(rng.choice([1, 2, 5, 15])):
+            value = rng.choice(values)
+            window.append(value)
+            kept = [*kept, value][-64:]
+        ranks = [window.quantile((k + 0.5) / len(kept)) for k in range(len(kept))]
+        assert ranks == sorted(kept)
+        if seed % 2 == 0:  # no -0.0 came in: every zero is +0.0
+            assert all(math.copysign(1.0, r) > 0 for r in ranks if r == 0.0)
+        assert window.mean() == pytest.approx(math.fsum(kept) / len(kept), abs=1e-12)

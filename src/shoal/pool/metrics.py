@@ -127,7 +127,17 @@ class Window:
     of the whole window: long, quiet traces no longer pay per tick.
     """
 
-    __slots__ = ("_added", "_recent", "_shadow", "_size", "_sorted", "_sum", "_sum_age", "_synced")
+    __slots__ = (
+        "_added",
+        "_plain_zeros",
+        "_recent",
+        "_shadow",
+        "_size",
+        "_sorted",
+        "_sum",
+        "_sum_age",
+        "_synced",
+    )
 
     def __init__(self, size: int = _SAMPLES) -> None:
         self._size = size
@@ -138,6 +148,7 @@ class Window:
         self._sorted: list[float] = []
         self._sum = 0.0
         self._sum_age = 0  # samples folded into _sum since it was last summed afresh
+        self._plain_zeros = True  # no -0.0 has come into the sorted list
 
     def append(self, value: float) -> None:
         self._recent.append(value)
@@ -157,18 +168,34 @@ class Window:
         recent, size = self._recent, self._size
         if new * 4 >= size or self._sum_age + new >= size:
             self._shadow = deque(recent)
-            self._sorted = sorted(recent)
+            self._sorted = ordered = sorted(recent)
+            if self._plain_zeros:
+                zeros = ordered[
+                    bisect.bisect_left(ordered, 0.0) : bisect.bisect_right(ordered, 0.0)
+                ]
+                self._plain_zeros = not any(map(_negative_zero, zeros))
             self._sum = math.fsum(recent)
             self._sum_age = 0
             return
         shadow, ordered = self._shadow, self._sorted
+        copysign = math.copysign
         added = 0.0
         for i in range(len(recent) - new, len(recent)):
             value = recent[i]
+            if not value and self._plain_zeros and copysign(1.0, value) < 0.0:  # a -0.0
+                self._plain_zeros = False
             if len(shadow) >= size:
                 old = shadow.popleft()
-                del ordered[bisect.bisect_left(ordered, old)]
                 added -= old
+                if old == value and (old or self._plain_zeros):
+                    # The sample it replaces has the same value (most waits are 0.0): taking
+                    # the first of its equals out and putting it after the last leaves the
+                    # sorted list as it was, so skip the two moves of its tail. (Not once a
+                    # -0.0 came in: then a run of zeros may hold two different floats.)
+                    shadow.append(value)
+                    added += value
+                    continue
+                del ordered[bisect.bisect_left(ordered, old)]
             shadow.append(value)
             bisect.insort(ordered, value)
             added += value
@@ -194,6 +221,10 @@ class Window:
             return 0.0
         rank = max(1, math.ceil(q * len(ordered)))
         return ordered[rank - 1]
+
+
+def _negative_zero(x: float) -> bool:
+    return x == 0.0 and math.copysign(1.0, x) < 0.0
 
 
 class MetricsRecorder:

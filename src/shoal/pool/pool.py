@@ -982,14 +982,29 @@ class AgentPool:
                         seconds = liveness.unresponsive_for(agent.handle, now)
                         st.unresponsive(agent, seconds, now)
             deadline = st.tick(now)
-            self._wake = loop.create_future()
+            wake: asyncio.Future[None] = loop.create_future()
+            self._wake = wake
             st.wake_at = deadline
             self._flush()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, deadline - now)):
-                    await self._wake
+            # One timer that sets the wake future (what asyncio.timeout did, without a
+            # cancellation to raise and catch): scheduled as asyncio.timeout schedules its own,
+            # at the same loop time, so that every timer comes out in the same order.
+            when = loop.time() + max(0.0, deadline - now)
+            if when <= loop.time():
+                timer: asyncio.Handle = loop.call_soon(_set_unless_done, wake)
+            else:
+                timer = loop.call_at(when, _set_unless_done, wake)
+            try:
+                await wake
+            finally:
+                timer.cancel()
             self._wake = None
             st.wake_at = float("inf")
+
+
+def _set_unless_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _reclaimed(agent: PooledAgent, now: float) -> bool:
