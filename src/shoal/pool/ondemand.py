@@ -121,13 +121,14 @@ def reached_before_a_start(
         first, queued_here = math.inf, 0
         for lease in agent.leases:
             at = lease.acquired_at
-            first = min(first, at)
+            if at < first:
+                first = at
             if lease in queued:
                 queued_here += 1
             elif (
                 not lease.owned
                 or (since := now - at) >= cold_lim
-                or max(0.0, since - 1e-9) >= outrun  # ends_within, inline
+                or (since - 1e-9 if since > 1e-9 else 0.0) >= outrun  # ends_within, inline
             ):
                 break  # held by its caller, or not likely to end within a start
         else:
