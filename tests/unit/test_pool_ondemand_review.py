@@ -55,6 +55,17 @@ class Driven:
         self.st.end_call(lease, started, now, False)
         self.st.release(lease, now)
 
+    def timed(self) -> float:
+        """The first agent up at 1 s (a 1-s start), then ten 0.1-s calls one after another,
+        so starts and calls are timed; the time after them."""
+        self.up(self.started(), 1.0)
+        t = 1.0
+        for _ in range(10):
+            lease = self.begin(t)
+            self.end(lease, t, t + 0.1)
+            t += 0.1
+        return t
+
 
 # -- 1. a caller prefetched behind a busy agent is still a waiting caller --------------------------
 
@@ -67,12 +78,7 @@ def test_a_caller_prefetched_behind_a_call_that_outruns_a_start_gets_an_agent() 
     # so nothing looked at it again: it waited the whole 30 s (the old rule started an agent
     # for it at once).
     d = Driven(prefetch=True, min_size=1, max_size=4)
-    d.up(d.started(), 1.0)
-    t = 1.0
-    for _ in range(10):
-        lease = d.begin(t)
-        d.end(lease, t, t + 0.1)
-        t += 0.1
+    t = d.timed()
     long = d.begin(t)  # runs 30 s
     assert d.started() == []
     d.st.enqueue(Waiter(t + 0.05, None, prefetchable=True), t + 0.05)
@@ -91,12 +97,7 @@ def test_a_caller_prefetched_behind_a_call_that_outruns_a_start_gets_an_agent() 
 def test_a_prefetched_caller_behind_a_call_that_may_end_soon_needs_no_agent() -> None:
     # The same caller behind a call that has run less than a start: left to it, no start.
     d = Driven(prefetch=True, min_size=1, max_size=4)
-    d.up(d.started(), 1.0)
-    t = 1.0
-    for _ in range(10):
-        lease = d.begin(t)
-        d.end(lease, t, t + 0.1)
-        t += 0.1
+    t = d.timed()
     busy = d.begin(t)
     d.st.enqueue(Waiter(t + 0.05, None, prefetchable=True), t + 0.05)
     assert len(d.st.queued) == 1
@@ -278,12 +279,7 @@ def test_the_agent_started_for_a_caller_queued_behind_a_long_call_serves_it_firs
     # A is queued behind a 30-s call and gets an agent started for it; B arrives later, while
     # that agent starts. The first agent up serves A (who waited longest); B gets the next.
     d = Driven(prefetch=True, min_size=1, max_size=4)
-    d.up(d.started(), 1.0)
-    t = 1.0
-    for _ in range(10):
-        lease = d.begin(t)
-        d.end(lease, t, t + 0.1)
-        t += 0.1
+    t = d.timed()
     d.begin(t)  # runs 30 s
     a = Waiter(t + 0.05, None, prefetchable=True)
     d.st.enqueue(a, t + 0.05)

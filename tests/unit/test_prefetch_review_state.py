@@ -17,12 +17,7 @@ def test_callers_behind_a_blocked_call_get_an_agent_once_it_outruns_a_start() ->
     # call has outrun a start, but nothing woke maintenance for it: they waited 7.5 s for the
     # heartbeat check instead of about a start.
     d = Driven(prefetch=True, min_size=1, max_size=2)
-    d.up(d.started(), 1.0)
-    t = 1.0
-    for _ in range(10):
-        lease = d.begin(t)
-        d.end(lease, t, t + 0.1)
-        t += 0.1
+    t = d.timed()
     first = d.begin(t)
     d.st.enqueue(Waiter(t + 0.01, None, prefetchable=True), t + 0.01)
     (second,) = d.st.queued  # queued behind the tiny call; no start for it
